@@ -1,0 +1,231 @@
+"""`Graph`: the unit every pass reads and writes.
+
+A `Graph` wraps an ATen-level `torch.fx.GraphModule` whose parameters and
+buffers are attributes reached through ``get_attr`` nodes, the example inputs it
+was captured with, and the facts that outlive one `optimize` call: the graph
+properties passes have established (``bn-folded``, later ``calibrated``) and the
+pipeline and trace that produced it. It stays runnable in eager PyTorch, which
+is the reference oracle for every later stage.
+
+Copies are deep: `copy()` clones the module, its parameters and the node
+metadata, so a pass working on a copy can never reach the user's tensors.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import itertools
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    """What one pass did: recorded by the pass manager, kept on the graph."""
+
+    pipeline: str
+    wall_s: float
+    nodes_before: int
+    nodes_after: int
+    param_bytes_before: int
+    param_bytes_after: int
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+    drift: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pass": self.pipeline,
+            "wall_s": round(self.wall_s, 6),
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "param_bytes_before": self.param_bytes_before,
+            "param_bytes_after": self.param_bytes_after,
+            "modified": self.modified,
+            "stats": {k: _jsonable(v) for k, v in self.stats.items()},
+            "drift": self.drift,
+        }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+class Graph:
+    """A captured model: GraphModule + example inputs + properties + history."""
+
+    def __init__(
+        self,
+        gm: torch.fx.GraphModule,
+        example_inputs: Sequence[torch.Tensor],
+        *,
+        dynamic_shapes: Any = None,
+        properties: frozenset[str] = frozenset(),
+        trace: Sequence[TraceRecord] = (),
+        model_name: str = "model",
+    ) -> None:
+        self.gm = gm
+        self.example_inputs = tuple(example_inputs)
+        self.dynamic_shapes = dynamic_shapes
+        self.properties = frozenset(properties)
+        self.trace: list[TraceRecord] = list(trace)
+        self.model_name = model_name
+
+    # -- structure ---------------------------------------------------------
+    @property
+    def fx(self) -> torch.fx.Graph:
+        return self.gm.graph
+
+    def nodes(self, op: str | None = None) -> Iterator[torch.fx.Node]:
+        """The nodes in order, optionally only those with the given `op` kind."""
+        return (n for n in self.fx.nodes if op is None or n.op == op)
+
+    @property
+    def inputs(self) -> list[torch.fx.Node]:
+        return list(self.nodes("placeholder"))
+
+    @property
+    def input_names(self) -> list[str]:
+        return [n.name for n in self.inputs]
+
+    @property
+    def output_node(self) -> torch.fx.Node:
+        return next(n for n in reversed(self.fx.nodes) if n.op == "output")
+
+    @property
+    def num_ops(self) -> int:
+        """The number of operator calls (the size measure the trace records)."""
+        return sum(1 for _ in self.nodes("call_function"))
+
+    @property
+    def pipeline(self) -> str:
+        """The pipeline text of every pass run on this graph so far, in order."""
+        return ",".join(r.pipeline for r in self.trace)
+
+    # -- parameters ----------------------------------------------------------
+    def param(self, node_or_target: torch.fx.Node | str) -> torch.Tensor:
+        """The tensor a ``get_attr`` node (or attribute path) refers to."""
+        target = node_or_target.target if isinstance(node_or_target, torch.fx.Node) else node_or_target
+        obj: Any = self.gm
+        for part in str(target).split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """Every tensor referenced by a ``get_attr`` node, by attribute path."""
+        return {str(n.target): self.param(n) for n in self.nodes("get_attr")}
+
+    @property
+    def param_bytes(self) -> int:
+        seen: set[int] = set()
+        total = 0
+        for t in self.params().values():
+            if isinstance(t, torch.Tensor) and id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+        return total
+
+    def add_param(self, hint: str, value: torch.Tensor, *, before: torch.fx.Node) -> torch.fx.Node:
+        """Store `value` as a new buffer and insert a ``get_attr`` node for it.
+
+        The attribute gets a fresh name derived from `hint` (``conv.weight`` ->
+        ``conv_weight_folded``), so nothing of the original model is overwritten.
+        """
+        base = hint.replace(".", "_")
+        name, i = base, 0
+        while hasattr(self.gm, name):
+            i += 1
+            name = f"{base}_{i}"
+        self.gm.register_buffer(name, value.detach().clone().contiguous())
+        with self.fx.inserting_before(before):
+            node = self.fx.get_attr(name)
+        node.meta["val"] = value
+        return node
+
+    def drop_unused_params(self) -> int:
+        """Erase unused ``get_attr`` nodes and delete the tensors no node refers to.
+
+        Returns the bytes freed. Submodules left empty are deleted too.
+        """
+        for node in list(self.nodes("get_attr")):
+            if not node.users:
+                self.fx.erase_node(node)
+        used = {str(n.target) for n in self.nodes("get_attr")}
+        freed = 0
+        for name, tensor in list(itertools.chain(self.gm.named_parameters(), self.gm.named_buffers())):
+            if name in used:
+                continue
+            owner, _, leaf = name.rpartition(".")
+            module = self.gm.get_submodule(owner) if owner else self.gm
+            freed += tensor.numel() * tensor.element_size()
+            delattr(module, leaf)
+        for name, module in sorted(self.gm.named_modules(), key=lambda kv: -kv[0].count(".")):
+            if name and not any(True for _ in module.parameters()) and not any(True for _ in module.buffers()):
+                self.gm.delete_submodule(name)
+        return freed
+
+    # -- running -------------------------------------------------------------
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        with torch.no_grad():
+            return self.gm(*inputs)
+
+    def run_flat(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Run eagerly and return the outputs as a flat list of tensors."""
+        out = self(*inputs)
+        return list(out) if isinstance(out, tuple | list) else [out]
+
+    def recompile(self) -> None:
+        """Regenerate the module's code after the fx graph was edited."""
+        self.fx.lint()
+        self.gm.recompile()
+
+    def export(self) -> torch.export.ExportedProgram:
+        """Re-export this graph (backends take an ExportedProgram)."""
+        return torch.export.export(self.gm, self.example_inputs, dynamic_shapes=self.dynamic_shapes, strict=False)
+
+    # -- copies and text -----------------------------------------------------
+    def copy(self) -> Graph:
+        """A deep copy: module, parameters, node metadata and history."""
+        with warnings.catch_warnings():  # torch's pytree spec warns on deepcopy
+            warnings.simplefilter("ignore", FutureWarning)
+            gm = _copy.deepcopy(self.gm)
+        return Graph(
+            gm,
+            self.example_inputs,
+            dynamic_shapes=self.dynamic_shapes,
+            properties=self.properties,
+            trace=self.trace,
+            model_name=self.model_name,
+        )
+
+    def __str__(self) -> str:
+        from fxpress.ir.printer import print_graph
+
+        return print_graph(self)
+
+    def __repr__(self) -> str:
+        props = ",".join(sorted(self.properties)) or "-"
+        return f"<fxpress.Graph {self.model_name}: {self.num_ops} ops, {self.param_bytes} param bytes, properties {props}>"
+
+    def verify(self) -> None:
+        """Raise `VerifyError` unless the graph lints, types and shapes check."""
+        from fxpress.ir.verify import verify
+
+        verify(self)
+
+    def propagate_shapes(self) -> None:
+        """Recompute ``node.meta["val"]`` (fake tensors) for every node."""
+        from fxpress.ir.shapes import propagate_shapes
+
+        propagate_shapes(self)

@@ -1,0 +1,33 @@
+"""Compression and cleanup passes, the pass manager and pipeline text.
+
+Pass classes are importable from here (``fxpress.passes.FoldBatchNorm``); the
+registry maps their pipeline names to them.
+"""
+
+from fxpress.passes.base import Analysis, AnalysisManager, Pass, PassResult
+from fxpress.passes.dce import DeadCodeElimination
+from fxpress.passes.fold_bn import FoldBatchNorm
+from fxpress.passes.fold_constants import FoldConstants
+from fxpress.passes.manager import DumpIR, Instrument, PassManager, PrintIRAfter, Timing, optimize
+from fxpress.passes.pipeline import parse_pipeline, print_pipeline
+from fxpress.passes.registry import PASSES, PIPELINES
+
+__all__ = [
+    "PASSES",
+    "PIPELINES",
+    "Analysis",
+    "AnalysisManager",
+    "DeadCodeElimination",
+    "DumpIR",
+    "FoldBatchNorm",
+    "FoldConstants",
+    "Instrument",
+    "Pass",
+    "PassManager",
+    "PassResult",
+    "PrintIRAfter",
+    "Timing",
+    "optimize",
+    "parse_pipeline",
+    "print_pipeline",
+]

@@ -1,0 +1,22 @@
+"""The explicit registry of passes and named pipelines, one line each.
+
+A contract test checks that every pass class in ``fxpress/passes`` is listed
+here and has tests. Named pipelines expand in pipeline text like a pass name.
+"""
+
+from __future__ import annotations
+
+from fxpress.passes.base import Pass
+from fxpress.passes.dce import DeadCodeElimination
+from fxpress.passes.fold_bn import FoldBatchNorm
+from fxpress.passes.fold_constants import FoldConstants
+
+PASSES: dict[str, type[Pass]] = {
+    FoldBatchNorm.name: FoldBatchNorm,
+    FoldConstants.name: FoldConstants,
+    DeadCodeElimination.name: DeadCodeElimination,
+}
+
+PIPELINES: dict[str, str] = {
+    "default": "fold-bn,fold-constants,dce",
+}
