@@ -147,7 +147,8 @@ class Graph:
         while hasattr(self.gm, name):
             i += 1
             name = f"{base}_{i}"
-        self.gm.register_buffer(name, value.detach().clone().contiguous())
+        # a Parameter (not a buffer) so that backends treat it as a weight
+        self.gm.register_parameter(name, torch.nn.Parameter(value.detach().clone().contiguous(), requires_grad=False))
         with self.fx.inserting_before(before):
             node = self.fx.get_attr(name)
         node.meta["val"] = value

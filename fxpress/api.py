@@ -1,0 +1,23 @@
+"""`fxpress.compile`: pick a backend by target name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fxpress.errors import TargetError
+from fxpress.ir.graph import Graph
+
+
+def compile(graph: Graph, target: str = "x86", *, num_threads: int | None = None, cross: bool = False) -> Any:  # noqa: A001
+    """Compile `graph` for `target` (``eager`` or a TVM preset such as ``x86``)."""
+    if target == "eager":
+        from fxpress.backends.eager import EagerModule
+
+        return EagerModule(graph)
+    from fxpress.backends.tvm.targets import TARGETS
+
+    if target not in TARGETS:
+        raise TargetError(f"unknown target {target!r}; valid targets: eager, {', '.join(TARGETS)}")
+    from fxpress.backends.tvm.compile import compile_graph
+
+    return compile_graph(graph, target, num_threads=num_threads, cross=cross)

@@ -1,0 +1,116 @@
+"""Compile an fxpress `Graph` through TVM into a runnable `CompiledModule`.
+
+Steps, each failing with a `BackendError` that names the step:
+
+1. re-export the graph (``torch.export``), import it with
+   ``from_exported_program`` (fxpress ops via `CONVERT_MAP`), parameters as
+   inputs, then detach them;
+2. ``LiftTransformParams``: everything computed from weights alone moves to
+   ``main_transform_params``, run once here so the saved weights are final;
+3. build with the ordered `lowering_stages` for the resolved target.
+
+Cross targets (arm, cuda) build for use elsewhere: their module is saved, not
+run; their parameter transform is built and run for the host.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+import tvm
+from tvm import relax
+from tvm.relax.frontend.torch import from_exported_program
+
+from fxpress import __version__
+from fxpress.backends.tvm.convert_map import CONVERT_MAP
+from fxpress.backends.tvm.lower import as_pass, lowering_stages
+from fxpress.backends.tvm.targets import TargetSpec, resolve_target
+from fxpress.errors import BackendError
+from fxpress.ir.graph import Graph
+from fxpress.runtime.module import CompiledModule
+
+
+def _tensor_spec(val: Any, name: str) -> dict[str, Any]:
+    shape = [int(d) if isinstance(d, int) else None for d in val.shape]
+    return {"name": name, "shape": shape, "dtype": str(val.dtype).removeprefix("torch.")}
+
+
+def _signature(graph: Graph) -> dict[str, Any]:
+    inputs = [_tensor_spec(p.meta["val"], p.name) for p in graph.inputs]
+    outs = graph.output_node.args[0]
+    outs = list(outs) if isinstance(outs, tuple | list) else [outs]
+    outputs = [_tensor_spec(o.meta["val"], f"output{i}") for i, o in enumerate(outs)]
+    spec = getattr(graph.gm, "_out_spec", None)
+    single = bool(spec.is_leaf()) if spec is not None else not isinstance(graph.output_node.args[0], tuple | list)
+    return {"inputs": inputs, "outputs": outputs, "single_output": single}
+
+
+def _import(graph: Graph) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor]]:
+    try:
+        ep = graph.export()
+    except Exception as exc:
+        raise BackendError(f"re-exporting the graph for TVM failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=CONVERT_MAP)
+    except Exception as exc:
+        raise BackendError(
+            f"TVM's PyTorch importer rejected the graph: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+            "keep the ops it lacks out of the graph, or add a converter in fxpress/backends/tvm/convert_map.py"
+        ) from exc
+    mod, params = relax.frontend.detach_params(mod)
+    return relax.transform.LiftTransformParams()(mod), list(params.get("main", []))
+
+
+def _build(mod: tvm.IRModule, spec: TargetSpec, timings: dict[str, float]) -> tvm.runtime.Executable:
+    try:
+        with spec.target:
+            return tvm.compile(mod, target=spec.target, relax_pipeline=as_pass(lowering_stages(spec), timings))
+    except Exception as exc:
+        raise BackendError(f"building for target {spec.name!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _transform_params(exe: tvm.runtime.Executable, params: list[tvm.runtime.Tensor]) -> list[tvm.runtime.Tensor]:
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    out = vm["main_transform_params"](params)
+    return [tvm.runtime.tensor(np.ascontiguousarray(t.numpy())) for t in out]
+
+
+def compile_graph(
+    graph: Graph,
+    target: str = "x86",
+    *,
+    num_threads: int | None = None,
+    cross: bool = False,
+) -> CompiledModule:
+    """Compile `graph` for the named target preset (see targets.py)."""
+    if not isinstance(graph, Graph):
+        raise BackendError(f"compile() takes an fxpress Graph (from fxpress.capture), got {type(graph).__name__}")
+    spec = resolve_target(target, num_threads=num_threads, cross=cross)
+    mod, params = _import(graph)
+    timings: dict[str, float] = {}
+    exe = _build(mod, spec, timings)
+    host_exe = exe if spec.host_runnable else _build(mod, resolve_target("x86"), {})
+    final = _transform_params(host_exe, params)
+    names = [f"p{i}_{v.name}" for i, v in enumerate(mod["main"].params[int(mod["main"].attrs["num_input"]) :])]
+    manifest = {
+        "model": graph.model_name,
+        **_signature(graph),
+        "target": {**spec.describe(), "host_runnable": spec.host_runnable, "cross_compiler": spec.cross_compiler},
+        "num_threads": int(spec.target.attrs.get("num-cores", 0)) if spec.device == "cpu" else 0,
+        "params": names,
+        "pipeline": graph.pipeline,
+        "trace": [r.to_json() for r in graph.trace],
+        "lowering_s": {k: round(v, 4) for k, v in timings.items()},
+        "versions": {
+            "fxpress": __version__,
+            "tvm": tvm.__version__,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "machine": platform.machine(),
+        },
+    }
+    return CompiledModule(exe, final, manifest, device=spec.device, runnable=spec.host_runnable)

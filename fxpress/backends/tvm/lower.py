@@ -1,0 +1,73 @@
+"""The lowering pipeline: an explicit, ordered list of named Relax stages.
+
+Like the pass pipeline, lowering is data: `lowering_stages(spec)` returns the
+stages in the order they run, each a name and a TVM pass, so a schedule rule
+or a new rewrite plugs in as one more entry and `fxpress compile --timing`
+can report each stage. The sequence follows TVM's CPU pipeline (legalize,
+fuse, lower dataflow, plan memory, lower to the VM) with fxpress's choices:
+
+1. ``decompose``: eval-mode BatchNorm and friends into plain arithmetic
+   (the importer emits BN in training form otherwise);
+2. ``legalize`` .. ``fuse-tir``: high-level ops to TIR, fused;
+3. ``schedule``: `schedule_rules(spec)` applied by dlight to every PrimFunc
+   (the kernel issue adds fxpress's own matmul/conv rules here);
+4. ``dataflow-lower`` .. ``finalize``: TVM's VM lowering, unchanged.
+
+Parameters are lifted out by ``LiftTransformParams`` before these stages run
+(see compile.py), so weight-only work (transposes, later packing) happens once
+at compile time and is saved with the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import tvm
+import tvm.s_tir.dlight as dl
+from tvm import relax
+
+from fxpress.backends.tvm.targets import TargetSpec
+
+
+def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
+    """The dlight rules for `spec`, tried in order on every PrimFunc."""
+    if spec.device == "cuda":
+        return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+    return [dl.cpu.GEMV(), dl.cpu.Reduction()]
+
+
+def lowering_stages(spec: TargetSpec) -> list[tuple[str, tvm.transform.Pass]]:
+    """The ordered (name, pass) stages that take an imported module to VM code."""
+    t = relax.transform
+    return [
+        ("decompose", t.DecomposeOpsForInference()),
+        ("legalize", t.LegalizeOps()),
+        ("annotate-op-pattern", t.AnnotateTIROpPattern()),
+        ("fold-constant", t.FoldConstant()),
+        ("fuse-ops", t.FuseOps()),
+        ("fuse-tir", t.FuseTIR()),
+        ("schedule", dl.ApplyDefaultSchedule(*schedule_rules(spec))),
+        ("dataflow-lower", tvm.transform.Sequential([
+            t.RewriteDataflowReshape(), t.ToNonDataflow(), t.RemovePurityChecking(), t.CallTIRRewrite(),
+        ])),
+        ("finalize", tvm.transform.Sequential([
+            t.StaticPlanBlockMemory(), t.LowerAllocTensor(), t.KillAfterLastUse(), t.LowerRuntimeBuiltin(),
+            t.ComputePrimValue(), t.VMShapeLower(), t.AttachGlobalSymbol(),
+        ])),
+    ]
+
+
+def as_pass(stages: Sequence[tuple[str, tvm.transform.Pass]], timings: dict[str, float] | None = None) -> tvm.transform.Pass:
+    """One module pass running `stages` in order, recording each one's seconds."""
+    import time
+
+    @tvm.transform.module_pass(opt_level=0, name="fxpress_lowering")
+    def _run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        for name, stage in stages:
+            start = time.perf_counter()
+            mod = stage(mod)
+            if timings is not None:
+                timings[name] = time.perf_counter() - start
+        return mod
+
+    return _run

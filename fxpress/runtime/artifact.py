@@ -1,0 +1,116 @@
+"""The artifact on disk: a directory written atomically and verified on load.
+
+Layout (format version 1)::
+
+    DIR/
+      manifest.json       what it is: format, inputs, outputs, target, versions,
+                          the pipeline and its trace, the parameter order, and
+                          the sha256 of every other file
+      model.so            the compiled TVM library (Relax VM executable)
+      weights.safetensors the (compile-time transformed) parameters, no pickle
+
+`write_artifact` builds the directory under a temporary name beside the
+destination and renames it into place, so a crash or an error never leaves a
+half-written artifact, and an existing artifact at the destination is only
+replaced once the new one is complete. `read_manifest` checks the format and
+every file's hash before anything is loaded. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fxpress.errors import ArtifactError
+
+FORMAT = "fxpress-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LIBRARY = "model.so"
+WEIGHTS = "weights.safetensors"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_artifact(directory: str | os.PathLike[str], manifest: dict[str, Any], write_files: Callable[[Path], None]) -> Path:
+    """Write an artifact atomically: `write_files(tmp)` fills a temp dir, then rename.
+
+    `manifest` gets the format fields and the file hashes added; the caller
+    provides everything else.
+    """
+    dest = Path(directory).resolve()
+    if dest.exists() and not dest.is_dir():
+        raise ArtifactError(f"cannot write artifact to {dest}: a file of that name exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        write_files(tmp)
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": {n: sha256(tmp / n) for n in files}}
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+        _fsync_dir(tmp)
+        old = None
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _fsync_dir(path: Path) -> None:
+    for p in path.iterdir():
+        with p.open("rb") as f:
+            os.fsync(f.fileno())
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and check a manifest: format, version, and every file's sha256."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise ArtifactError(f"no artifact at {root}: not a directory (write one with `fxpress compile ... -o DIR`)")
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{root} is not an fxpress artifact: {MANIFEST} is missing (recompile it)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); the artifact is corrupt, recompile it") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not an fxpress manifest (no format {FORMAT!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{root} has artifact format version {version}; this fxpress reads version {FORMAT_VERSION}: "
+            "recompile it with this version"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or LIBRARY not in files or WEIGHTS not in files:
+        raise ArtifactError(f"{path} does not list {LIBRARY} and {WEIGHTS} with their hashes; the artifact is corrupt")
+    for name, expected in files.items():
+        f = root / name
+        if Path(name).name != name or not f.is_file():
+            raise ArtifactError(f"artifact {root} is incomplete: {name} is missing")
+        actual = sha256(f)
+        if actual != expected:
+            raise ArtifactError(
+                f"artifact {root}: {name} has sha256 {actual[:16]}..., the manifest says {expected[:16]}...: "
+                "the file was changed or corrupted after it was written; recompile the artifact"
+            )
+    return manifest

@@ -1,0 +1,48 @@
+"""Load an artifact directory and return a runnable `CompiledModule`.
+
+Verifies the manifest and every file hash first (`read_manifest`), then loads
+the library with ``tvm.runtime.load_module`` and the weights from safetensors.
+Imports neither torch nor the fxpress compiler.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tvm
+from safetensors.numpy import load_file
+
+from fxpress.errors import ArtifactError
+from fxpress.runtime.artifact import LIBRARY, WEIGHTS, read_manifest
+from fxpress.runtime.cpu import host_cpu_flags
+from fxpress.runtime.module import CompiledModule
+
+
+def load(directory: str | os.PathLike[str], *, num_threads: int | None = None) -> CompiledModule:
+    """Load the artifact in `directory` (checked by hash) for running here."""
+    manifest = read_manifest(directory)
+    root = os.fspath(directory)
+    target = manifest["target"]
+    if not target.get("host_runnable", False):
+        raise ArtifactError(
+            f"artifact {root} was built for target {target.get('name')!r}; it does not run on this machine"
+        )
+    try:
+        lib = tvm.runtime.load_module(os.path.join(root, LIBRARY))
+        weights = load_file(os.path.join(root, WEIGHTS))
+    except Exception as exc:
+        raise ArtifactError(f"artifact {root} could not be loaded: {exc}") from exc
+    missing = [k for k in manifest["params"] if k not in weights]
+    if missing:
+        raise ArtifactError(f"artifact {root}: {WEIGHTS} lacks parameters {missing[:5]}; recompile it")
+    lacking = [f for f in target.get("requires", []) if f not in host_cpu_flags()]
+    if lacking:
+        raise ArtifactError(
+            f"artifact {root} was built for target {target.get('name')!r} and needs CPU features {lacking} "
+            "that this machine lacks; recompile it with target 'x86' on this machine"
+        )
+    device = tvm.cpu() if target.get("device", "cpu") == "cpu" else tvm.cuda()
+    params = [tvm.runtime.tensor(weights[k], device) for k in manifest["params"]]
+    if num_threads is not None:
+        manifest = {**manifest, "num_threads": num_threads}
+    return CompiledModule(lib, params, manifest, device=target.get("device", "cpu"))

@@ -1,0 +1,122 @@
+"""`CompiledModule`: run a compiled model with the TVM runtime, no torch needed.
+
+Holds a Relax VM executable, its parameters (already transformed at compile
+time) and the signature from the manifest. Calls check the inputs against the
+signature (count, dtype, shape; ``None`` dims are dynamic) and raise
+`InputError` naming the input and what was expected, before any native code
+runs. Inputs may be numpy arrays, or torch tensors where torch is already
+imported by the caller; outputs come back in the same kind.
+
+This module never imports torch: an artifact runs where only numpy, the TVM
+runtime and safetensors are installed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from fxpress.errors import BackendError, InputError
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def set_num_threads(n: int) -> None:
+    """Fix the TVM runtime's thread pool size (affects every module in the process)."""
+    tvm.get_global_func("runtime.config_threadpool")(1, int(n))
+
+
+class CompiledModule:
+    """A callable compiled model (see the module docstring)."""
+
+    def __init__(
+        self,
+        executable: tvm.runtime.Executable | tvm.runtime.Module,
+        params: Sequence[tvm.runtime.Tensor],
+        manifest: dict[str, Any],
+        *,
+        device: str = "cpu",
+        runnable: bool = True,
+    ) -> None:
+        self.executable = executable
+        self.params = list(params)
+        self.manifest = manifest
+        self.runnable = runnable
+        self._device = tvm.cpu() if device == "cpu" else tvm.cuda()
+        self._vm: relax.VirtualMachine | None = None
+        self.num_threads = int(manifest.get("num_threads") or 0)
+
+    @property
+    def inputs(self) -> list[dict[str, Any]]:
+        return list(self.manifest["inputs"])
+
+    @property
+    def target(self) -> str:
+        return str(self.manifest["target"]["name"])
+
+    def _machine(self) -> relax.VirtualMachine:
+        if not self.runnable:
+            raise BackendError(
+                f"this module was built for target {self.target!r}, which does not run on this machine: "
+                "save it and run it on the device it was built for"
+            )
+        if self._vm is None:
+            self._vm = relax.VirtualMachine(self.executable, self._device)
+        return self._vm
+
+    def _check(self, inputs: Sequence[Any]) -> list[np.ndarray]:
+        spec = self.inputs
+        if len(inputs) != len(spec):
+            names = ", ".join(s["name"] for s in spec)
+            raise InputError(f"expected {len(spec)} input(s) ({names}), got {len(inputs)}")
+        arrays = []
+        for x, s in zip(inputs, spec, strict=True):
+            arr = x.detach().cpu().numpy() if _is_torch_tensor(x) else x
+            if not isinstance(arr, np.ndarray):
+                raise InputError(f"input {s['name']!r} must be a numpy array or torch tensor, got {type(x).__name__}")
+            if str(arr.dtype) != s["dtype"]:
+                raise InputError(f"input {s['name']!r} must have dtype {s['dtype']}, got {arr.dtype}")
+            shape = list(arr.shape)
+            want = s["shape"]
+            if len(shape) != len(want) or any(w is not None and w != d for w, d in zip(want, shape, strict=False)):
+                shown = ["?" if w is None else w for w in want]
+                raise InputError(f"input {s['name']!r} must have shape {shown}, got {shape}")
+            arrays.append(np.ascontiguousarray(arr))
+        return arrays
+
+    def run_numpy(self, *inputs: Any) -> list[np.ndarray]:
+        """Run and return every output as a numpy array, in order."""
+        arrays = self._check(inputs)
+        vm = self._machine()
+        if self.num_threads:
+            set_num_threads(self.num_threads)
+        args = [tvm.runtime.tensor(a, self._device) for a in arrays]
+        out = vm["main"](*args, *self.params)
+        items = list(out) if not isinstance(out, tvm.runtime.Tensor) else [out]
+        return [o.numpy() for o in items]
+
+    def __call__(self, *inputs: Any) -> Any:
+        """Run; outputs match the inputs' kind (torch in, torch out) and nesting."""
+        outs: list[Any] = self.run_numpy(*inputs)
+        if inputs and _is_torch_tensor(inputs[0]):
+            torch = sys.modules["torch"]
+            outs = [torch.from_numpy(o) for o in outs]
+        return outs[0] if self.manifest.get("single_output") else tuple(outs)
+
+    def save(self, directory: str) -> str:
+        """Write this module as an artifact directory (atomically)."""
+        from fxpress.runtime.save import save_module
+
+        return str(save_module(self, directory))
+
+    def __repr__(self) -> str:
+        sig = ", ".join(f"{s['name']}: {s['dtype']}{s['shape']}" for s in self.inputs)
+        return f"<fxpress.CompiledModule target={self.target} ({sig})>"

@@ -1,0 +1,37 @@
+"""Save a `CompiledModule` as an artifact directory (see artifact.py)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from safetensors.numpy import save_file
+
+from fxpress.errors import ArtifactError
+from fxpress.runtime.artifact import LIBRARY, WEIGHTS, write_artifact
+from fxpress.runtime.module import CompiledModule
+
+
+def save_module(module: CompiledModule, directory: str | Path) -> Path:
+    """Write `module` to `directory` atomically; returns the directory's path."""
+    manifest = dict(module.manifest)
+    names = list(manifest["params"])
+    if len(names) != len(module.params):
+        raise ArtifactError(f"module has {len(module.params)} parameters but its manifest names {len(names)}")
+    compiler = manifest["target"].get("cross_compiler")
+    if compiler and shutil.which(compiler) is None:
+        raise ArtifactError(
+            f"saving a {module.target!r} build needs the cross compiler {compiler!r} on PATH "
+            "(Debian: apt-get install gcc-aarch64-linux-gnu)"
+        )
+
+    def write(tmp: Path) -> None:
+        if compiler:
+            from tvm.support import cc
+
+            module.executable.export_library(str(tmp / LIBRARY), fcompile=cc.cross_compiler(compiler))
+        else:
+            module.executable.export_library(str(tmp / LIBRARY))
+        save_file({k: p.numpy() for k, p in zip(names, module.params, strict=True)}, str(tmp / WEIGHTS))
+
+    return write_artifact(directory, manifest, write)
