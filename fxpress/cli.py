@@ -1,0 +1,263 @@
+"""The ``fxpress`` command line.
+
+    fxpress compile MODULE:FACTORY --input-shape 1,3,224,224 --passes "fold-bn,dce" --target x86 -o DIR
+    fxpress run DIR --input x.npy [--output y.npy]
+    fxpress inspect DIR
+    fxpress passes
+    fxpress demo [-o DIR]
+
+``MODULE:FACTORY`` names a Python module (dotted, or a path to a .py file) and
+a callable in it returning an ``nn.Module``. Every error fxpress raises on
+purpose is printed as ``error: ...`` with exit status 2, never as a traceback;
+``run`` and ``inspect`` import neither torch nor the compiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fxpress.errors import FxpressError
+
+
+class UsageError(FxpressError):
+    """A command-line argument is wrong."""
+
+
+def _progress(msg: str) -> float:
+    print(f"[fxpress] {msg} ...", file=sys.stderr, flush=True)
+    return time.perf_counter()
+
+
+def _done(start: float) -> None:
+    print(f"[fxpress]   done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+def _load_factory(spec: str) -> Any:
+    if ":" not in spec:
+        raise UsageError(f"model {spec!r} must be MODULE:FACTORY, e.g. mypkg.models:build or ./model.py:build")
+    module_name, _, attr = spec.rpartition(":")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise UsageError(f"model file {path} does not exist")
+        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert mod_spec is not None and mod_spec.loader is not None
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UsageError(f"{module_name} has no callable {attr!r}")
+    return factory
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        raise UsageError(f"--input-shape {text!r} must be comma-separated integers, e.g. 1,3,224,224") from None
+    if not shape or any(d <= 0 for d in shape):
+        raise UsageError(f"--input-shape {text!r} must have positive dimensions")
+    return shape
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import torch
+
+    import fxpress
+    from fxpress.backends.tvm.targets import resolve_target
+    from fxpress.passes.manager import DumpIR, Instrument, PrintIRAfter, Timing
+    from fxpress.passes.pipeline import parse_pipeline
+
+    passes = parse_pipeline(args.passes)  # bad pipeline text fails before any work
+    resolve_target(args.target, num_threads=args.threads, cross=args.cross)
+    if not args.input_shape:
+        raise UsageError("give at least one --input-shape (one per model input)")
+    dtypes = args.input_dtype or ["float32"] * len(args.input_shape)
+    if len(dtypes) != len(args.input_shape):
+        raise UsageError("give one --input-dtype per --input-shape, or none (float32)")
+    model = _load_factory(args.model)()
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{args.model} returned a {type(model).__name__}, not a torch.nn.Module")
+    gen = torch.Generator().manual_seed(0)
+    inputs = []
+    for shape, dtype in zip(args.input_shape, dtypes, strict=True):
+        dt = getattr(torch, dtype, None)
+        if not isinstance(dt, torch.dtype):
+            raise UsageError(f"--input-dtype {dtype!r} is not a torch dtype (float32, int64, ...)")
+        x = torch.randn(shape, generator=gen) if dt.is_floating_point else torch.randint(0, 2, shape, generator=gen)
+        inputs.append(x.to(dt))
+    instruments: list[Instrument] = []
+    if args.print_ir_after_all:
+        instruments.append(PrintIRAfter())
+    if args.timing:
+        instruments.append(Timing())
+    if args.dump_ir:
+        instruments.append(DumpIR(args.dump_ir))
+    t = _progress(f"capturing {args.model}")
+    graph = fxpress.capture(model, tuple(inputs))
+    _done(t)
+    t = _progress(f"running passes {args.passes!r}")
+    graph = fxpress.optimize(graph, passes, instruments=instruments)
+    _done(t)
+    t = _progress(f"compiling for {args.target} through TVM")
+    compiled = fxpress.compile(graph, target=args.target, num_threads=args.threads, cross=args.cross)
+    _done(t)
+    path = compiled.save(args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from fxpress.runtime import load
+
+    module = load(args.artifact, num_threads=args.threads)
+    inputs = []
+    for p in args.input:
+        try:
+            inputs.append(np.load(p, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read --input {p}: {exc}") from exc
+    outputs = module.run_numpy(*inputs)
+    for i, out in enumerate(outputs):
+        flat = out.reshape(-1)
+        preview = ", ".join(f"{v:.4g}" for v in flat[:6]) + (", ..." if flat.size > 6 else "")
+        print(f"output{i}: {out.dtype}{list(out.shape)} [{preview}]")
+    if args.output:
+        if len(outputs) == 1:
+            np.save(args.output, outputs[0])
+        else:
+            np.savez(args.output, *outputs)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from fxpress.runtime.artifact import read_manifest
+
+    m = read_manifest(args.artifact)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"artifact   {args.artifact}")
+    print(f"model      {m.get('model')}")
+    print(f"target     {m['target']['name']}  ({m['target']['target']})")
+    print(f"threads    {m.get('num_threads')}")
+    for s in m["inputs"]:
+        print(f"input      {s['name']}: {s['dtype']}{['?' if d is None else d for d in s['shape']]}")
+    for s in m["outputs"]:
+        print(f"output     {s['name']}: {s['dtype']}{['?' if d is None else d for d in s['shape']]}")
+    print(f"pipeline   {m.get('pipeline') or '(none)'}")
+    print("versions   " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
+    print("files      " + ", ".join(f"{k} ({v[:12]})" for k, v in m["files"].items()))
+    rows = [("pass", "ms", "ops", "param bytes", "modified")]
+    for r in m.get("trace", []):
+        rows.append((r["pass"], f"{r['wall_s'] * 1e3:.1f}", f"{r['nodes_before']}->{r['nodes_after']}",
+                     f"{r['param_bytes_before']}->{r['param_bytes_after']}", "yes" if r["modified"] else "no"))
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        print("\ntrace")
+        for r in rows:
+            print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from fxpress.backends.tvm.targets import TARGETS
+    from fxpress.passes.registry import PASSES, PIPELINES
+
+    print("passes:")
+    for name, cls in PASSES.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:16} {doc}")
+        for f in dataclasses.fields(cls):
+            print(f"  {'':16}   {f.name.replace('_', '-')}: {f.type} = {f.default!r}")
+        if cls.requires or cls.establishes:
+            print(f"  {'':16}   requires {sorted(cls.requires)}, establishes {sorted(cls.establishes)}")
+    print("named pipelines:")
+    for name, text in PIPELINES.items():
+        print(f"  {name:16} {text}")
+    print("targets:")
+    for name, text in {"eager": "PyTorch (the reference)", **TARGETS}.items():
+        print(f"  {name:16} {text}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fxpress.demo import run_demo
+
+    run_demo(args.output, seconds=args.seconds, num_threads=args.threads)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fxpress", description="A model-compression compiler for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="capture, optimize and compile a model into an artifact directory")
+    c.add_argument("model", help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path)")
+    c.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 1,3,224,224 (repeat per input)")
+    c.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
+    c.add_argument("--passes", default="default", help='pipeline text, e.g. "fold-bn,dce" (default: default)')
+    c.add_argument("--target", default="x86", help="x86, x86-avx2, x86-avx512, x86-vnni, x86-amx, arm, cuda")
+    c.add_argument("--threads", type=int, default=None, help="threads the compiled code uses (default: all cores)")
+    c.add_argument("--cross", action="store_true", help="build for another machine (skip the host CPU check)")
+    c.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    c.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
+    c.add_argument("--timing", action="store_true", help="print a per-pass timing table")
+    c.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
+    c.set_defaults(func=cmd_compile)
+
+    r = sub.add_parser("run", help="run an artifact on .npy inputs (TVM runtime only)")
+    r.add_argument("artifact")
+    r.add_argument("--input", action="append", default=[], help=".npy file per model input, in order")
+    r.add_argument("--output", help="write the output(s) to this .npy/.npz file")
+    r.add_argument("--threads", type=int, default=None)
+    r.set_defaults(func=cmd_run)
+
+    i = sub.add_parser("inspect", help="show an artifact's manifest and pass trace")
+    i.add_argument("artifact")
+    i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    i.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("passes", help="list passes, their options, named pipelines and targets")
+    p.set_defaults(func=cmd_passes)
+
+    d = sub.add_parser("demo", help="train a digits CNN, compress, compile and compare (about a minute)")
+    d.add_argument("-o", "--output", default="demo-artifact", help="artifact directory (default: demo-artifact)")
+    d.add_argument("--seconds", type=float, default=6.0, help="training time budget")
+    d.add_argument("--threads", type=int, default=1, help="threads for both eager and compiled (default 1)")
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FxpressError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
