@@ -65,11 +65,11 @@ def _load_factory(spec: str) -> Any:
 
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
-        shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+        shape = tuple(int(d) for d in text.split(","))
     except ValueError:
-        raise UsageError(f"--input-shape {text!r} must be comma-separated integers, e.g. 1,3,224,224") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise UsageError(f"--input-shape {text!r} must have positive dimensions")
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated integers, e.g. 1,3,224,224") from None
+    if any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(f"{text!r} must have positive dimensions")
     return shape
 
 

@@ -1,0 +1,124 @@
+"""The command line: compile, run, inspect, passes, and its error paths."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from fxpress.cli import main
+
+MODEL_SOURCE = textwrap.dedent(
+    """
+    import torch
+
+    def build():
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+            torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 5),
+        )
+        m[1].running_mean.uniform_(-1, 1)
+        m[1].running_var.uniform_(0.5, 2.0)
+        return m.eval()
+
+    def not_a_model():
+        return 42
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "model.py"
+    path.write_text(MODEL_SOURCE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def artifact(model_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "art"
+    rc = main(["compile", f"{model_file}:build", "--input-shape", "2,3,8,8", "--passes", "fold-bn,dce", "-o", str(out), "--threads", "1"])
+    assert rc == 0
+    return out
+
+
+@pytest.mark.tvm
+def test_compile_run_matches_eager(artifact, model_file, tmp_path, capsys) -> None:
+    namespace: dict = {}
+    exec(model_file.read_text(), namespace)
+    model = namespace["build"]()
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(artifact), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
+    y = np.load(tmp_path / "y.npy")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert np.abs(y - ref).max() <= 1e-4
+    assert "output0: float32[2, 5]" in capsys.readouterr().out
+
+
+@pytest.mark.tvm
+def test_inspect_shows_manifest_and_trace(artifact, capsys) -> None:
+    assert main(["inspect", str(artifact)]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline   fold-bn,dce" in out
+    assert "fold-bn" in out.split("trace")[1] and "modified" in out
+    assert main(["inspect", str(artifact), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["target"]["name"] == "x86"
+
+
+def test_passes_lists_registry_and_targets(capsys) -> None:
+    assert main(["passes"]) == 0
+    out = capsys.readouterr().out
+    for name in ("fold-bn", "fold-constants", "dce", "default", "x86", "eager"):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--passes", "fold-bnn"], "unknown pass 'fold-bnn'"),
+        (["--passes", "fold-constants{max-growht=2}"], "valid options: max-growth"),
+        (["--target", "risc-v"], "valid targets"),
+        (["--input-shape", "2,x,8"], "--input-shape"),
+    ],
+)
+def test_compile_bad_arguments_exit_2(model_file, tmp_path, capsys, argv, needle) -> None:
+    base = ["compile", f"{model_file}:build", "-o", str(tmp_path / "out")]
+    if "--input-shape" not in argv:
+        base += ["--input-shape", "2,3,8,8"]
+    with pytest.raises(SystemExit) if argv[0] == "--input-shape" else _no_raise():
+        rc = main(base + argv)
+        assert rc == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compile_factory_errors(model_file, tmp_path, capsys) -> None:
+    assert main(["compile", f"{model_file}:not_a_model", "--input-shape", "1,3,8,8", "-o", str(tmp_path / "o")]) == 2
+    assert "not a torch.nn.Module" in capsys.readouterr().err
+    assert main(["compile", f"{model_file}:missing", "--input-shape", "1,3,8,8", "-o", str(tmp_path / "o")]) == 2
+    assert "no callable 'missing'" in capsys.readouterr().err
+    assert main(["compile", "no_such_module_xyz:build", "--input-shape", "1", "-o", str(tmp_path / "o")]) == 2
+    assert "cannot import" in capsys.readouterr().err
+
+
+@pytest.mark.tvm
+def test_run_bad_inputs_exit_2(artifact, tmp_path, capsys) -> None:
+    np.save(tmp_path / "wrong.npy", np.zeros((2, 3, 9, 8), np.float32))
+    assert main(["run", str(artifact), "--input", str(tmp_path / "wrong.npy")]) == 2
+    assert "must have shape [2, 3, 8, 8]" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "nowhere")]) == 2
+    assert "no artifact" in capsys.readouterr().err
+
+
+class _no_raise:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
