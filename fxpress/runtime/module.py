@@ -29,9 +29,19 @@ def _is_torch_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+_threads_in_effect: int | None = None
+
+
 def set_num_threads(n: int) -> None:
-    """Fix the TVM runtime's thread pool size (affects every module in the process)."""
-    tvm.get_global_func("runtime.config_threadpool")(1, int(n))
+    """Fix the TVM runtime's thread pool size (affects every module in the process).
+
+    Reconfiguring the pool costs far more than a small kernel, so it is only
+    done when the number changes.
+    """
+    global _threads_in_effect
+    if n != _threads_in_effect:
+        tvm.get_global_func("runtime.config_threadpool")(1, int(n))
+        _threads_in_effect = int(n)
 
 
 class CompiledModule:
@@ -98,10 +108,18 @@ class CompiledModule:
         vm = self._machine()
         if self.num_threads:
             set_num_threads(self.num_threads)
-        args = [tvm.runtime.tensor(a, self._device) for a in arrays]
+        args = [self._to_device(a) for a in arrays]
         out = vm["main"](*args, *self.params)
         items = list(out) if not isinstance(out, tvm.runtime.Tensor) else [out]
+        if self._device.dlpack_device_type() == 1:  # CPU: copy out through DLPack (fast)
+            return [np.from_dlpack(o).copy() for o in items]
         return [o.numpy() for o in items]
+
+    def _to_device(self, a: np.ndarray) -> tvm.runtime.Tensor:
+        # zero-copy for 64-byte aligned host arrays (TVM kernels may assume that alignment)
+        if self._device.dlpack_device_type() == 1 and a.ctypes.data % 64 == 0:
+            return tvm.runtime.from_dlpack(a)
+        return tvm.runtime.tensor(a, self._device)
 
     def __call__(self, *inputs: Any) -> Any:
         """Run; outputs match the inputs' kind (torch in, torch out) and nesting."""

@@ -1,0 +1,6 @@
+"""fxpress's own TVM schedule rules (dlight `ScheduleRule`s), one kernel family a file."""
+
+from fxpress.backends.tvm.kernels.injective import CPUInjective
+from fxpress.backends.tvm.kernels.matmul import CPUMatmul
+
+__all__ = ["CPUInjective", "CPUMatmul"]

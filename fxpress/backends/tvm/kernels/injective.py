@@ -1,0 +1,66 @@
+"""CPU schedule rule for element-wise and layout ops (add, GELU, transpose, ...).
+
+Without a schedule every fused element-wise PrimFunc is a serial scalar loop
+nest. This rule matches PrimFuncs whose blocks are all injective (no
+reduction): earlier blocks are inlined where TVM allows, and the last block's
+loops are fused into one, split into vector-width chunks (vectorized when the
+total divides evenly) and the chunk loop is parallelized when there is enough
+work to pay for waking the thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import get_extent
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+from fxpress.backends.tvm.kernels.matmul import vector_lanes
+
+log = logging.getLogger(__name__)
+
+PARALLEL_MIN_ELEMENTS = 16384
+
+
+class CPUInjective(CPUScheduleRule):
+    """Fuse, vectorize and parallelize injective PrimFuncs."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self._schedule(func, target)
+        except Exception as exc:  # never break the build: fall back to the next rule
+            log.debug("CPUInjective skipped: %s", exc)
+            return None
+
+    def _schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos or not all(b.is_injective() for b in infos):
+            return None
+        for info in infos[:-1]:
+            try:
+                sch.compute_inline(info.block_rv)
+            except Exception:  # noqa: BLE001 - a block that cannot inline stays as it is
+                continue
+        last = infos[-1].block_rv
+        loops = sch.get_loops(last)
+        if not loops:
+            return None
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent = get_extent(sch, fused)
+        if not isinstance(extent, int):
+            return None
+        lanes = vector_lanes(target, sch.get(last).writes[0].source.dtype.bits)
+        if extent % lanes == 0 and extent >= lanes:
+            outer, vec = sch.split(fused, factors=[None, lanes])
+            sch.vectorize(vec)
+        else:
+            outer = fused
+        if extent >= PARALLEL_MIN_ELEMENTS:
+            sch.parallel(outer)
+        return sch
