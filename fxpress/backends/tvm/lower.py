@@ -10,7 +10,7 @@ fuse, lower dataflow, plan memory, lower to the VM) with fxpress's choices:
    (the importer emits BN in training form otherwise);
 2. ``legalize`` .. ``fuse-tir``: high-level ops to TIR, fused;
 3. ``schedule``: `schedule_rules(spec)` applied by dlight to every PrimFunc,
-   first match wins: fxpress's register-blocked matmul, dlight's GEMV and
+   first match wins: fxpress's register-blocked matmul and conv2d, dlight's GEMV and
    reduction (softmax, layer-norm) rules, fxpress's injective rule;
 4. ``dataflow-lower`` .. ``finalize``: TVM's VM lowering, unchanged.
 
@@ -27,7 +27,7 @@ import tvm
 import tvm.s_tir.dlight as dl
 from tvm import relax
 
-from fxpress.backends.tvm.kernels import CPUInjective, CPUMatmul
+from fxpress.backends.tvm.kernels import CPUConv2d, CPUInjective, CPUMatmul
 from fxpress.backends.tvm.targets import TargetSpec
 
 
@@ -35,7 +35,7 @@ def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
     """The dlight rules for `spec`, tried in order on every PrimFunc."""
     if spec.device == "cuda":
         return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    return [CPUMatmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), CPUInjective()]
+    return [CPUMatmul(), CPUConv2d(), dl.cpu.GEMV(), dl.cpu.Reduction(), CPUInjective()]
 
 
 def lowering_stages(spec: TargetSpec) -> list[tuple[str, tvm.transform.Pass]]:

@@ -1,6 +1,7 @@
 """fxpress's own TVM schedule rules (dlight `ScheduleRule`s), one kernel family a file."""
 
+from fxpress.backends.tvm.kernels.conv2d import CPUConv2d
 from fxpress.backends.tvm.kernels.injective import CPUInjective
 from fxpress.backends.tvm.kernels.matmul import CPUMatmul
 
-__all__ = ["CPUInjective", "CPUMatmul"]
+__all__ = ["CPUConv2d", "CPUInjective", "CPUMatmul"]

@@ -1,0 +1,98 @@
+"""CPU schedule rule for fp32 NCHW conv2d (regular, grouped, depthwise) with epilogues.
+
+Matches a PrimFunc with one reduction block over ``(n, f, y, x | rc, ry, rx)``
+(``n`` absent when it is 1)
+(what TVM legalizes ``R.nn.conv2d`` to), an optional padding block before it
+and injective epilogue blocks (bias, ReLU, residual add) after it.
+
+Schedule, a direct convolution with register blocking:
+
+    pad computed first (parallel, vectorized)
+    for (n, f-block, y) in parallel:
+      for x-block:
+        acc[FR, XR*VL] = 0                         # cache_write, "local"
+        for rc, ry, rx: for fi in FR (unrolled): for xv in XR*VL (vector):
+          acc[fi, xv] += W[f, rc, ry, rx] * pad[n, rc, y*s+ry, (x+xv)*s+rx]
+        write back
+      epilogue over the row                        # reverse_compute_at
+
+The output width is the vector axis (contiguous in NCHW; stride-1 input rows
+are contiguous loads), output channels are the register axis (one weight
+broadcast feeds XR vectors). Widths that do not divide the tile get predicated
+tails. A blocked NCHWc layout would do better on the 7x7 and 14x14 stages;
+that is the next step of the kernel work. Unrecognised functions return None.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import get_extent
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+from fxpress.backends.tvm.kernels.matmul import vector_lanes
+
+log = logging.getLogger(__name__)
+
+
+def _is_conv2d(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    stmt = sch.get(block)
+    kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars)
+    if kinds not in ("SSSRRR", "SSSSRRR") or len(stmt.writes) != 1 or stmt.writes[0].source.dtype != "float32":
+        return False
+    body = stmt.body
+    return isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add) and isinstance(body.value.b, tirx.Mul)
+
+
+class CPUConv2d(CPUScheduleRule):
+    """Register-blocked direct NCHW conv2d (see module docstring)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self._schedule(func, target)
+        except Exception as exc:  # never break the build: fall back to the next rule
+            log.debug("CPUConv2d skipped: %s", exc)
+            return None
+
+    def _schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        reductions = [b for b in infos if not b.is_injective()]
+        if len(reductions) != 1 or not _is_conv2d(sch, reductions[0].block_rv):
+            return None
+        main = reductions[0].block_rv
+        position = [b.block_rv for b in infos].index(main)
+        lanes = vector_lanes(target)
+        *batch, f, y, x, rc, ry, rx = sch.get_loops(main)  # a unit batch loop is normalized away
+        width = get_extent(sch, x)
+        channels = get_extent(sch, f)
+        if not isinstance(width, int) or not isinstance(channels, int):
+            return None
+        xr = 2 if width >= 2 * lanes else 1
+        fr = 6 if xr == 1 else 4
+        fr = min(fr, channels)
+        fo, fi = sch.split(f, factors=[None, fr])
+        xo, xi = sch.split(x, factors=[None, xr * lanes])
+        sch.reorder(*batch, fo, y, xo, rc, ry, rx, fi, xi)
+        outer = sch.fuse(*batch, fo, y)
+        sch.parallel(outer)
+        acc = sch.cache_write(main, 0, "local")
+        sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
+        for info in infos[position + 1 :]:
+            sch.reverse_compute_at(info.block_rv, outer, preserve_unit_loops=True)
+        xi_o, xi_i = sch.split(xi, factors=[None, lanes])
+        sch.vectorize(xi_i)
+        sch.unroll(xi_o)
+        sch.unroll(fi)
+        sch.decompose_reduction(main, rc)
+        for info in infos[:position]:  # padding: its own parallel, vectorized loop nest
+            loops = sch.get_loops(info.block_rv)
+            sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0])
+        return sch
