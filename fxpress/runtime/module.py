@@ -13,6 +13,7 @@ runtime and safetensors are installed.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -36,12 +37,21 @@ def set_num_threads(n: int) -> None:
     """Fix the TVM runtime's thread pool size (affects every module in the process).
 
     Reconfiguring the pool costs far more than a small kernel, so it is only
-    done when the number changes.
+    done when the number changes. TVM pins the *calling* thread to one core
+    when it configures the pool; every thread started afterwards (torch's and
+    ONNX Runtime's pools included) would inherit that, so the caller's CPU
+    affinity is restored right after.
     """
     global _threads_in_effect
-    if n != _threads_in_effect:
+    if n == _threads_in_effect:
+        return
+    saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
         tvm.get_global_func("runtime.config_threadpool")(1, int(n))
-        _threads_in_effect = int(n)
+    finally:
+        if saved is not None:
+            os.sched_setaffinity(0, saved)
+    _threads_in_effect = int(n)
 
 
 class CompiledModule:
@@ -55,8 +65,10 @@ class CompiledModule:
         *,
         device: str = "cpu",
         runnable: bool = True,
+        library_path: str | None = None,
     ) -> None:
         self.executable = executable
+        self.library_path = library_path  # the artifact's model.so when loaded from one
         self.params = list(params)
         self.manifest = manifest
         self.runnable = runnable
@@ -116,8 +128,9 @@ class CompiledModule:
         return [o.numpy() for o in items]
 
     def _to_device(self, a: np.ndarray) -> tvm.runtime.Tensor:
-        # zero-copy for 64-byte aligned host arrays (TVM kernels may assume that alignment)
-        if self._device.dlpack_device_type() == 1 and a.ctypes.data % 64 == 0:
+        # zero-copy for 64-byte aligned host arrays (TVM kernels may assume that alignment);
+        # DLPack cannot export a read-only array, so those are copied
+        if self._device.dlpack_device_type() == 1 and a.ctypes.data % 64 == 0 and a.flags.writeable:
             return tvm.runtime.from_dlpack(a)
         return tvm.runtime.tensor(a, self._device)
 

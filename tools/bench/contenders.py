@@ -1,0 +1,121 @@
+"""How each contender is built for one (model, thread count) and called.
+
+- ``eager``: the PyTorch module under ``torch.inference_mode``, fp32, with
+  ``torch.set_num_threads(n)`` (set by the caller for the whole case);
+- ``fxpress``: ``capture`` -> ``optimize("default")`` -> ``compile(target="x86",
+  num_threads=n)``, called on numpy arrays (the public path, input checks and
+  copies included); capture, optimize and compile seconds are recorded;
+- ``ort``: ``torch.onnx.export`` (the dynamo exporter, falling back to the
+  TorchScript one if it fails; which one was used is recorded), then an ONNX
+  Runtime CPU session with ``intra_op_num_threads=n``, one inter-op thread,
+  sequential execution and every graph optimisation on.
+
+Each builder returns a `Contender` whose ``info`` holds the build facts and
+the largest output difference from eager (a cheap sanity check that the
+contender computes the same thing). A builder that fails raises; the caller
+records the error for that contender and goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+CONTENDERS = ("eager", "fxpress", "ort")
+
+
+@dataclass
+class Contender:
+    """A named zero-argument call to time, and what was learned building it."""
+
+    name: str
+    call: Callable[[], Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def first_output(out: Any) -> np.ndarray:
+    if isinstance(out, tuple | list):
+        out = out[0]
+    if isinstance(out, torch.Tensor):
+        return out.detach().numpy()
+    return np.asarray(out)
+
+
+def max_diff(out: Any, ref: np.ndarray) -> float:
+    return float(np.abs(first_output(out).astype(np.float64) - ref).max())
+
+
+def build_eager(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int, ref: np.ndarray) -> Contender:
+    def call() -> torch.Tensor:
+        with torch.inference_mode():
+            return model(*inputs)
+
+    return Contender("eager", call, {"torch_threads": torch.get_num_threads()})
+
+
+def build_fxpress(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int, ref: np.ndarray) -> Contender:
+    import fxpress
+
+    t0 = time.perf_counter()
+    graph = fxpress.capture(model, inputs)
+    t1 = time.perf_counter()
+    graph = fxpress.optimize(graph, "default")
+    t2 = time.perf_counter()
+    compiled = fxpress.compile(graph, target="x86", num_threads=threads)
+    t3 = time.perf_counter()
+    arrays = tuple(x.numpy() for x in inputs)
+    info = {
+        "capture_s": round(t1 - t0, 3),
+        "optimize_s": round(t2 - t1, 3),
+        "compile_s": round(t3 - t2, 3),
+        "lowering_s": compiled.manifest.get("lowering_s", {}),
+        "target": str(compiled.manifest["target"]["target"]),
+        "num_threads": compiled.num_threads,
+    }
+    def call() -> Any:
+        return compiled(*arrays)
+
+    info["max_abs_diff_vs_eager"] = max_diff(call(), ref)
+    return Contender("fxpress", call, info)
+
+
+def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> dict[str, Any]:
+    """Export to `path`, dynamo exporter first; returns what was used and how long it took."""
+    names = [f"input{i}" for i in range(len(inputs))]
+    errors: dict[str, str] = {}
+    for exporter, dynamo in (("dynamo", True), ("torchscript", False)):
+        t0 = time.perf_counter()
+        try:
+            torch.onnx.export(
+                model, inputs, str(path), dynamo=dynamo, input_names=names, output_names=["output"], verbose=False
+            )
+        except Exception as exc:
+            errors[exporter] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            continue
+        return {"exporter": exporter, "export_s": round(time.perf_counter() - t0, 3), "export_errors": errors}
+    raise RuntimeError(f"torch.onnx.export failed with every exporter: {errors}")
+
+
+def build_ort(
+    onnx_path: Path, inputs: tuple[torch.Tensor, ...], threads: int, ref: np.ndarray, export_info: dict[str, Any]
+) -> Contender:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    t0 = time.perf_counter()
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}
+    info = {**export_info, "session_s": round(time.perf_counter() - t0, 3), "intra_op_num_threads": threads}
+    info["max_abs_diff_vs_eager"] = max_diff(session.run(None, feed), ref)
+    return Contender("ort", lambda: session.run(None, feed), info)
