@@ -10,6 +10,8 @@ from fxpress.ir.graph import Graph
 
 def compile(graph: Graph, target: str = "x86", *, num_threads: int | None = None, cross: bool = False) -> Any:  # noqa: A001
     """Compile `graph` for `target` (``eager`` or a TVM preset such as ``x86``)."""
+    if not isinstance(target, str):
+        raise TargetError(f"target must be a name such as 'x86', got {type(target).__name__}")
     if target == "eager":
         from fxpress.backends.eager import EagerModule
 

@@ -163,14 +163,16 @@ class Graph:
             if not node.users:
                 self.fx.erase_node(node)
         used = {str(n.target) for n in self.nodes("get_attr")}
+        live = {id(self.param(name)) for name in used}  # a tied tensor still in use frees nothing
         freed = 0
         for name, tensor in list(itertools.chain(self.gm.named_parameters(), self.gm.named_buffers())):
             if name in used:
                 continue
             owner, _, leaf = name.rpartition(".")
             module = self.gm.get_submodule(owner) if owner else self.gm
-            freed += tensor.numel() * tensor.element_size()
             delattr(module, leaf)
+            if id(tensor) not in live:
+                freed += tensor.numel() * tensor.element_size()
         for name, module in sorted(self.gm.named_modules(), key=lambda kv: -kv[0].count(".")):
             if name and not any(True for _ in module.parameters()) and not any(True for _ in module.buffers()):
                 self.gm.delete_submodule(name)

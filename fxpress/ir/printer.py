@@ -84,7 +84,8 @@ class _Printer:
         if a is None:
             return "none"
         if isinstance(a, float):
-            return f"{a:.4g}"
+            text = f"{a:.4g}"
+            return text if any(c in text for c in ".ein") else f"{text}.0"  # 2.0, not 2: that reads as an int
         if isinstance(a, list | tuple):
             return "[" + ", ".join(self.arg(x) for x in a) + "]"
         if isinstance(a, dict):

@@ -10,8 +10,10 @@ PyTorch and stored as a new parameter; the now-dead constant nodes are
 removed. A result larger than `max_growth` times the bytes of the parameters it
 reads is not materialized (folding ``expand`` would only cost memory).
 
-Requires: nothing. Establishes: nothing. Numerics: exact (the same ATen kernels
-run, ahead of time). Leaves alone: graphs whose every op depends on an input.
+Requires: nothing. Establishes: nothing. Numerics: the folded values are exact
+(the same ATen kernels run, ahead of time); an op that read a view (``aten.t``)
+now reads a contiguous tensor, which may change its float rounding in the last
+bit. Leaves alone: graphs whose every op depends on an input.
 """
 
 from __future__ import annotations

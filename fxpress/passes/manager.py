@@ -161,9 +161,8 @@ class PassManager:
             work = result.graph
             am.rebind(work)
             if result.modified:
-                work.recompile()
                 am.invalidate(result.preserved)
-            self._check(p, work, history)
+            self._check(p, work, history, recompile=result.modified)
             wall = time.perf_counter() - start
             work.properties = (work.properties - p.invalidates) | p.establishes
             drift = None
@@ -191,19 +190,26 @@ class PassManager:
         except Exception as exc:
             raise PassError(f"pass {p.text()} failed (after {history}): {type(exc).__name__}: {exc}") from exc
         if not isinstance(result, PassResult):
-            raise PassError(f"pass {p.name} returned {type(result).__name__}, not a PassResult")
+            raise PassError(f"pass {p.text()} returned {type(result).__name__}, not a PassResult (after {history})")
         return result
 
-    def _check(self, p: Pass, graph: Graph, history: list[str]) -> None:
+    def _check(self, p: Pass, graph: Graph, history: list[str], *, recompile: bool) -> None:
+        """Verify (or at least re-propagate shapes), then regenerate the code if it changed.
+
+        Verification comes first: a graph that does not lint fails here as a
+        `VerifyError` naming the pass, not inside ``recompile``.
+        """
         try:
             if self.verify:
                 graph.verify()
-            else:
+            if recompile:
+                graph.recompile()
+            if not self.verify:
                 graph.propagate_shapes()
         except FxpressError as exc:
             raise type(exc)(f"after pass {p.text()} (ran before it: {history}): {exc}") from exc
         except Exception as exc:
-            raise PassError(f"after pass {p.text()}: shapes no longer propagate: {exc}") from exc
+            raise PassError(f"after pass {p.text()} (ran before it: {history}): the graph is broken: {exc}") from exc
 
 
 def optimize(

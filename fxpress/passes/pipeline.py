@@ -61,6 +61,13 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _type_text(typ: Any) -> str:
+    """A field's type as text (``"int | None"``), whether the annotation is a string or a type."""
+    if isinstance(typ, str):
+        return typ
+    return typ.__name__ if isinstance(typ, type) else str(typ)
+
+
 def _convert(pass_name: str, key: str, typ: str, raw: str) -> Any:
     optional = "None" in typ
     base = typ.replace("| None", "").replace("None |", "").strip()
@@ -99,7 +106,11 @@ def _parse_item(item: str, passes: dict[str, type[Pass]], pipelines: dict[str, s
     name = (m.group(1) if m else item).strip()
     if not name or not _NAME.fullmatch(name):
         raise PipelineError(f"{name or item!r} is not a pass name (pass names are kebab-case, e.g. fold-bn)")
-    if name in pipelines and (not m or m.group(2) is None):
+    if name in pipelines:
+        if m and m.group(2) is not None:
+            raise PipelineError(
+                f"named pipeline {name!r} takes no options; write out its passes ({pipelines[name]}) to set theirs"
+            )
         if depth > 8:
             raise PipelineError(f"named pipeline {name!r} expands into itself")
         return _parse(pipelines[name], depth + 1)
@@ -118,7 +129,7 @@ def _parse_item(item: str, passes: dict[str, type[Pass]], pipelines: dict[str, s
         if attr not in fields:
             valid = ", ".join(f.replace("_", "-") for f in fields) or "(none)"
             raise PipelineError(f"{name}: unknown option {key!r}{_suggest(attr, list(fields))}; valid options: {valid}")
-        kwargs[attr] = _convert(name, key, str(fields[attr].type), raw)
+        kwargs[attr] = _convert(name, key, _type_text(fields[attr].type), raw)
     try:
         return [cls(**kwargs)]
     except (TypeError, ValueError) as exc:

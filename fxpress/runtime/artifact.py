@@ -53,6 +53,11 @@ def write_artifact(directory: str | os.PathLike[str], manifest: dict[str, Any], 
     dest = Path(directory).resolve()
     if dest.exists() and not dest.is_dir():
         raise ArtifactError(f"cannot write artifact to {dest}: a file of that name exists")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
+        raise ArtifactError(
+            f"cannot write artifact to {dest}: the directory is not empty and holds no fxpress artifact "
+            f"(no {MANIFEST}), so it is not replaced; choose another directory"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
@@ -61,17 +66,36 @@ def write_artifact(directory: str | os.PathLike[str], manifest: dict[str, Any], 
         full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": {n: sha256(tmp / n) for n in files}}
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
         _fsync_dir(tmp)
-        old = None
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{os.getpid()}"
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _publish_permissions(tmp)
+        _replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    """Rename `tmp` to `dest`; an artifact already at `dest` is put back if that fails."""
+    if not dest.exists():
+        os.rename(tmp, dest)
+        return
+    old = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    os.rename(dest, old)
+    try:
+        os.rename(tmp, dest)
+    except BaseException:
+        os.rename(old, dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_permissions(path: Path) -> None:
+    """Give the artifact ordinary permissions (mkdtemp makes 0700; safetensors 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+    for p in path.iterdir():
+        p.chmod((0o777 if os.access(p, os.X_OK) else 0o666) & ~umask)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -27,8 +27,9 @@ def load(directory: str | os.PathLike[str], *, num_threads: int | None = None) -
         raise ArtifactError(
             f"artifact {root} was built for target {target.get('name')!r}; it does not run on this machine"
         )
+    library = os.path.abspath(os.path.join(root, LIBRARY))
     try:
-        lib = tvm.runtime.load_module(os.path.join(root, LIBRARY))
+        lib = tvm.runtime.load_module(library)
         weights = load_file(os.path.join(root, WEIGHTS))
     except Exception as exc:
         raise ArtifactError(f"artifact {root} could not be loaded: {exc}") from exc
@@ -45,4 +46,4 @@ def load(directory: str | os.PathLike[str], *, num_threads: int | None = None) -
     params = [tvm.runtime.tensor(weights[k], device) for k in manifest["params"]]
     if num_threads is not None:
         manifest = {**manifest, "num_threads": num_threads}
-    return CompiledModule(lib, params, manifest, device=target.get("device", "cpu"))
+    return CompiledModule(lib, params, manifest, device=target.get("device", "cpu"), library_path=library)

@@ -26,7 +26,9 @@ def save_module(module: CompiledModule, directory: str | Path) -> Path:
         )
 
     def write(tmp: Path) -> None:
-        if compiler:
+        if module.library_path is not None:  # loaded from an artifact: its library is final, copy it
+            shutil.copyfile(module.library_path, tmp / LIBRARY)
+        elif compiler:
             from tvm.support import cc
 
             module.executable.export_library(str(tmp / LIBRARY), fcompile=cc.cross_compiler(compiler))

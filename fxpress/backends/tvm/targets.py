@@ -5,7 +5,9 @@ A preset names what to build for. ``x86`` is the host CPU as LLVM sees it
 preset asking for an instruction set the host lacks is refused when the build
 is meant to run here (``cross=False``, the default), so a missing instruction
 is a clear compile-time error, never an illegal-instruction crash at run
-time. ``arm`` and ``cuda`` always build for use elsewhere (cross builds).
+time; likewise an ``x86`` build records the host's instruction sets, and
+loading it on a CPU that lacks one is refused. ``arm`` and ``cuda`` always
+build for use elsewhere (cross builds).
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ _OTHER = {
 }
 TARGETS: dict[str, str] = {**{k: v[2] for k, v in _X86.items()}, **_OTHER}
 
+# instruction sets LLVM may use when it compiles for the host CPU (target "x86"); such a
+# build requires those the host has, so loading it on a CPU without one is refused
+_ISA_FLAGS = frozenset({
+    "sse4_1", "sse4_2", "popcnt", "abm", "movbe", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "avx_vnni",
+    "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+    "avx512vbmi", "amx_tile", "amx_int8", "amx_bf16",
+})
+
 
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -81,5 +91,7 @@ def resolve_target(name: str, *, num_threads: int | None = None, cross: bool = F
             f"target {name!r} needs CPU features {missing} that this machine lacks; "
             f"use target 'x86' (the host's own features) or pass cross=True to build for another machine"
         )
+    if mcpu is None:  # the host's own CPU: the code may use every instruction set it has
+        needs = tuple(sorted(host_cpu_flags() & _ISA_FLAGS))
     cpu = mcpu or tvm.target.codegen.llvm_get_system_cpu()
     return TargetSpec(name, _llvm(cpu, threads), "cpu", not missing, requires=needs)

@@ -1,0 +1,83 @@
+"""Shared fixtures: the verifier is on for every `optimize` call, torch is seeded.
+
+Like TVM's autouse well-formed check, every pass run in the test suite is
+followed by the full verifier (``FXPRESS_VERIFY=1``), whatever the caller's
+environment says. Models here are small enough to capture in ~50 ms.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _verify_every_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FXPRESS_VERIFY", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def randomize_bn(bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    """Give a BatchNorm non-trivial running statistics (and affine parameters)."""
+    with torch.no_grad():
+        if bn.track_running_stats:
+            bn.running_mean.uniform_(-1.0, 1.0)
+            bn.running_var.uniform_(0.5, 2.0)
+        if bn.affine:
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+    return bn
+
+
+class SmallCNN(nn.Module):
+    """conv -> bn -> relu -> global average pool -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = randomize_bn(nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        return self.fc(y.mean((2, 3)))
+
+
+class BNMLP(nn.Module):
+    """linear -> BatchNorm1d -> relu -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.bn = randomize_bn(nn.BatchNorm1d(32))
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.bn(self.fc1(x))))
+
+
+@pytest.fixture
+def cnn() -> SmallCNN:
+    torch.manual_seed(1)
+    return SmallCNN().eval()
+
+
+@pytest.fixture
+def cnn_input() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture
+def mlp() -> BNMLP:
+    torch.manual_seed(3)
+    return BNMLP().eval()
+
+
+@pytest.fixture
+def mlp_input() -> torch.Tensor:
+    return torch.randn(4, 16, generator=torch.Generator().manual_seed(4))

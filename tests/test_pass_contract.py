@@ -1,0 +1,99 @@
+"""The contract every registered pass keeps (see fxpress/passes/base.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import pkgutil
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BNMLP, SmallCNN
+from torch import nn
+
+import fxpress
+import fxpress.passes
+from fxpress.passes import PASSES, Pass, parse_pipeline
+
+KEBAB = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+TESTS = Path(__file__).parent
+
+
+def _pass_classes_in_package() -> set[type[Pass]]:
+    found = set()
+    for info in pkgutil.walk_packages(fxpress.passes.__path__, "fxpress.passes."):
+        module = importlib.import_module(info.name)
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, Pass) and obj is not Pass and obj.__module__ == module.__name__:
+                found.add(obj)
+    return found
+
+
+def test_every_pass_class_is_registered():
+    assert _pass_classes_in_package() == set(PASSES.values())
+
+
+@pytest.mark.parametrize("name", sorted(PASSES))
+def test_pass_shape(name):
+    cls = PASSES[name]
+    assert cls.name == name
+    assert KEBAB.fullmatch(name), name
+    assert dataclasses.is_dataclass(cls)
+    assert cls.__dataclass_params__.frozen, f"{cls.__name__} must be a frozen dataclass"
+    p = cls()  # every option has a default, so the bare name is a valid pipeline
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.__setattr__("anything", 1)
+    for facts in (cls.requires, cls.establishes, cls.invalidates):
+        assert isinstance(facts, frozenset) and all(KEBAB.fullmatch(f) for f in facts)
+    assert parse_pipeline(p.text()) == [p]
+    doc = sys.modules[cls.__module__].__doc__ or ""
+    assert doc.startswith(f"{name}: "), "a pass module opens with a docstring naming the pass"
+    for part in ("Requires:", "Numerics:", "Leaves alone:"):
+        assert part in doc, f"{cls.__module__} docstring lacks {part!r}"
+
+
+@pytest.mark.parametrize("name", sorted(PASSES))
+def test_every_pass_has_a_test_file(name):
+    path = TESTS / f"test_{name.replace('-', '_')}.py"
+    assert path.is_file(), f"pass {name!r} has no tests: add {path.name} (golden IR, numerics, leave-alone)"
+
+
+class Everything(nn.Module):
+    """Something for every pass to do: BN to fold, a constant weight expression, dead code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cnn = SmallCNN()
+        self.mlp = BNMLP()
+        self.w = nn.Parameter(torch.randn(4, 10))
+        self.scale = nn.Parameter(torch.rand(4, 1))
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.cnn(x) + nn.functional.linear(self.mlp(v), self.w * self.scale)
+
+
+@pytest.fixture(scope="module")
+def graphs() -> list[fxpress.Graph]:
+    torch.manual_seed(5)
+    model = Everything().eval()
+    x, v = torch.randn(2, 3, 8, 8), torch.randn(2, 16)
+    return [
+        fxpress.capture(model, (x, v)),
+        fxpress.capture(model, (x, v), dynamic_shapes=({0: torch.export.Dim("b")}, {0: torch.export.Dim("b")})),
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(PASSES))
+def test_second_run_changes_nothing(name, graphs):
+    for graph in graphs:
+        first = fxpress.optimize(graph, name)
+        assert first.trace[-1].modified, f"{name} has work in this graph; the first run must change it"
+        second = fxpress.optimize(first, name)
+        assert second.trace[-1].modified is False, f"{name} reported a change on its own output"
+        assert str(second) == str(first)
+        x, v = graph.example_inputs
+        torch.testing.assert_close(second(x, v), graph(x, v), rtol=1e-5, atol=1e-5)
