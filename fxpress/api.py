@@ -8,7 +8,7 @@ from fxpress.errors import TargetError
 from fxpress.ir.graph import Graph
 
 
-def compile(graph: Graph, target: str = "x86", *, num_threads: int | None = None, cross: bool = False) -> Any:  # noqa: A001
+def compile(graph: Graph, target: str = "x86", *, num_threads: int | None = None, cross: bool = False) -> Any:
     """Compile `graph` for `target` (``eager`` or a TVM preset such as ``x86``)."""
     if not isinstance(target, str):
         raise TargetError(f"target must be a name such as 'x86', got {type(target).__name__}")

@@ -166,8 +166,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print("files      " + ", ".join(f"{k} ({v[:12]})" for k, v in m["files"].items()))
     rows = [("pass", "ms", "ops", "param bytes", "modified")]
     for r in m.get("trace", []):
-        rows.append((r["pass"], f"{r['wall_s'] * 1e3:.1f}", f"{r['nodes_before']}->{r['nodes_after']}",
-                     f"{r['param_bytes_before']}->{r['param_bytes_after']}", "yes" if r["modified"] else "no"))
+        rows.append(
+            (
+                r["pass"],
+                f"{r['wall_s'] * 1e3:.1f}",
+                f"{r['nodes_before']}->{r['nodes_after']}",
+                f"{r['param_bytes_before']}->{r['param_bytes_after']}",
+                "yes" if r["modified"] else "no",
+            )
+        )
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         print("\ntrace")

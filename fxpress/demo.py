@@ -71,7 +71,9 @@ def load_digits(seed: int = 0) -> Digits:
     return Digits(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte))
 
 
-def train(data: Digits, *, seconds: float = 6.0, max_epochs: int = 40, seed: int = 0, progress: bool = False) -> DigitsCNN:
+def train(
+    data: Digits, *, seconds: float = 6.0, max_epochs: int = 40, seed: int = 0, progress: bool = False
+) -> DigitsCNN:
     """Train a `DigitsCNN` with Adam for at most `seconds` or `max_epochs`."""
     torch.manual_seed(seed)
     model = DigitsCNN()
@@ -144,7 +146,11 @@ def run_demo(out: str | Path = "demo-artifact", *, seconds: float = 6.0, num_thr
     diff = float(np.abs(module(data.x_test.numpy()) - eager(data.x_test.numpy())).max())
     rows = {
         "eager PyTorch fp32": (accuracy(eager, data), _param_bytes(model), median_ms(lambda: eager(one))),
-        "fxpress x86 (TVM)": (accuracy(module, data), _artifact_weight_bytes(Path(path)), median_ms(lambda: module(one))),
+        "fxpress x86 (TVM)": (
+            accuracy(module, data),
+            _artifact_weight_bytes(Path(path)),
+            median_ms(lambda: module(one)),
+        ),
     }
     print()
     print(f"{'':22}{'test accuracy':>15}{'weights KiB':>13}{'latency ms (1 image)':>22}")

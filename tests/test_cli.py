@@ -41,7 +41,20 @@ def model_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def artifact(model_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "art"
-    rc = main(["compile", f"{model_file}:build", "--input-shape", "2,3,8,8", "--passes", "fold-bn,dce", "-o", str(out), "--threads", "1"])
+    rc = main(
+        [
+            "compile",
+            f"{model_file}:build",
+            "--input-shape",
+            "2,3,8,8",
+            "--passes",
+            "fold-bn,dce",
+            "-o",
+            str(out),
+            "--threads",
+            "1",
+        ]
+    )
     assert rc == 0
     return out
 

@@ -15,7 +15,7 @@ def test_digits_data_is_bundled_and_split() -> None:
     data = load_digits()
     assert data.x_train.shape[1:] == (1, 8, 8) and data.x_test.shape[1:] == (1, 8, 8)
     assert len(data.x_train) + len(data.x_test) == 1797
-    assert 0.0 <= float(data.x_train.min()) and float(data.x_train.max()) <= 1.0
+    assert float(data.x_train.min()) >= 0.0 and float(data.x_train.max()) <= 1.0
 
 
 def test_digits_cnn_has_batchnorm() -> None:

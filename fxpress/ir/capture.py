@@ -48,7 +48,11 @@ def _user_line(exc: BaseException) -> str | None:
     m = re.search(r'The following call raised this error:\s*\n\s*File "([^"]+)", line (\d+), in (\S+)\n\s*(.*)', text)
     if m:
         return f"{m.group(1)}:{m.group(2)} in {m.group(3)}: {m.group(4).strip()}"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<") and "/torch/" not in f.filename and "/fxpress/" not in f.filename]
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith("<") and "/torch/" not in f.filename and "/fxpress/" not in f.filename
+    ]
     if frames:
         f = frames[-1]
         return f"{f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
@@ -117,6 +121,8 @@ def capture(
         raise CaptureError(_describe(model, exc)) from exc
     gm = ep.module()
     _strip_guards(gm)
-    graph = Graph(gm, [x.detach().clone() for x in inputs], dynamic_shapes=dynamic_shapes, model_name=type(model).__name__)
+    graph = Graph(
+        gm, [x.detach().clone() for x in inputs], dynamic_shapes=dynamic_shapes, model_name=type(model).__name__
+    )
     graph.verify()
     return graph

@@ -219,7 +219,9 @@ class Graph:
 
     def __repr__(self) -> str:
         props = ",".join(sorted(self.properties)) or "-"
-        return f"<fxpress.Graph {self.model_name}: {self.num_ops} ops, {self.param_bytes} param bytes, properties {props}>"
+        return (
+            f"<fxpress.Graph {self.model_name}: {self.num_ops} ops, {self.param_bytes} param bytes, properties {props}>"
+        )
 
     def verify(self) -> None:
         """Raise `VerifyError` unless the graph lints, types and shapes check."""

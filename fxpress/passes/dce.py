@@ -32,4 +32,6 @@ class DeadCodeElimination(Pass):
         graph.fx.eliminate_dead_code()
         freed = graph.drop_unused_params()
         removed = ops_before - sum(1 for _ in graph.nodes())
-        return PassResult(graph, modified=removed > 0 or freed > 0, stats={"removed_nodes": removed, "freed_bytes": freed})
+        return PassResult(
+            graph, modified=removed > 0 or freed > 0, stats={"removed_nodes": removed, "freed_bytes": freed}
+        )

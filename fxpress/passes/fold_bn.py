@@ -44,7 +44,12 @@ def _bn_parts(graph: Graph, bn: torch.fx.Node) -> tuple[torch.fx.Node, list[torc
     if training:
         return None
     tensors = [_const(graph, a) if a is not None else None for a in (w, b, mean, var)]
-    if tensors[2] is None or tensors[3] is None or (w is not None and tensors[0] is None) or (b is not None and tensors[1] is None):
+    if (
+        tensors[2] is None
+        or tensors[3] is None
+        or (w is not None and tensors[0] is None)
+        or (b is not None and tensors[1] is None)
+    ):
         return None
     return x, tensors, float(eps)
 
@@ -81,7 +86,9 @@ class FoldBatchNorm(Pass):
             graph.drop_unused_params()
         return PassResult(graph, modified=folded > 0, stats={"folded": folded})
 
-    def _fold(self, graph: Graph, bn: torch.fx.Node, op: torch.fx.Node, t: list[torch.Tensor | None], eps: float) -> None:
+    def _fold(
+        self, graph: Graph, bn: torch.fx.Node, op: torch.fx.Node, t: list[torch.Tensor | None], eps: float
+    ) -> None:
         weight = graph.param(op.args[1])
         bias_node = op.args[2] if len(op.args) > 2 else None
         dtype = weight.dtype

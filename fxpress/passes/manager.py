@@ -169,7 +169,9 @@ class PassManager:
             if reference is not None:
                 outputs = work.run_flat(*work.example_inputs)
                 drift, reference = _drift(reference, outputs), outputs
-            record = TraceRecord(p.text(), wall, ops, work.num_ops, nbytes, work.param_bytes, result.modified, dict(result.stats), drift)
+            record = TraceRecord(
+                p.text(), wall, ops, work.num_ops, nbytes, work.param_bytes, result.modified, dict(result.stats), drift
+            )
             work.trace.append(record)
             records.append(record)
             history.append(p.name)

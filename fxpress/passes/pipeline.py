@@ -116,7 +116,9 @@ def _parse_item(item: str, passes: dict[str, type[Pass]], pipelines: dict[str, s
         return _parse(pipelines[name], depth + 1)
     if name not in passes:
         valid = ", ".join(sorted(passes)) + "; named pipelines: " + ", ".join(sorted(pipelines))
-        raise PipelineError(f"unknown pass {name!r}{_suggest(name, list(passes) + list(pipelines))}; valid passes: {valid}")
+        raise PipelineError(
+            f"unknown pass {name!r}{_suggest(name, list(passes) + list(pipelines))}; valid passes: {valid}"
+        )
     cls = passes[name]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -160,8 +162,10 @@ def print_pass(p: Pass) -> str:
     opts = []
     for f in dataclasses.fields(p):
         value = getattr(p, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
         )
         if value != default:
             opts.append(f"{f.name.replace('_', '-')}={_format_value(value)}")

@@ -44,7 +44,9 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_artifact(directory: str | os.PathLike[str], manifest: dict[str, Any], write_files: Callable[[Path], None]) -> Path:
+def write_artifact(
+    directory: str | os.PathLike[str], manifest: dict[str, Any], write_files: Callable[[Path], None]
+) -> Path:
     """Write an artifact atomically: `write_files(tmp)` fills a temp dir, then rename.
 
     `manifest` gets the format fields and the file hashes added; the caller
@@ -63,7 +65,12 @@ def write_artifact(directory: str | os.PathLike[str], manifest: dict[str, Any], 
     try:
         write_files(tmp)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest, "files": {n: sha256(tmp / n) for n in files}}
+        full = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            **manifest,
+            "files": {n: sha256(tmp / n) for n in files},
+        }
         (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
         _fsync_dir(tmp)
         _publish_permissions(tmp)

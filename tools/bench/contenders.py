@@ -79,6 +79,7 @@ def build_fxpress(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: i
         "target": str(compiled.manifest["target"]["target"]),
         "num_threads": compiled.num_threads,
     }
+
     def call() -> Any:
         return compiled(*arrays)
 

@@ -49,17 +49,37 @@ def lowering_stages(spec: TargetSpec) -> list[tuple[str, tvm.transform.Pass]]:
         ("fuse-ops", t.FuseOps()),
         ("fuse-tir", t.FuseTIR()),
         ("schedule", dl.ApplyDefaultSchedule(*schedule_rules(spec))),
-        ("dataflow-lower", tvm.transform.Sequential([
-            t.RewriteDataflowReshape(), t.ToNonDataflow(), t.RemovePurityChecking(), t.CallTIRRewrite(),
-        ])),
-        ("finalize", tvm.transform.Sequential([
-            t.StaticPlanBlockMemory(), t.LowerAllocTensor(), t.KillAfterLastUse(), t.LowerRuntimeBuiltin(),
-            t.ComputePrimValue(), t.VMShapeLower(), t.AttachGlobalSymbol(),
-        ])),
+        (
+            "dataflow-lower",
+            tvm.transform.Sequential(
+                [
+                    t.RewriteDataflowReshape(),
+                    t.ToNonDataflow(),
+                    t.RemovePurityChecking(),
+                    t.CallTIRRewrite(),
+                ]
+            ),
+        ),
+        (
+            "finalize",
+            tvm.transform.Sequential(
+                [
+                    t.StaticPlanBlockMemory(),
+                    t.LowerAllocTensor(),
+                    t.KillAfterLastUse(),
+                    t.LowerRuntimeBuiltin(),
+                    t.ComputePrimValue(),
+                    t.VMShapeLower(),
+                    t.AttachGlobalSymbol(),
+                ]
+            ),
+        ),
     ]
 
 
-def as_pass(stages: Sequence[tuple[str, tvm.transform.Pass]], timings: dict[str, float] | None = None) -> tvm.transform.Pass:
+def as_pass(
+    stages: Sequence[tuple[str, tvm.transform.Pass]], timings: dict[str, float] | None = None
+) -> tvm.transform.Pass:
     """One module pass running `stages` in order, recording each one's seconds."""
     import time
 

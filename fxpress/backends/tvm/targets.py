@@ -57,11 +57,34 @@ TARGETS: dict[str, str] = {**{k: v[2] for k, v in _X86.items()}, **_OTHER}
 
 # instruction sets LLVM may use when it compiles for the host CPU (target "x86"); such a
 # build requires those the host has, so loading it on a CPU without one is refused
-_ISA_FLAGS = frozenset({
-    "sse4_1", "sse4_2", "popcnt", "abm", "movbe", "avx", "avx2", "fma", "f16c", "bmi1", "bmi2", "avx_vnni",
-    "avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-    "avx512vbmi", "amx_tile", "amx_int8", "amx_bf16",
-})
+_ISA_FLAGS = frozenset(
+    {
+        "sse4_1",
+        "sse4_2",
+        "popcnt",
+        "abm",
+        "movbe",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "bmi1",
+        "bmi2",
+        "avx_vnni",
+        "avx512f",
+        "avx512bw",
+        "avx512cd",
+        "avx512dq",
+        "avx512vl",
+        "avx512_vnni",
+        "avx512_bf16",
+        "avx512_fp16",
+        "avx512vbmi",
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+    }
+)
 
 
 def default_threads() -> int:

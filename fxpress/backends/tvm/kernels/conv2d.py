@@ -44,7 +44,9 @@ def _is_conv2d(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     if kinds not in ("SSSRRR", "SSSSRRR") or len(stmt.writes) != 1 or stmt.writes[0].source.dtype != "float32":
         return False
     body = stmt.body
-    return isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add) and isinstance(body.value.b, tirx.Mul)
+    return (
+        isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add) and isinstance(body.value.b, tirx.Mul)
+    )
 
 
 class CPUConv2d(CPUScheduleRule):

@@ -60,7 +60,9 @@ def _is_matmul(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     if len(stmt.reads) != 2 or len(stmt.writes) != 1 or stmt.writes[0].source.dtype != "float32":
         return False
     body = stmt.body
-    return isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add) and isinstance(body.value.b, tirx.Mul)
+    return (
+        isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add) and isinstance(body.value.b, tirx.Mul)
+    )
 
 
 class CPUMatmul(CPUScheduleRule):
