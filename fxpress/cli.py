@@ -209,7 +209,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from fxpress.demo import run_demo
 
-    run_demo(args.output, seconds=args.seconds, num_threads=args.threads)
+    run_demo(args.output, epochs=args.epochs, num_threads=args.threads)
     return 0
 
 
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train a digits CNN, compress, compile and compare (about a minute)")
     d.add_argument("-o", "--output", default="demo-artifact", help="artifact directory (default: demo-artifact)")
-    d.add_argument("--seconds", type=float, default=6.0, help="training time budget")
+    d.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
     d.add_argument("--threads", type=int, default=1, help="threads for both eager and compiled (default 1)")
     d.set_defaults(func=cmd_demo)
     return parser
