@@ -19,10 +19,19 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tvm
-from tvm import relax
 
-from fxpress.errors import BackendError, InputError
+# TVM sizes its thread pool by *physical* cores (1 on a 2-vCPU VM whose vCPUs
+# are SMT siblings) unless TVM_NUM_THREADS says otherwise, and
+# `set_num_threads` can only go below that maximum: allow every CPU this
+# process may run on. Read when TVM's pool is first created.
+os.environ.setdefault(
+    "TVM_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+)
+
+import tvm  # noqa: E402
+from tvm import relax  # noqa: E402
+
+from fxpress.errors import BackendError, InputError  # noqa: E402
 
 
 def _is_torch_tensor(x: Any) -> bool:
