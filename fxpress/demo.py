@@ -72,9 +72,7 @@ def load_digits(seed: int = 0) -> Digits:
     return Digits(torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte))
 
 
-def train(
-    data: Digits, *, epochs: int = 15, seed: int = 0, progress: bool = False
-) -> DigitsCNN:
+def train(data: Digits, *, epochs: int = 15, seed: int = 0, progress: bool = False) -> DigitsCNN:
     """Train a `DigitsCNN` with Adam for `epochs` epochs (seeded: the same model every run)."""
     torch.manual_seed(seed)
     model = DigitsCNN()

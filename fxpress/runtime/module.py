@@ -28,10 +28,10 @@ os.environ.setdefault(
     "TVM_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 )
 
-import tvm  # noqa: E402
-from tvm import relax  # noqa: E402
+import tvm
+from tvm import relax
 
-from fxpress.errors import BackendError, InputError  # noqa: E402
+from fxpress.errors import BackendError, InputError
 
 
 def _is_torch_tensor(x: Any) -> bool:

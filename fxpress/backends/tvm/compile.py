@@ -5,7 +5,8 @@ Steps, each failing with a `BackendError` that names the step:
 1. re-export the graph (``torch.export``), import it with
    ``from_exported_program`` (fxpress ops via `CONVERT_MAP`), parameters as
    inputs, then detach them;
-2. ``LiftTransformParams``: everything computed from weights alone moves to
+2. `pack_weights` (x86): constant-weight matmuls read panel-packed weights;
+   ``LiftTransformParams``: everything computed from weights alone moves to
    ``main_transform_params``, run once here so the saved weights are final;
 3. build with the ordered `lowering_stages` for the resolved target.
 
@@ -28,6 +29,7 @@ from tvm.relax.frontend.torch import from_exported_program
 from fxpress import __version__
 from fxpress.backends.tvm.convert_map import CONVERT_MAP
 from fxpress.backends.tvm.lower import as_pass, lowering_stages
+from fxpress.backends.tvm.pack_weights import pack_weights
 from fxpress.backends.tvm.targets import TargetSpec, resolve_target
 from fxpress.errors import BackendError
 from fxpress.ir.graph import Graph
@@ -49,7 +51,7 @@ def _signature(graph: Graph) -> dict[str, Any]:
     return {"inputs": inputs, "outputs": outputs, "single_output": single}
 
 
-def _import(graph: Graph) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor]]:
+def _import(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor]]:
     try:
         ep = graph.export()
     except Exception as exc:
@@ -62,6 +64,8 @@ def _import(graph: Graph) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor]]:
             "keep the ops it lacks out of the graph, or add a converter in fxpress/backends/tvm/convert_map.py"
         ) from exc
     mod, params = relax.frontend.detach_params(mod)
+    if spec.device == "cpu" and "x86_64" in str(spec.target.attrs.get("mtriple", "x86_64")):
+        mod = pack_weights(mod, spec.target)
     return relax.transform.LiftTransformParams()(mod), list(params.get("main", []))
 
 
@@ -90,7 +94,7 @@ def compile_graph(
     if not isinstance(graph, Graph):
         raise BackendError(f"compile() takes an fxpress Graph (from fxpress.capture), got {type(graph).__name__}")
     spec = resolve_target(target, num_threads=num_threads, cross=cross)
-    mod, params = _import(graph)
+    mod, params = _import(graph, spec)
     timings: dict[str, float] = {}
     exe = _build(mod, spec, timings)
     host_exe = exe if spec.host_runnable else _build(mod, resolve_target("x86"), {})

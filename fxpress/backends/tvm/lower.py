@@ -8,11 +8,13 @@ fuse, lower dataflow, plan memory, lower to the VM) with fxpress's choices:
 
 1. ``decompose``: eval-mode BatchNorm and friends into plain arithmetic
    (the importer emits BN in training form otherwise);
-2. ``legalize`` .. ``fuse-tir``: high-level ops to TIR, fused;
-3. ``schedule``: `schedule_rules(spec)` applied by dlight to every PrimFunc,
+2. ``fast-math``: GELU, softmax, exp, erf, tanh as vectorizable
+   approximations (libm calls would keep those loops scalar);
+3. ``legalize`` .. ``fuse-tir``: high-level ops to TIR, fused;
+4. ``schedule``: `schedule_rules(spec)` applied by dlight to every PrimFunc,
    first match wins: fxpress's register-blocked matmul and conv2d, dlight's GEMV and
    reduction (softmax, layer-norm) rules, fxpress's injective rule;
-4. ``dataflow-lower`` .. ``finalize``: TVM's VM lowering, unchanged.
+5. ``dataflow-lower`` .. ``finalize``: TVM's VM lowering, unchanged.
 
 Parameters are lifted out by ``LiftTransformParams`` before these stages run
 (see compile.py), so weight-only work (transposes, later packing) happens once
@@ -27,6 +29,7 @@ import tvm
 import tvm.s_tir.dlight as dl
 from tvm import relax
 
+from fxpress.backends.tvm.fast_math import FastMath
 from fxpress.backends.tvm.kernels import CPUConv2d, CPUInjective, CPUMatmul
 from fxpress.backends.tvm.targets import TargetSpec
 
@@ -43,6 +46,7 @@ def lowering_stages(spec: TargetSpec) -> list[tuple[str, tvm.transform.Pass]]:
     t = relax.transform
     return [
         ("decompose", t.DecomposeOpsForInference()),
+        ("fast-math", FastMath()),
         ("legalize", t.LegalizeOps()),
         ("annotate-op-pattern", t.AnnotateTIROpPattern()),
         ("fold-constant", t.FoldConstant()),
