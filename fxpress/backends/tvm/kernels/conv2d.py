@@ -33,7 +33,7 @@ from tvm.s_tir.dlight.base import get_extent
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from fxpress.backends.tvm.kernels.matmul import vector_lanes
+from fxpress.backends.tvm.kernels.matmul import register_tile, vector_lanes
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +71,48 @@ class CPUConv2d(CPUScheduleRule):
             return None
         main = reductions[0].block_rv
         position = [b.block_rv for b in infos].index(main)
+        if any(len(r.source.shape) == 5 for r in sch.get(main).reads):
+            self._schedule_packed(sch, main, target)
+        else:
+            self._schedule_nchw(sch, main, target)
+        outer = sch.get_loops(main)[0]
+        for info in infos[position + 1 :]:
+            sch.reverse_compute_at(info.block_rv, outer, preserve_unit_loops=True)
+        for info in infos[:position]:  # padding: its own parallel loop nest
+            loops = sch.get_loops(info.block_rv)
+            sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0])
+        sch.decompose_reduction(main, sch.get_loops(main)[2])
+        return sch
+
+    @staticmethod
+    def _schedule_packed(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, target: Target) -> None:
+        """Weights packed [O/P, I, KH, KW, P]: vectors over output channels, XR output columns."""
+        _, nr, lanes = register_tile(target)
+        *batch, f, y, x, rc, ry, rx = sch.get_loops(main)
+        width = get_extent(sch, x)
+        xr = next((r for r in (6, 7, 4, 5, 3, 2) if isinstance(width, int) and width % r == 0), 6)
+        fo, fi = sch.split(f, factors=[None, nr * lanes])
+        xo, xi = sch.split(x, factors=[None, xr])
+        sch.reorder(*batch, fo, y, xo, rc, ry, rx, xi, fi)
+        outer = sch.fuse(*batch, fo, y)
+        sch.parallel(outer)
+        acc = sch.cache_write(main, 0, "local")
+        sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
+        fi_o, fi_i = sch.split(fi, factors=[nr, lanes])
+        sch.vectorize(fi_i)
+        sch.unroll(fi_o)
+        sch.unroll(xi)
+
+    @staticmethod
+    def _schedule_nchw(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, target: Target) -> None:
+        """Plain OIHW weights (depthwise, grouped): vectors over output columns."""
         lanes = vector_lanes(target)
         *batch, f, y, x, rc, ry, rx = sch.get_loops(main)  # a unit batch loop is normalized away
         width = get_extent(sch, x)
         channels = get_extent(sch, f)
-        if not isinstance(width, int) or not isinstance(channels, int):
-            return None
-        xr = 2 if width >= 2 * lanes else 1
+        xr = 2 if isinstance(width, int) and width >= 2 * lanes else 1
         fr = 6 if xr == 1 else 4
-        fr = min(fr, channels)
+        fr = min(fr, channels) if isinstance(channels, int) else fr
         fo, fi = sch.split(f, factors=[None, fr])
         xo, xi = sch.split(x, factors=[None, xr * lanes])
         sch.reorder(*batch, fo, y, xo, rc, ry, rx, fi, xi)
@@ -87,14 +120,7 @@ class CPUConv2d(CPUScheduleRule):
         sch.parallel(outer)
         acc = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
-        for info in infos[position + 1 :]:
-            sch.reverse_compute_at(info.block_rv, outer, preserve_unit_loops=True)
         xi_o, xi_i = sch.split(xi, factors=[None, lanes])
         sch.vectorize(xi_i)
         sch.unroll(xi_o)
         sch.unroll(fi)
-        sch.decompose_reduction(main, rc)
-        for info in infos[:position]:  # padding: its own parallel, vectorized loop nest
-            loops = sch.get_loops(info.block_rv)
-            sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0])
-        return sch
