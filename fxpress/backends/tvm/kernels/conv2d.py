@@ -33,7 +33,8 @@ from tvm.s_tir.dlight.base import get_extent
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from fxpress.backends.tvm.kernels.matmul import register_tile, vector_lanes
+from fxpress.backends.tvm.kernels.injective import PARALLEL_MIN_ELEMENTS
+from fxpress.backends.tvm.kernels.matmul import parallel_if_worth_it, register_tile, vector_lanes, work
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ class CPUConv2d(CPUScheduleRule):
             sch.reverse_compute_at(info.block_rv, outer, preserve_unit_loops=True)
         for info in infos[:position]:  # padding: its own parallel loop nest
             loops = sch.get_loops(info.block_rv)
-            sch.parallel(sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0])
+            pad_loop = sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0]
+            parallel_if_worth_it(sch, pad_loop, work(sch, info.block_rv), PARALLEL_MIN_ELEMENTS)
         sch.decompose_reduction(main, sch.get_loops(main)[2])
         return sch
 
@@ -88,6 +90,7 @@ class CPUConv2d(CPUScheduleRule):
     def _schedule_packed(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, target: Target) -> None:
         """Weights packed [O/P, I, KH, KW, P]: vectors over output channels, XR output columns."""
         _, nr, lanes = register_tile(target)
+        macs = work(sch, main)
         *batch, f, y, x, rc, ry, rx = sch.get_loops(main)
         width = get_extent(sch, x)
         xr = next((r for r in (6, 7, 4, 5, 3, 2) if isinstance(width, int) and width % r == 0), 6)
@@ -95,7 +98,7 @@ class CPUConv2d(CPUScheduleRule):
         xo, xi = sch.split(x, factors=[None, xr])
         sch.reorder(*batch, fo, y, xo, rc, ry, rx, xi, fi)
         outer = sch.fuse(*batch, fo, y)
-        sch.parallel(outer)
+        parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
         fi_o, fi_i = sch.split(fi, factors=[nr, lanes])
@@ -107,6 +110,7 @@ class CPUConv2d(CPUScheduleRule):
     def _schedule_nchw(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, target: Target) -> None:
         """Plain OIHW weights (depthwise, grouped): vectors over output columns."""
         lanes = vector_lanes(target)
+        macs = work(sch, main)
         *batch, f, y, x, rc, ry, rx = sch.get_loops(main)  # a unit batch loop is normalized away
         width = get_extent(sch, x)
         channels = get_extent(sch, f)
@@ -117,7 +121,7 @@ class CPUConv2d(CPUScheduleRule):
         xo, xi = sch.split(x, factors=[None, xr * lanes])
         sch.reorder(*batch, fo, y, xo, rc, ry, rx, fi, xi)
         outer = sch.fuse(*batch, fo, y)
-        sch.parallel(outer)
+        parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
         xi_o, xi_i = sch.split(xi, factors=[None, lanes])

@@ -51,6 +51,30 @@ def vector_lanes(target: Target, bits: int = 32) -> int:
     return max(width // bits, 1)
 
 
+# Below this many multiply-adds a kernel runs on the calling thread: waking the
+# pool costs tens of microseconds, more than such a kernel takes (digits CNN).
+PARALLEL_MIN_MACS = 1 << 21
+
+
+def work(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int | None:
+    """The block's iteration count (multiply-adds for a matmul/conv), None if symbolic."""
+    total = 1
+    for loop in sch.get_loops(block):
+        extent = get_extent(sch, loop)
+        if not isinstance(extent, int):
+            return None
+        total *= extent
+    return total
+
+
+def parallel_if_worth_it(
+    sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, amount: int | None, minimum: int = PARALLEL_MIN_MACS
+) -> None:
+    """Parallelize `loop` unless the kernel's work is known to be below `minimum`."""
+    if amount is None or amount >= minimum:
+        sch.parallel(loop)
+
+
 def register_tile(target: Target) -> tuple[int, int, int]:
     """(MR rows, NR vectors, VL lanes) of the accumulator tile for `target`.
 
@@ -118,6 +142,7 @@ class CPUMatmul(CPUScheduleRule):
         loops = sch.get_loops(main)
         *batch, i, j, k = loops
         mr = _rows_per_tile(get_extent(sch, i), mr)
+        macs = work(sch, main)
         n_extent = get_extent(sch, j)
         if isinstance(n_extent, int) and n_extent < lanes:
             nr, lanes = 1, max(1, n_extent)
@@ -125,7 +150,7 @@ class CPUMatmul(CPUScheduleRule):
         jo, ji = sch.split(j, factors=[None, nr * lanes])
         sch.reorder(*batch, jo, io, k, ii, ji)
         outer = sch.fuse(*batch, jo, io)
-        sch.parallel(outer)
+        parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(acc, outer, preserve_unit_loops=True)
         for info in infos[position + 1 :]:  # epilogue: fused into the tile
