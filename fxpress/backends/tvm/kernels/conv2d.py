@@ -25,44 +25,30 @@ that is the next step of the kernel work. Unrecognised functions return None.
 
 from __future__ import annotations
 
-import logging
-
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import get_extent
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from fxpress.backends.tvm.kernels.injective import PARALLEL_MIN_ELEMENTS
-from fxpress.backends.tvm.kernels.matmul import parallel_if_worth_it, register_tile, vector_lanes, work
-
-log = logging.getLogger(__name__)
+from fxpress.backends.tvm.kernels.base import (
+    PARALLEL_MIN_ELEMENTS,
+    FxpressCPURule,
+    is_multiply_accumulate,
+    parallel_if_worth_it,
+    vector_lanes,
+    work,
+)
+from fxpress.backends.tvm.kernels.matmul import register_tile
 
 
 def _is_conv2d(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
-    stmt = sch.get(block)
-    kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars)
-    if kinds not in ("SSSRRR", "SSSSRRR") or len(stmt.writes) != 1 or stmt.writes[0].source.dtype != "float32":
-        return False
-    body = stmt.body
-    return (
-        isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add) and isinstance(body.value.b, tirx.Mul)
-    )
+    return is_multiply_accumulate(sch.get(block), ("SSSRRR", "SSSSRRR"))
 
 
-class CPUConv2d(CPUScheduleRule):
+class CPUConv2d(FxpressCPURule):
     """Register-blocked direct NCHW conv2d (see module docstring)."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func, target)
-        except Exception as exc:  # never break the build: fall back to the next rule
-            log.debug("CPUConv2d skipped: %s", exc)
-            return None
-
-    def _schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+    def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None:

@@ -10,34 +10,18 @@ work to pay for waking the thread pool.
 
 from __future__ import annotations
 
-import logging
-
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import get_extent
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
 
-from fxpress.backends.tvm.kernels.matmul import vector_lanes
-
-log = logging.getLogger(__name__)
-
-PARALLEL_MIN_ELEMENTS = 16384
+from fxpress.backends.tvm.kernels.base import PARALLEL_MIN_ELEMENTS, FxpressCPURule, vector_lanes
 
 
-class CPUInjective(CPUScheduleRule):
+class CPUInjective(FxpressCPURule):
     """Fuse, vectorize and parallelize injective PrimFuncs."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func, target)
-        except Exception as exc:  # never break the build: fall back to the next rule
-            log.debug("CPUInjective skipped: %s", exc)
-            return None
-
-    def _schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+    def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if not infos or not all(b.is_injective() for b in infos):

@@ -25,54 +25,18 @@ next rule (or TVM's default lowering) handles it.
 
 from __future__ import annotations
 
-import logging
-
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import get_extent
-from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
-from tvm.target.codegen import llvm_cpu_has_features
 
-log = logging.getLogger(__name__)
-
-
-def vector_lanes(target: Target, bits: int = 32) -> int:
-    """Lanes of the widest vector register the target's CPU really has.
-
-    (``llvm_get_vector_width`` answers 512 for AVX2-only CPUs such as znver3.)
-    """
-    if llvm_cpu_has_features(["avx512f"], target):
-        width = 512
-    elif llvm_cpu_has_features(["avx2"], target) or llvm_cpu_has_features(["avx"], target):
-        width = 256
-    else:
-        width = 128
-    return max(width // bits, 1)
-
-
-# Below this many multiply-adds a kernel runs on the calling thread: waking the
-# pool costs tens of microseconds, more than such a kernel takes (digits CNN).
-PARALLEL_MIN_MACS = 1 << 21
-
-
-def work(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int | None:
-    """The block's iteration count (multiply-adds for a matmul/conv), None if symbolic."""
-    total = 1
-    for loop in sch.get_loops(block):
-        extent = get_extent(sch, loop)
-        if not isinstance(extent, int):
-            return None
-        total *= extent
-    return total
-
-
-def parallel_if_worth_it(
-    sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, amount: int | None, minimum: int = PARALLEL_MIN_MACS
-) -> None:
-    """Parallelize `loop` unless the kernel's work is known to be below `minimum`."""
-    if amount is None or amount >= minimum:
-        sch.parallel(loop)
+from fxpress.backends.tvm.kernels.base import (
+    FxpressCPURule,
+    is_multiply_accumulate,
+    parallel_if_worth_it,
+    vector_lanes,
+    work,
+)
 
 
 def register_tile(target: Target) -> tuple[int, int, int]:
@@ -101,32 +65,16 @@ def _rows_per_tile(m: int | object, preferred: int) -> int:
 
 
 def _is_matmul(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
-    """One R iter last, >= 2 S iters, two reads, a multiply-accumulate body."""
+    """Spatial iterators then one reduction, two reads, a multiply-accumulate body."""
     stmt = sch.get(block)
-    kinds = [iv.iter_type for iv in stmt.iter_vars]
-    if len(kinds) < 3 or kinds[-1] != tirx.IterVar.CommReduce or any(k != tirx.IterVar.DataPar for k in kinds[:-1]):
-        return False
-    if len(stmt.reads) != 2 or len(stmt.writes) != 1 or stmt.writes[0].source.dtype != "float32":
-        return False
-    body = stmt.body
-    return (
-        isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add) and isinstance(body.value.b, tirx.Mul)
-    )
+    n = len(stmt.iter_vars)
+    return n >= 3 and len(stmt.reads) == 2 and is_multiply_accumulate(stmt, "S" * (n - 1) + "R")
 
 
-class CPUMatmul(CPUScheduleRule):
+class CPUMatmul(FxpressCPURule):
     """Register-blocked, vectorized, parallel fp32 matmul (see module docstring)."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        try:
-            return self._schedule(func, target)
-        except Exception as exc:  # a rule must never break the build: fall back
-            log.debug("CPUMatmul skipped %s: %s", func.attrs.get("global_symbol") if func.attrs else "?", exc)
-            return None
-
-    def _schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+    def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None:

@@ -1,0 +1,87 @@
+"""What fxpress's CPU schedule rules share: the fallback contract and small helpers.
+
+A rule derives `FxpressCPURule` and implements ``schedule(func, target)``,
+returning a `Schedule` or None when the function is not its kind. Any
+exception inside it is logged and turned into None: a schedule rule must never
+break a build, the next rule (or TVM's default lowering) takes the function.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import get_extent
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+from tvm.target.codegen import llvm_cpu_has_features
+
+log = logging.getLogger(__name__)
+
+# Below this many multiply-adds a kernel runs on the calling thread: waking the
+# pool costs tens of microseconds, more than such a kernel takes (digits CNN).
+PARALLEL_MIN_MACS = 1 << 21
+# The same for element-wise kernels, counted in output elements.
+PARALLEL_MIN_ELEMENTS = 16384
+
+
+class FxpressCPURule(CPUScheduleRule):
+    """A dlight CPU rule that falls back (returns None) instead of failing."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self.schedule(func, target)
+        except Exception as exc:  # a rule must never break the build
+            log.debug("%s skipped a function: %s", type(self).__name__, exc)
+            return None
+
+    def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+        raise NotImplementedError
+
+
+def vector_lanes(target: Target, bits: int = 32) -> int:
+    """Lanes of the widest vector register the target's CPU really has.
+
+    (``llvm_get_vector_width`` answers 512 for AVX2-only CPUs such as znver3.)
+    """
+    if llvm_cpu_has_features(["avx512f"], target):
+        width = 512
+    elif llvm_cpu_has_features(["avx2"], target) or llvm_cpu_has_features(["avx"], target):
+        width = 256
+    else:
+        width = 128
+    return max(width // bits, 1)
+
+
+def is_multiply_accumulate(stmt: tirx.Stmt, kinds: str | tuple[str, ...]) -> bool:
+    """A float32 block ``C[..] = C[..] + A[..] * B[..]`` whose iterators read `kinds` (e.g. ``SSR``)."""
+    got = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars)
+    if got not in ((kinds,) if isinstance(kinds, str) else kinds):
+        return False
+    if len(stmt.writes) != 1 or stmt.writes[0].source.dtype != "float32":
+        return False
+    body = stmt.body
+    return (
+        isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add) and isinstance(body.value.b, tirx.Mul)
+    )
+
+
+def work(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int | None:
+    """The block's iteration count (multiply-adds for a matmul/conv), None if symbolic."""
+    total = 1
+    for loop in sch.get_loops(block):
+        extent = get_extent(sch, loop)
+        if not isinstance(extent, int):
+            return None
+        total *= extent
+    return total
+
+
+def parallel_if_worth_it(
+    sch: s_tir.Schedule, loop: s_tir.schedule.LoopRV, amount: int | None, minimum: int = PARALLEL_MIN_MACS
+) -> None:
+    """Parallelize `loop` unless the kernel's work is known to be below `minimum`."""
+    if amount is None or amount >= minimum:
+        sch.parallel(loop)
