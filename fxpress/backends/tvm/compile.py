@@ -3,7 +3,7 @@
 Steps, each failing with a `BackendError` that names the step:
 
 1. re-export the graph (``torch.export``), import it with
-   ``from_exported_program`` (fxpress ops via `CONVERT_MAP`), parameters as
+   ``from_exported_program`` (fxpress ops via `converters`), parameters as
    inputs, then detach them;
 2. `pack_weights` (x86): constant-weight matmuls read panel-packed weights;
    ``LiftTransformParams``: everything computed from weights alone moves to
@@ -27,7 +27,7 @@ from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
 from fxpress import __version__
-from fxpress.backends.tvm.convert_map import CONVERT_MAP
+from fxpress.backends.tvm.convert_map import converters
 from fxpress.backends.tvm.lower import as_pass, lowering_stages
 from fxpress.backends.tvm.pack_weights import pack_weights
 from fxpress.backends.tvm.targets import TargetSpec, resolve_target
@@ -57,7 +57,7 @@ def _import(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runt
     except Exception as exc:
         raise BackendError(f"re-exporting the graph for TVM failed: {type(exc).__name__}: {exc}") from exc
     try:
-        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=CONVERT_MAP)
+        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=converters(spec))
     except Exception as exc:
         raise BackendError(
             f"TVM's PyTorch importer rejected the graph: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "

@@ -56,11 +56,11 @@ def vector_lanes(target: Target, bits: int = 32) -> int:
 
 
 def is_multiply_accumulate(stmt: tirx.Stmt, kinds: str | tuple[str, ...]) -> bool:
-    """A float32 block ``C[..] = C[..] + A[..] * B[..]`` whose iterators read `kinds` (e.g. ``SSR``)."""
+    """A float32 (or int32-accumulating) block ``C[..] = C[..] + A[..] * B[..]`` with iterators `kinds` (``SSR``)."""
     got = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars)
     if got not in ((kinds,) if isinstance(kinds, str) else kinds):
         return False
-    if len(stmt.writes) != 1 or stmt.writes[0].source.dtype != "float32":
+    if len(stmt.writes) != 1 or stmt.writes[0].source.dtype not in ("float32", "int32"):
         return False
     body = stmt.body
     return (
