@@ -13,7 +13,7 @@ from fxpress.ir import ops
 def _qparams(x: torch.Tensor) -> tuple[float, int]:
     lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
     scale = (hi - lo) / 255.0 or 1.0
-    return scale, int(round(-128 - lo / scale))
+    return scale, round(-128 - lo / scale)
 
 
 def test_requantize_params_are_accurate() -> None:
