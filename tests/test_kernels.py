@@ -17,7 +17,8 @@ from tvm import relax
 
 import fxpress
 from fxpress.backends.tvm.compile import _import
-from fxpress.backends.tvm.kernels import CPUConv2d, CPUInjective, CPUMatmul
+from fxpress.backends.tvm.kernels import CPUConv2d, CPUInjective, CPUInt8MatmulAVX2, CPUMatmul
+from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2
 from fxpress.backends.tvm.kernels.matmul import _rows_per_tile, register_tile
 from fxpress.backends.tvm.targets import resolve_target
 
@@ -140,7 +141,7 @@ def _scheduled_functions(model: torch.nn.Module, *inputs: torch.Tensor) -> dict[
         for gv, func in mod.functions.items():
             if not isinstance(func, tvm.tirx.PrimFunc) or "transform" in gv.name_hint:
                 continue
-            for rule in (CPUMatmul(), CPUConv2d(), CPUInjective()):
+            for rule in (CPUInt8MatmulAVX2(), CPUMatmul(), CPUConv2d(), CPUInjective()):
                 if rule.apply(func, spec.target, False) is not None:
                     found[gv.name_hint] = type(rule).__name__
                     break
@@ -152,6 +153,27 @@ def test_rules_apply_to_the_functions_they_target() -> None:
     assert any("matmul_packed" in name and rule == "CPUMatmul" for name, rule in found.items()), found
     found = _scheduled_functions(ConvBlock(16, 32, 3, 1, 1), torch.randn(1, 16, 28, 28), torch.randn(1, 32, 28, 28))
     assert "CPUConv2d" in found.values(), found
+
+
+def test_int8_rule_applies_to_quantized_linear() -> None:
+    from fxpress.ir import ops
+
+    if not has_avx2(resolve_target("x86").target):
+        pytest.skip("the host has no AVX2")
+
+    class Q(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(64, 96, dtype=torch.int8), requires_grad=False)
+            self.b = torch.nn.Parameter(torch.zeros(64, dtype=torch.int32), requires_grad=False)
+            self.m = torch.nn.Parameter(torch.full((64,), 1 << 30, dtype=torch.int32), requires_grad=False)
+            self.s = torch.nn.Parameter(torch.full((64,), 8, dtype=torch.int32), requires_grad=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return ops.quantized_linear(x, 0, self.w, self.b, self.m, self.s, 0)
+
+    found = _scheduled_functions(Q(), torch.zeros(12, 96, dtype=torch.int8))
+    assert any("quantized_linear" in name and rule == "CPUInt8MatmulAVX2" for name, rule in found.items()), found
 
 
 def test_constant_weights_are_packed_at_compile_time() -> None:

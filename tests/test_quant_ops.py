@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import fxpress
+from fxpress.backends.tvm.targets import resolve_target
 from fxpress.ir import ops
 
 
@@ -80,12 +81,24 @@ class QLinear(torch.nn.Module):
         return yq, ops.dequantize(yq, 0.1, self.out_zp)
 
 
+@pytest.fixture(params=["pmaddwd", "generic"])
+def int8_path(request, monkeypatch) -> str:
+    """Run a test on the AVX2 vpmaddwd kernels and on the generic int32 path."""
+    from fxpress.backends.tvm import convert_map
+
+    if request.param == "generic":
+        monkeypatch.setattr(convert_map, "has_avx2", lambda target: False)
+    elif not convert_map.has_avx2(resolve_target("x86").target):
+        pytest.skip("the host has no AVX2")
+    return request.param
+
+
 @pytest.mark.tvm
 @pytest.mark.parametrize(
     ("m", "k", "n"),
     [(1, 384, 1536), (7, 3, 10), (128, 384, 1536), (333, 1000, 10), (7, 1000, 1536), (333, 3, 1536)],
 )
-def test_quantized_linear_tvm_bit_exact(m: int, k: int, n: int) -> None:
+def test_quantized_linear_tvm_bit_exact(m: int, k: int, n: int, int8_path: str) -> None:
     model = QLinear(k, n, seed=m * 7 + k + n)
     x = torch.randn(m, k) * 3
     compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
@@ -98,7 +111,7 @@ def test_quantized_linear_tvm_bit_exact(m: int, k: int, n: int) -> None:
 
 
 @pytest.mark.tvm
-def test_quantized_linear_saturates_and_rounds_like_the_reference() -> None:
+def test_quantized_linear_saturates_and_rounds_like_the_reference(int8_path: str) -> None:
     model = QLinear(64, 32, seed=1, x_zp=-128, out_zp=127, gain=400.0)  # large multipliers: heavy saturation
     x = torch.cat([torch.randn(6, 64) * 10, torch.full((1, 64), 1e6), torch.full((1, 64), -1e6)])
     compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
@@ -109,9 +122,13 @@ def test_quantized_linear_saturates_and_rounds_like_the_reference() -> None:
 
 
 @pytest.mark.tvm
-def test_int8_weights_are_packed_and_stored_as_int8() -> None:
-    model = QLinear(384, 100, seed=3)
-    compiled = fxpress.compile(fxpress.capture(model, (torch.randn(4, 384),)), target="x86", num_threads=1)
-    packed = [p for p in compiled.params if len(p.shape) == 3]
-    assert packed and str(packed[0].dtype) == "int8"
-    assert packed[0].shape[1] == 384 and packed[0].shape[0] * packed[0].shape[2] >= 100
+def test_int8_weights_are_packed_at_compile_time() -> None:
+    from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2
+
+    model = QLinear(383, 100, seed=3)
+    compiled = fxpress.compile(fxpress.capture(model, (torch.randn(4, 383),)), target="x86", num_threads=1)
+    shapes = {tuple(p.shape): str(p.dtype) for p in compiled.params}
+    if has_avx2(resolve_target("x86").target):  # vpmaddwd layout: [N/8, K/2, 8, 2] int16, zero-padded
+        assert shapes.get((13, 192, 8, 2)) == "int16", shapes
+    else:  # generic layout: [N/P, K, P] int8
+        assert any(len(s) == 3 and d == "int8" and s[1] == 383 for s, d in shapes.items()), shapes

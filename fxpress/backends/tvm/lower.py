@@ -30,7 +30,7 @@ import tvm.s_tir.dlight as dl
 from tvm import relax
 
 from fxpress.backends.tvm.fast_math import FastMath
-from fxpress.backends.tvm.kernels import CPUConv2d, CPUInjective, CPUMatmul
+from fxpress.backends.tvm.kernels import CPUConv2d, CPUInjective, CPUInt8MatmulAVX2, CPUMatmul
 from fxpress.backends.tvm.targets import TargetSpec
 
 
@@ -38,7 +38,7 @@ def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
     """The dlight rules for `spec`, tried in order on every PrimFunc."""
     if spec.device == "cuda":
         return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    return [CPUMatmul(), CPUConv2d(), dl.cpu.GEMV(), dl.cpu.Reduction(), CPUInjective()]
+    return [CPUInt8MatmulAVX2(), CPUMatmul(), CPUConv2d(), dl.cpu.GEMV(), dl.cpu.Reduction(), CPUInjective()]
 
 
 def lowering_stages(spec: TargetSpec) -> list[tuple[str, tvm.transform.Pass]]:

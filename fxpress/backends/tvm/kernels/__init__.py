@@ -2,6 +2,7 @@
 
 from fxpress.backends.tvm.kernels.conv2d import CPUConv2d
 from fxpress.backends.tvm.kernels.injective import CPUInjective
+from fxpress.backends.tvm.kernels.int8_avx2 import CPUInt8MatmulAVX2
 from fxpress.backends.tvm.kernels.matmul import CPUMatmul
 
-__all__ = ["CPUConv2d", "CPUInjective", "CPUMatmul"]
+__all__ = ["CPUConv2d", "CPUInjective", "CPUInt8MatmulAVX2", "CPUMatmul"]
