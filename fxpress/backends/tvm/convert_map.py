@@ -70,7 +70,7 @@ def _te_quantized_linear(
         return te.sum(a * wp[j // panel, k, j % panel].astype("int32"), axis=k)
 
     acc = te.compute([*lead, n], acc_body, name="qmatmul_acc")
-    return _requantize(acc, bias, multiplier, shift, out_zero_point, lead, n, lambda rest, j: acc[(*rest, j)])
+    return _requantize(bias, multiplier, shift, out_zero_point, lead, n, lambda rest, j: acc[(*rest, j)])
 
 
 def _te_widen(x: te.Tensor, x_zero_point: int, k2: int) -> te.Tensor:
@@ -110,7 +110,17 @@ def _te_quantized_linear_pmadd(
     )
 
 
-def _requantize(acc, bias, multiplier, shift, out_zero_point, lead, n, read):  # noqa: ANN001, ANN202
+def _requantize(
+    bias: te.Tensor,
+    multiplier: te.Tensor,
+    shift: te.Tensor,
+    out_zero_point: int,
+    lead: list[Any],
+    n: int,
+    read: Callable[[list[tirx.Var], tirx.Var], tirx.PrimExpr],
+) -> te.Tensor:
+    """int8 output ``[*lead, n]`` requantized from the int32 accumulator that `read` indexes."""
+
     def requant(*idx: tirx.Var) -> tirx.PrimExpr:
         *rest, j = idx
         total = shift[j].astype("int64") + tirx.const(31, "int64")
