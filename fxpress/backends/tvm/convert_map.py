@@ -105,9 +105,7 @@ def _te_quantized_linear_pmadd(
         return te.sum(a16[(*rest, kp, kk)].astype("int32") * b16[g, kp, lane, kk].astype("int32"), axis=[kp, kk])
 
     acc = te.compute([*lead, groups, 8], acc_body, name="qmatmul_acc")
-    return _requantize(
-        acc, bias, multiplier, shift, out_zero_point, lead, n, lambda rest, j: acc[(*rest, j // 8, j % 8)]
-    )
+    return _requantize(bias, multiplier, shift, out_zero_point, lead, n, lambda rest, j: acc[(*rest, j // 8, j % 8)])
 
 
 def _requantize(
