@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.fx
 
+from fxpress.ir.annotations import META_KEY
+
 
 @dataclass(frozen=True)
 class TraceRecord:
@@ -203,6 +205,9 @@ class Graph:
         with warnings.catch_warnings():  # torch's pytree spec warns on deepcopy
             warnings.simplefilter("ignore", FutureWarning)
             gm = _copy.deepcopy(self.gm)
+        for node in gm.graph.nodes:  # fx copies node.meta shallowly: give the copy its own annotation dicts
+            if META_KEY in node.meta:
+                node.meta[META_KEY] = dict(node.meta[META_KEY])
         return Graph(
             gm,
             self.example_inputs,

@@ -5,10 +5,12 @@ registry maps their pipeline names to them.
 """
 
 from fxpress.passes.base import Analysis, AnalysisManager, Pass, PassResult
+from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.dce import DeadCodeElimination
 from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
 from fxpress.passes.manager import DumpIR, Instrument, PassManager, PrintIRAfter, Timing, optimize
+from fxpress.passes.observe import Observe
 from fxpress.passes.pipeline import parse_pipeline, print_pipeline
 from fxpress.passes.registry import PASSES, PIPELINES
 
@@ -17,11 +19,13 @@ __all__ = [
     "PIPELINES",
     "Analysis",
     "AnalysisManager",
+    "Calibrate",
     "DeadCodeElimination",
     "DumpIR",
     "FoldBatchNorm",
     "FoldConstants",
     "Instrument",
+    "Observe",
     "Pass",
     "PassManager",
     "PassResult",

@@ -7,14 +7,18 @@ here and has tests. Named pipelines expand in pipeline text like a pass name.
 from __future__ import annotations
 
 from fxpress.passes.base import Pass
+from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.dce import DeadCodeElimination
 from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
+from fxpress.passes.observe import Observe
 
 PASSES: dict[str, type[Pass]] = {
     FoldBatchNorm.name: FoldBatchNorm,
     FoldConstants.name: FoldConstants,
     DeadCodeElimination.name: DeadCodeElimination,
+    Observe.name: Observe,
+    Calibrate.name: Calibrate,
 }
 
 PIPELINES: dict[str, str] = {

@@ -1,0 +1,184 @@
+"""calibrate: run the observed graph on calibration data and record each activation's quantization parameters.
+
+    %y = aten.linear(%x, %w, %b)  # observe act minmax i8 affine
+      -> %y = aten.linear(%x, %w, %b)  # observe act minmax i8 affine; qparams i8 affine scale=0.0213 zp=-7
+
+Builds a fresh observer for every non-shared activation slot, runs the graph
+in eager PyTorch (an fx Interpreter) on each batch of `data`, feeds every
+observed node's output to its observer as soon as the node has run (before an
+in-place op can change it), then writes a `QuantParams` annotation on each
+observed node; shared slots take their input's parameters.
+
+`data` is a Python iterable (a list, a DataLoader: something that can be
+iterated again if the pass runs again) whose items are tuples of tensors, one
+per graph input, with the graph's dtypes and static sizes (dynamic sizes may
+vary). It is a Python-only option: ``Calibrate(data=batches, limit=8)``; the
+text form ``calibrate{limit=8}`` prints and parses the other options, and a
+``calibrate`` run without data fails with a message that says so. ``limit``
+caps the number of batches (0: all). A progress bar shows on a terminal.
+
+Parameters depend only on the data given to this run (observers are not kept
+between runs), so the same data gives the same parameters and a second run
+reports ``modified=False``.
+
+Requires: ``observed``. Establishes: ``calibrated``. Numerics: exact (the
+graph is not changed; the parameters are those the observers choose on this
+data). Bad input, each a clear error: no data or an empty iterable
+(`PassError`); an item that is not a tuple of tensors, or whose count, dtype or
+static sizes differ from the graph's inputs (`InputError`, naming the input and
+both shapes); NaN or Inf in an observed activation (`PassError` naming the node).
+Leaves alone: a graph with nothing observed.
+Sits after ``observe``, before ``fold-qdq``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from collections.abc import Iterable, Sized
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx
+from tqdm import tqdm
+
+from fxpress.errors import InputError, PassError
+from fxpress.ir import annotations as notes
+from fxpress.ir.graph import Graph
+from fxpress.ir.printer import locate
+from fxpress.passes.base import AnalysisManager, Pass, PassResult
+from fxpress.passes.pipeline import print_pass
+from fxpress.quant.annotations import ObserverSlot, QuantParams
+from fxpress.quant.observers import Observer
+
+_HOW = "give it in Python: fxpress.passes.Calibrate(data=[(x,), ...]), one tuple of input tensors per batch"
+
+
+def _shape(t: Any) -> str:
+    """``[2, 3, 8, 8]``; a dynamic size prints as ``*``."""
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "*" for d in t.shape) + "]"
+
+
+class _Feeder(torch.fx.Interpreter):
+    """Runs the graph, handing each observed node's output to its observer."""
+
+    def __init__(self, graph: Graph, observers: dict[torch.fx.Node, Observer]) -> None:
+        super().__init__(graph.gm)
+        self.owner, self.observers = graph, observers
+        self.extra_traceback = False  # our errors locate the node themselves
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        out = super().run_node(n)
+        observer = self.observers.get(n)
+        if observer is not None:
+            if not bool(torch.isfinite(out).all()):
+                what = "NaN" if bool(torch.isnan(out).any()) else "Inf"
+                raise PassError(
+                    f"calibrate: {what} in the output of {n.name} ({n.target}), which is to be quantized; "
+                    f"check the calibration data and the model\n{locate(self.owner, n)}"
+                )
+            observer.observe(out)
+        return out
+
+
+@dataclass(frozen=True)
+class Calibrate(Pass):
+    """Observe activations on calibration data (see the module docstring)."""
+
+    name = "calibrate"
+    requires = frozenset({"observed"})
+    establishes = frozenset({"calibrated"})
+    data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
+    limit: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str | bytes):
+            raise ValueError(f"calibration data cannot be given as text; {_HOW}")
+        if self.data is not None and not isinstance(self.data, Iterable):
+            raise ValueError(f"data must be an iterable of input tuples, got {type(self.data).__name__}; {_HOW}")
+        if self.limit < 0:
+            raise ValueError(f"limit must be >= 0 (0: all batches), got {self.limit}")
+
+    def text(self) -> str:
+        return print_pass(dataclasses.replace(self, data=None))  # data is not pipeline text
+
+    def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
+        if self.data is None:
+            raise PassError(f"calibrate needs calibration data, and pipeline text cannot carry it; {_HOW}")
+        slots = {n: s for n in graph.nodes() if isinstance(s := notes.get(n, ObserverSlot.key), ObserverSlot)}
+        observers = {n: s.spec.make() for n, s in slots.items() if s.role == "activation" and s.spec is not None}
+        if not observers:
+            return PassResult(graph, modified=False, stats={"batches": 0, "observed": 0})
+        batches = self._feed(graph, observers)
+        params: dict[torch.fx.Node, QuantParams] = {}
+        for node, slot in slots.items():
+            if slot.role != "activation":
+                continue
+            src = node
+            while slots[src].shared:  # a shared slot's args[0] is observed (ObserverSlot.check)
+                src = src.args[0]  # type: ignore[assignment]
+            params[node] = params[src] if src in params else self._params(graph, src, observers[src])
+            params[src] = params[node]
+        modified = False
+        for node, qp in params.items():
+            if notes.get(node, QuantParams.key) != qp:
+                notes.annotate(node, qp)
+                modified = True
+        return PassResult(graph, modified=modified, stats={"batches": batches, "observed": len(observers)})
+
+    def _params(self, graph: Graph, node: torch.fx.Node, observer: Observer) -> QuantParams:
+        if observer.empty:
+            raise PassError(
+                f"calibrate: {node.name} produced only empty tensors; nothing to observe\n{locate(graph, node)}"
+            )
+        return observer.qparams()
+
+    def _feed(self, graph: Graph, observers: dict[torch.fx.Node, Observer]) -> int:
+        total = len(self.data) if isinstance(self.data, Sized) else None
+        if total is not None and self.limit:
+            total = min(total, self.limit)
+        feeder, batches = _Feeder(graph, observers), 0
+        assert self.data is not None
+        items = itertools.islice(self.data, self.limit) if self.limit else self.data
+        with (
+            torch.no_grad(),
+            tqdm(
+                items, total=total, desc="calibrate", unit="batch", leave=False, disable=not sys.stderr.isatty()
+            ) as bar,
+        ):
+            for item in bar:
+                feeder.run(*self._check_item(graph, item, batches))
+                batches += 1
+        if batches == 0:
+            raise PassError(
+                "calibrate: the calibration data is empty (an exhausted generator? give a list or a DataLoader); "
+                + _HOW
+            )
+        return batches
+
+    def _check_item(self, graph: Graph, item: Any, index: int) -> tuple[torch.Tensor, ...]:
+        names = graph.input_names
+        if not isinstance(item, tuple | list) or not all(isinstance(t, torch.Tensor) for t in item):
+            got = f"a {type(item).__name__}" if not isinstance(item, tuple | list) else "a tuple holding non-tensors"
+            raise InputError(
+                f"calibrate: data[{index}] is {got}, not a tuple of tensors; each item must be a tuple with one "
+                f"tensor per graph input ({', '.join(names)}), e.g. data=[(x,) for x in batches]"
+            )
+        if len(item) != len(names):
+            raise InputError(
+                f"calibrate: data[{index}] has {len(item)} tensors but the graph takes {len(names)} inputs "
+                f"({', '.join(names)}); give the model inputs only (no labels)"
+            )
+        for name, node, t in zip(names, graph.inputs, item, strict=True):
+            want = node.meta["val"]
+            sizes_ok = t.dim() == want.dim() and all(
+                not isinstance(w, int) or w == g for w, g in zip(want.shape, t.shape, strict=True)
+            )
+            if not sizes_ok or t.dtype != want.dtype:
+                raise InputError(
+                    f"calibrate: data[{index}], input {name!r}: got {t.dtype} {_shape(t)}, "
+                    f"but the graph takes {want.dtype} {_shape(want)}"
+                )
+        return tuple(item)

@@ -1,0 +1,232 @@
+"""observe: mark the activations and weights of quantizable ops with the observer that will range them.
+
+    %y = aten.linear(%x, %w, %b)      ->  %y  # observe act minmax i8 affine
+                                          %x  # observe act minmax i8 affine
+                                          %w  # observe weight minmax i8 sym ch0; qparams ...
+    %z = aten.view(%y, ...)           ->  %z  # observe act shared     (z's values are y's)
+
+Quantizable ops (the roots): ``aten.linear``, ``aten.conv2d`` (regular,
+depthwise, grouped), ``aten.matmul`` / ``aten.bmm`` (attention), ``aten.add``
+of two tensors (residuals) and ``aten.cat``. Each root's tensor inputs and its
+output are observed. A constant operand (a ``get_attr``) is a weight: int8,
+symmetric (zero point 0, as integer kernels want), per output channel when
+``per-channel=true`` (axis 0 of linear / conv weights, the last axis of a
+matmul's right operand), ranged by ``weight-observer`` (min-max; ``mse`` clips
+outlier weights where that lowers the error); its parameters are computed
+here, since weights are constants. Activations get one scheme (``dtype``,
+``symmetric``, ``reduce-range``) and one observer kind (``observer``: minmax,
+moving-average, histogram, percentile, mse, entropy), per tensor.
+``power-of-two=true`` restricts every scale to a power of two.
+
+Quantization-preserving ops after an observed value are observed too, so a
+chain conv -> relu -> max-pool -> flatten -> linear stays quantized:
+``relu`` gets its own observer (its range is [0, max]); reshape-like ops,
+permutes, transposes, slices and max-pool output some of their input's values,
+so they get a *shared* slot (the input's parameters, exactly).
+
+Nodes are selected by op kind (``ops``), and by regexes searched in the node's
+name and its module path (``only`` picks roots, ``skip`` any node):
+``observe{skip=[fc2]}`` keeps the module ``fc2`` in float. Observers are recorded as configuration (annotations),
+not inserted into the graph: the IR keeps operator calls only, and
+``calibrate`` builds fresh observers from the slots each time it runs.
+
+Requires: nothing (run ``fold-bn`` first, so weights are final).
+Establishes: ``observed``; invalidates ``calibrated`` (activation parameters
+from an earlier calibration are dropped). Numerics: exact (nothing is computed
+differently; once ``fold-qdq`` applies the weight parameters recorded here,
+min-max moves each weight by at most half a step, ``mse`` may clip outliers). Leaves alone: graphs without a
+quantizable op, skipped ops, non-float values. Sits after fold-bn and before
+``calibrate``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+
+from fxpress.errors import PassError
+from fxpress.ir import annotations as notes
+from fxpress.ir.graph import Graph
+from fxpress.ir.printer import locate
+from fxpress.passes.base import AnalysisManager, Pass, PassResult
+from fxpress.quant.annotations import ObserverSlot, QuantParams
+from fxpress.quant.observers import OBSERVERS, ObserverSpec
+from fxpress.quant.scheme import QScheme
+
+aten = torch.ops.aten
+_ROOTS = {
+    aten.linear.default: "linear",
+    aten.conv2d.default: "conv2d",
+    aten.conv2d.padding: "conv2d",
+    aten.matmul.default: "matmul",
+    aten.bmm.default: "bmm",
+    aten.add.Tensor: "add",
+    aten.add_.Tensor: "add",
+    aten.cat.default: "cat",
+}
+_WEIGHT_AXIS = {"linear": 0, "conv2d": 0}  # kind -> per-channel axis of args[1]; matmul/bmm: its last axis
+_OWN_RANGE = {aten.relu.default, aten.relu_.default}
+_SHARED = {  # outputs are some of the input's values: the input's parameters hold exactly
+    aten.max_pool2d.default,
+    aten.reshape.default,
+    aten.view.default,
+    aten.flatten.using_ints,
+    aten.permute.default,
+    aten.transpose.int,
+    aten.t.default,
+    aten.contiguous.default,
+    aten.squeeze.dim,
+    aten.unsqueeze.default,
+    aten.slice.Tensor,
+}
+
+
+def _is_float(node: object) -> bool:
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return isinstance(val, torch.Tensor) and val.is_floating_point()
+
+
+def _module_path(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return str(list(stack.values())[-1][0]) if stack else ""
+
+
+@dataclass(frozen=True)
+class Observe(Pass):
+    """Attach observer slots to quantizable values (see the module docstring)."""
+
+    name = "observe"
+    establishes = frozenset({"observed"})
+    invalidates = frozenset({"calibrated"})
+    per_channel: bool = False
+    symmetric: bool = False
+    dtype: str = "int8"
+    observer: str = "minmax"
+    weight_observer: str = "minmax"
+    power_of_two: bool = False
+    reduce_range: bool = False
+    averaging_constant: float = 0.01
+    percentile: float = 99.99
+    ops: tuple[str, ...] = ()
+    skip: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.ops) - set(_ROOTS.values()))
+        if unknown:
+            raise ValueError(f"ops {unknown} are not quantizable; valid: {', '.join(sorted(set(_ROOTS.values())))}")
+        for pattern in (*self.skip, *self.only):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regex {pattern!r}: {exc}") from None
+        self.activation_spec()  # validates dtype, observer and its options
+        if self.weight_observer not in OBSERVERS:
+            raise ValueError(f"weight-observer must be one of {', '.join(OBSERVERS)}, got {self.weight_observer!r}")
+        self.weight_spec(0)
+
+    def activation_spec(self) -> ObserverSpec:
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"observer must be one of {', '.join(OBSERVERS)}, got {self.observer!r}")
+        scheme = QScheme(self.dtype, self.symmetric, None, self.power_of_two, self.reduce_range)
+        return ObserverSpec(self.observer, scheme, self.averaging_constant, self.percentile)
+
+    def weight_spec(self, axis: int | None) -> ObserverSpec:
+        scheme = QScheme("int8", True, axis if self.per_channel else None, self.power_of_two)
+        return ObserverSpec(self.weight_observer, scheme)
+
+    def _selected(self, node: torch.fx.Node, root: bool) -> bool:
+        """Not skipped; and for a root, matched by `only` when given (preserving ops follow their input)."""
+        names = [s for s in (node.name, _module_path(node)) if s]
+        if root and self.only and not any(re.search(p, s) for p in self.only for s in names):
+            return False
+        return not any(re.search(p, s) for p in self.skip for s in names)
+
+    def _operands(self, node: torch.fx.Node, kind: str) -> list[tuple[torch.fx.Node, int | None]]:
+        """(operand, weight axis or None) for the float tensor inputs of a root."""
+        if kind == "cat":
+            args = list(node.args[0]) if isinstance(node.args[0], list | tuple) else []
+        else:
+            args = list(node.args[:2])
+        out = []
+        for i, a in enumerate(args):
+            if not _is_float(a):
+                continue
+            axis = _WEIGHT_AXIS.get(kind) if i == 1 else None
+            if kind in ("matmul", "bmm") and i == 1:
+                axis = a.meta["val"].dim() - 1
+            out.append((a, axis))
+        return out
+
+    def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
+        act = self.activation_spec()
+        slots: dict[torch.fx.Node, ObserverSlot] = {}
+        weights: dict[torch.fx.Node, QuantParams] = {}
+        for node, kind in self._roots(graph):
+            for operand, axis in self._operands(node, kind):
+                if operand.op == "get_attr":
+                    spec = self.weight_spec(axis)
+                    slots[operand] = ObserverSlot("weight", spec)
+                    weights[operand] = self._weight_params(graph, operand, spec)
+                else:
+                    slots.setdefault(operand, ObserverSlot("activation", act))
+            slots[node] = ObserverSlot("activation", act)
+        for node in graph.nodes("call_function"):  # then forward through preserving ops, in order
+            src = node.args[0] if node.args else None
+            if not isinstance(src, torch.fx.Node) or src not in slots or slots[src].role != "activation":
+                continue
+            if not _is_float(node) or not self._selected(node, root=False):
+                continue
+            if node.target in _SHARED:
+                slots[node] = ObserverSlot("activation", shared=True)
+            elif node.target in _OWN_RANGE:
+                slots[node] = ObserverSlot("activation", act)
+        modified = self._apply(graph, slots, weights)
+        shared = sum(1 for s in slots.values() if s.shared)
+        stats = {"activations": len(slots) - len(weights) - shared, "shared": shared, "weights": len(weights)}
+        return PassResult(graph, modified=modified, stats=stats)
+
+    def _roots(self, graph: Graph) -> list[tuple[torch.fx.Node, str]]:
+        """The selected quantizable ops and their kinds."""
+        roots = []
+        for node in graph.nodes("call_function"):
+            kind = _ROOTS.get(node.target)  # type: ignore[arg-type]
+            if kind is None or (self.ops and kind not in self.ops) or not _is_float(node):
+                continue
+            if not self._selected(node, root=True):
+                continue
+            if kind == "add" and not all(isinstance(a, torch.fx.Node) for a in node.args[:2]):
+                continue  # x + scalar: not a tensor add
+            roots.append((node, kind))
+        return roots
+
+    def _weight_params(self, graph: Graph, node: torch.fx.Node, spec: ObserverSpec) -> QuantParams:
+        weight = graph.param(node)
+        if not bool(torch.isfinite(weight).all()):
+            raise PassError(
+                f"observe: weight {node.target!r} holds NaN or Inf; it cannot be quantized\n{locate(graph, node)}"
+            )
+        observer = spec.make()
+        observer.observe(weight)
+        return observer.qparams()
+
+    def _apply(
+        self, graph: Graph, slots: dict[torch.fx.Node, ObserverSlot], weights: dict[torch.fx.Node, QuantParams]
+    ) -> bool:
+        """Write the slots and weight parameters; drop stale ones. True if anything changed."""
+        modified = False
+        for node in graph.nodes():
+            mine = notes.annotations(node) if notes.META_KEY in node.meta else {}
+            wanted = {ObserverSlot.key: slots.get(node), QuantParams.key: weights.get(node)}
+            for key, value in wanted.items():
+                if mine.get(key) == value:
+                    continue
+                modified = True
+                if value is None:
+                    del mine[key]
+                else:
+                    notes.annotate(node, value)
+        return modified

@@ -1,0 +1,28 @@
+"""Post-training quantization helpers: schemes, observers and their annotations.
+
+Not passes: the ``observe`` and ``calibrate`` passes (``fxpress/passes``) use
+these to decide how each value is quantized and to record it on the graph.
+
+- `scheme`: `QScheme` (int8/uint8, symmetric/affine, per-tensor/per-channel,
+  linear or power-of-two scales, integer range) and `compute_qparams`, the
+  (scale, zero point) a [min, max] range gives under a scheme;
+- `observers`: statistics collectors (min-max, moving-average, torch-compatible
+  histogram, percentile, MSE, entropy) that choose that range from data;
+- `annotations`: `ObserverSlot` and `QuantParams`, the facts passes attach to
+  nodes.
+"""
+
+from fxpress.quant.annotations import ObserverSlot, QuantParams
+from fxpress.quant.observers import OBSERVERS, Observer, ObserverSpec
+from fxpress.quant.scheme import QScheme, compute_qparams, fake_quantize
+
+__all__ = [
+    "OBSERVERS",
+    "Observer",
+    "ObserverSlot",
+    "ObserverSpec",
+    "QScheme",
+    "QuantParams",
+    "compute_qparams",
+    "fake_quantize",
+]
