@@ -11,6 +11,7 @@ from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.dce import DeadCodeElimination
 from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
+from fxpress.passes.fold_qdq import FoldQDQ
 from fxpress.passes.observe import Observe
 
 PASSES: dict[str, type[Pass]] = {
@@ -19,6 +20,7 @@ PASSES: dict[str, type[Pass]] = {
     DeadCodeElimination.name: DeadCodeElimination,
     Observe.name: Observe,
     Calibrate.name: Calibrate,
+    FoldQDQ.name: FoldQDQ,
 }
 
 PIPELINES: dict[str, str] = {
