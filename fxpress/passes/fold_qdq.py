@@ -61,6 +61,16 @@ def _why_not(x: Any, w: Any, node: torch.fx.Node) -> str | None:
     return None
 
 
+def _cancels(src: Any, q: torch.fx.Node) -> bool:
+    """`q` re-quantizes a dequantize with the same scale, zero point and full int8 range."""
+    return (
+        isinstance(src, torch.fx.Node)
+        and src.target == fx_ops.dequantize.default
+        and tuple(src.args[1:]) == tuple(q.args[1:3])
+        and tuple(q.args[3:]) == (-128, 127)
+    )
+
+
 @dataclass(frozen=True)
 class FoldQDQ(Pass):
     """Fold calibrated linears into int8 `quantized_linear` (see module doc)."""
@@ -130,15 +140,13 @@ class FoldQDQ(Pass):
             if node.target != fx_ops.quantize.default:
                 continue
             src = node.args[0]
-            if isinstance(src, torch.fx.Node) and src.target == fx_ops.dequantize.default:
-                # q(dq(t, s, z), s, z) -> t, when the scale, zero point and range agree
-                if tuple(src.args[1:]) == tuple(node.args[1:3]) and tuple(node.args[3:]) == (-128, 127):
-                    node.replace_all_uses_with(src.args[0])
-                    graph.fx.erase_node(node)
-                    if not src.users:
-                        graph.fx.erase_node(src)
-                    changed += 1
-                    continue
+            if _cancels(src, node):  # q(dq(t, s, z), s, z) -> t
+                node.replace_all_uses_with(src.args[0])
+                graph.fx.erase_node(node)
+                if not src.users:
+                    graph.fx.erase_node(src)
+                changed += 1
+                continue
             key = (src, *node.args[1:])
             if key in seen:  # the same input quantized twice -> once
                 node.replace_all_uses_with(seen[key])
