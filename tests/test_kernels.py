@@ -183,3 +183,28 @@ def test_constant_weights_are_packed_at_compile_time() -> None:
     panel = nr * lanes
     shapes = [tuple(p.shape) for p in compiled.params]
     assert (-(-100 // panel), 384, panel) in shapes, shapes  # [ceil(N/P), K, P], zero-padded
+
+
+class ConvBN(torch.nn.Module):
+    """conv + an *unfolded* eval BatchNorm: the epilogue has per-channel blocks of its own."""
+
+    def __init__(self, k: int, groups: int) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(16, 16, k, padding=k // 2, groups=groups)
+        self.bn = torch.nn.BatchNorm2d(16)
+        self.bn.running_mean.uniform_(-1, 1)
+        self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+@pytest.mark.parametrize(("k", "groups"), [(1, 1), (3, 1), (3, 4), (3, 16)])
+def test_unfolded_batchnorm_epilogue(k: int, groups: int) -> None:
+    # regression: blocks of the epilogue that do not read the kernel's output (sqrt(var + eps))
+    # were moved into the tile loop and only partly computed (errors of 1e5)
+    torch.manual_seed(k + groups)
+    model = ConvBN(k, groups).eval()
+    _check(model, torch.randn(2, 16, 8, 8))
+    found = _scheduled_functions(model, torch.randn(2, 16, 8, 8))
+    assert set(found.values()) & {"CPUConv2d", "CPUMatmul"}, found  # the kernel rule applied, no fallback

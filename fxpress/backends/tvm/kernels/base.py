@@ -85,3 +85,32 @@ def parallel_if_worth_it(
     """Parallelize `loop` unless the kernel's work is known to be below `minimum`."""
     if amount is None or amount >= minimum:
         sch.parallel(loop)
+
+
+def attach_epilogue(
+    sch: s_tir.Schedule,
+    producers: list[s_tir.schedule.SBlockRV],
+    later: list[s_tir.schedule.SBlockRV],
+    loop: s_tir.schedule.LoopRV,
+) -> list[s_tir.schedule.SBlockRV]:
+    """Move the blocks after the kernel that consume its result under `loop`; inline the rest.
+
+    `producers` are the kernel's blocks (the reduction and its write-back).
+    A block that reads none of their outputs (directly or through an already
+    moved block), such as the per-channel ``sqrt(var + eps)`` of an unfolded
+    BatchNorm, must not be moved under `loop`: its region would be inferred
+    from the kernel's tile and only part of it computed. It is inlined into its
+    consumers instead; if that is impossible the rule gives up (raises), and
+    the function falls back to the next rule. Returns the moved blocks.
+    """
+    produced = {w.source.name for p in producers for w in sch.get(p).writes}
+    moved = []
+    for block in later:
+        stmt = sch.get(block)
+        if produced & {r.source.name for r in stmt.reads}:
+            sch.reverse_compute_at(block, loop, preserve_unit_loops=True)
+            produced |= {w.source.name for w in stmt.writes}
+            moved.append(block)
+        else:
+            sch.compute_inline(block)
+    return moved

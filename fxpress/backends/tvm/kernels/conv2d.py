@@ -33,6 +33,7 @@ from tvm.target import Target
 from fxpress.backends.tvm.kernels.base import (
     PARALLEL_MIN_ELEMENTS,
     FxpressCPURule,
+    attach_epilogue,
     is_multiply_accumulate,
     parallel_if_worth_it,
     vector_lanes,
@@ -42,7 +43,8 @@ from fxpress.backends.tvm.kernels.matmul import register_tile
 
 
 def _is_conv2d(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
-    return is_multiply_accumulate(sch.get(block), ("SSSRRR", "SSSSRRR"))
+    # (n,) f, y, x | (rc,) ry, rx: depthwise convs reduce over the window only
+    return is_multiply_accumulate(sch.get(block), ("SSSRRR", "SSSSRRR", "SSSRR", "SSSSRR"))
 
 
 # Output columns per register tile, tried in order: the first that divides the
@@ -66,12 +68,11 @@ class CPUConv2d(FxpressCPURule):
         main = reductions[0].block_rv
         position = [b.block_rv for b in infos].index(main)
         if any(len(r.source.shape) == 5 for r in sch.get(main).reads):
-            self._schedule_packed(sch, main, target)
+            acc = self._schedule_packed(sch, main, target)
         else:
-            self._schedule_nchw(sch, main, target)
+            acc = self._schedule_nchw(sch, main, target)
         outer = sch.get_loops(main)[0]
-        for info in infos[position + 1 :]:
-            sch.reverse_compute_at(info.block_rv, outer, preserve_unit_loops=True)
+        attach_epilogue(sch, [main, acc], [info.block_rv for info in infos[position + 1 :]], outer)
         for info in infos[:position]:  # padding: its own parallel loop nest
             loops = sch.get_loops(info.block_rv)
             pad_loop = sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0]
@@ -80,7 +81,7 @@ class CPUConv2d(FxpressCPURule):
         return sch
 
     @staticmethod
-    def _schedule_packed(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, target: Target) -> None:
+    def _schedule_packed(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, target: Target) -> s_tir.schedule.SBlockRV:
         """Weights packed [O/P, I, KH, KW, P]: vectors over output channels, XR output columns."""
         _, nr, lanes = register_tile(target)
         macs = work(sch, main)
@@ -98,13 +99,17 @@ class CPUConv2d(FxpressCPURule):
         sch.vectorize(fi_i)
         sch.unroll(fi_o)
         sch.unroll(xi)
+        return acc
 
     @staticmethod
-    def _schedule_nchw(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, target: Target) -> None:
+    def _schedule_nchw(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, target: Target) -> s_tir.schedule.SBlockRV:
         """Plain OIHW weights (depthwise, grouped): vectors over output columns."""
         lanes = vector_lanes(target)
         macs = work(sch, main)
-        *batch, f, y, x, rc, ry, rx = sch.get_loops(main)  # a unit batch loop is normalized away
+        loops = sch.get_loops(main)  # a unit batch loop is normalized away; depthwise has no rc
+        n_red = sum(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(main).iter_vars)
+        reduction = loops[len(loops) - n_red :]
+        *batch, f, y, x = loops[: len(loops) - len(reduction)]
         width = get_extent(sch, x)
         channels = get_extent(sch, f)
         xr = 2 if isinstance(width, int) and width >= 2 * lanes else 1
@@ -112,7 +117,7 @@ class CPUConv2d(FxpressCPURule):
         fr = min(fr, channels) if isinstance(channels, int) else fr
         fo, fi = sch.split(f, factors=[None, fr])
         xo, xi = sch.split(x, factors=[None, xr * lanes])
-        sch.reorder(*batch, fo, y, xo, rc, ry, rx, fi, xi)
+        sch.reorder(*batch, fo, y, xo, *reduction, fi, xi)
         outer = sch.fuse(*batch, fo, y)
         parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, "local")
@@ -121,3 +126,4 @@ class CPUConv2d(FxpressCPURule):
         sch.vectorize(xi_i)
         sch.unroll(xi_o)
         sch.unroll(fi)
+        return acc

@@ -28,7 +28,7 @@ from tvm.script import tirx as T
 from tvm.target import Target
 from tvm.target.codegen import llvm_cpu_has_features
 
-from fxpress.backends.tvm.kernels.base import FxpressCPURule, parallel_if_worth_it, work
+from fxpress.backends.tvm.kernels.base import FxpressCPURule, attach_epilogue, parallel_if_worth_it, work
 
 INTRIN = "fx_avx2_pmaddwd_8x2"
 
@@ -120,8 +120,7 @@ class CPUInt8MatmulAVX2(FxpressCPURule):
         parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(acc, outer, preserve_unit_loops=True)
-        for info in infos[position + 1 :]:
-            sch.reverse_compute_at(info.block_rv, outer, preserve_unit_loops=True)
+        attach_epilogue(sch, [main, acc], [info.block_rv for info in infos[position + 1 :]], outer)
         sch.decompose_reduction(main, k2)
         sch.tensorize(ni, INTRIN)
         sch.unroll(mi)

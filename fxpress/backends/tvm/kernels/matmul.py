@@ -32,6 +32,7 @@ from tvm.target import Target
 
 from fxpress.backends.tvm.kernels.base import (
     FxpressCPURule,
+    attach_epilogue,
     is_multiply_accumulate,
     parallel_if_worth_it,
     vector_lanes,
@@ -101,9 +102,8 @@ class CPUMatmul(FxpressCPURule):
         parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(acc, outer, preserve_unit_loops=True)
-        for info in infos[position + 1 :]:  # epilogue: fused into the tile
-            sch.reverse_compute_at(info.block_rv, outer, preserve_unit_loops=True)
-        for block in [acc] + [info.block_rv for info in infos[position + 1 :]]:
+        epilogue = attach_epilogue(sch, [main, acc], [info.block_rv for info in infos[position + 1 :]], outer)
+        for block in [acc, *epilogue]:
             self._vectorize_tail(sch, block, lanes)
         ji_o, ji_i = sch.split(ji, factors=[None, lanes])
         sch.vectorize(ji_i)
