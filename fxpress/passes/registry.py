@@ -13,6 +13,7 @@ from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
 from fxpress.passes.fold_qdq import FoldQDQ
 from fxpress.passes.observe import Observe
+from fxpress.passes.prune.prune_channels import PruneChannels
 
 PASSES: dict[str, type[Pass]] = {
     FoldBatchNorm.name: FoldBatchNorm,
@@ -21,6 +22,7 @@ PASSES: dict[str, type[Pass]] = {
     Observe.name: Observe,
     Calibrate.name: Calibrate,
     FoldQDQ.name: FoldQDQ,
+    PruneChannels.name: PruneChannels,
 }
 
 PIPELINES: dict[str, str] = {

