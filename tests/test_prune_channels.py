@@ -360,3 +360,16 @@ def test_bad_requests_name_the_pass():
     dyn = fxpress.capture(CatDynamic(), (torch.randn(3, 8), torch.randn(3, 5)), dynamic_shapes=({0: b}, {0: b, 1: n}))
     with pytest.raises(PruneError, match=r"its channels reach a dynamic dimension \(dim 1 of %cat is "):
         fxpress.optimize(dyn, "prune-channels")
+
+
+def test_inplace_activations_couple_like_functional_ones():
+    # regression: aten.relu_ (nn.ReLU(inplace=True), as in fxpress.models.resnet) froze every group
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(inplace=True), nn.Conv2d(16, 8, 3), nn.Hardtanh(inplace=True))
+    model = model.eval()
+    x = torch.randn(2, 3, 12, 12)
+    graph = fxpress.capture(model, (x,))
+    out, oracle, _, groups = _prune_and_oracle(model, graph, "prune-channels{ratio=0.5}", ratio=0.5, protected=[])
+    assert any(g.prunable for g in groups)
+    torch.testing.assert_close(out(x), oracle(x), rtol=0, atol=1e-5)
+    assert {tuple(out.param(n).shape) for n in out.nodes("get_attr")} >= {(8, 3, 3, 3), (8, 8, 3, 3)}

@@ -409,12 +409,22 @@ def _pool(node: torch.fx.Node, b: dict[str, Any], shape: ShapeOf, out: Any) -> S
     return Spec([(x, x_labels)], outs, note="pooling over a channel-carrying spatial dim")
 
 
+def _functional(packet: Any) -> Any:
+    """``aten.relu_`` -> ``aten.relu``: an in-place element-wise op couples channels like its functional form."""
+    name = packet.__name__
+    if name.endswith("_") and not name.startswith("__"):
+        functional = getattr(aten, name[:-1], None)
+        if functional in ELEMENTWISE:
+            return functional
+    return packet
+
+
 def spec_for(node: torch.fx.Node, shape: ShapeOf, out: Any) -> Spec | None:
     """The `Spec` of a compute op, or None when the analysis does not understand it."""
     target = node.target
     if target is operator.getitem or not isinstance(target, torch._ops.OpOverload):
         return None
-    packet = target.overloadpacket
+    packet = _functional(target.overloadpacket)
     if packet in ELEMENTWISE:
         if not isinstance(out, tuple) and not isinstance(out, torch.Size):
             return None
