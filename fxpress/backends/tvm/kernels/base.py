@@ -9,8 +9,11 @@ break a build, the next rule (or TVM's default lowering) takes the function.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import get_extent
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target import Target
@@ -39,6 +42,32 @@ class FxpressCPURule(CPUScheduleRule):
 
     def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A PrimFunc's one reduction block (the kernel) and the blocks around it."""
+
+    sch: s_tir.Schedule
+    main: s_tir.schedule.SBlockRV
+    before: list[s_tir.schedule.SBlockRV]  # prologue blocks, in order
+    after: list[s_tir.schedule.SBlockRV]  # epilogue blocks, in order
+
+
+def find_kernel(
+    func: tirx.PrimFunc, accept: Callable[[s_tir.Schedule, s_tir.schedule.SBlockRV], bool]
+) -> Kernel | None:
+    """The `Kernel` of `func` if it has exactly one reduction block and `accept` takes it."""
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return None
+    reductions = [b for b in infos if not b.is_injective()]
+    if len(reductions) != 1 or not accept(sch, reductions[0].block_rv):
+        return None
+    blocks = [b.block_rv for b in infos]
+    position = blocks.index(reductions[0].block_rv)
+    return Kernel(sch, blocks[position], blocks[:position], blocks[position + 1 :])
 
 
 def vector_lanes(target: Target, bits: int = 32) -> int:

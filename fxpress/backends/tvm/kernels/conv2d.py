@@ -26,7 +26,6 @@ that is the next step of the kernel work. Unrecognised functions return None.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import get_extent
 from tvm.target import Target
 
@@ -34,6 +33,7 @@ from fxpress.backends.tvm.kernels.base import (
     PARALLEL_MIN_ELEMENTS,
     FxpressCPURule,
     attach_epilogue,
+    find_kernel,
     is_multiply_accumulate,
     parallel_if_worth_it,
     vector_lanes,
@@ -58,25 +58,20 @@ class CPUConv2d(FxpressCPURule):
     """Register-blocked direct NCHW conv2d (see module docstring)."""
 
     def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        kernel = find_kernel(func, _is_conv2d)
+        if kernel is None:
             return None
-        reductions = [b for b in infos if not b.is_injective()]
-        if len(reductions) != 1 or not _is_conv2d(sch, reductions[0].block_rv):
-            return None
-        main = reductions[0].block_rv
-        position = [b.block_rv for b in infos].index(main)
+        sch, main = kernel.sch, kernel.main
         if any(len(r.source.shape) == 5 for r in sch.get(main).reads):
             acc = self._schedule_packed(sch, main, target)
         else:
             acc = self._schedule_nchw(sch, main, target)
         outer = sch.get_loops(main)[0]
-        attach_epilogue(sch, [main, acc], [info.block_rv for info in infos[position + 1 :]], outer)
-        for info in infos[:position]:  # padding: its own parallel loop nest
-            loops = sch.get_loops(info.block_rv)
+        attach_epilogue(sch, [main, acc], kernel.after, outer)
+        for block in kernel.before:  # padding: its own parallel loop nest
+            loops = sch.get_loops(block)
             pad_loop = sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0]
-            parallel_if_worth_it(sch, pad_loop, work(sch, info.block_rv), PARALLEL_MIN_ELEMENTS)
+            parallel_if_worth_it(sch, pad_loop, work(sch, block), PARALLEL_MIN_ELEMENTS)
         sch.decompose_reduction(main, sch.get_loops(main)[2])
         return sch
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 from tvm import s_tir, tirx
 from tvm.s_tir import TensorIntrin
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import get_extent
 from tvm.script import tirx as T
 from tvm.target import Target
 from tvm.target.codegen import llvm_cpu_has_features
 
-from fxpress.backends.tvm.kernels.base import FxpressCPURule, attach_epilogue, parallel_if_worth_it, work
+from fxpress.backends.tvm.kernels.base import FxpressCPURule, attach_epilogue, find_kernel, parallel_if_worth_it, work
 
 INTRIN = "fx_avx2_pmaddwd_8x2"
 
@@ -93,15 +92,10 @@ class CPUInt8MatmulAVX2(FxpressCPURule):
     def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
         if not has_avx2(target):
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        kernel = find_kernel(func, _is_pmadd_gemm)
+        if kernel is None:
             return None
-        gemms = [b for b in infos if not b.is_injective()]
-        if len(gemms) != 1 or not _is_pmadd_gemm(sch, gemms[0].block_rv):
-            return None
-        main = gemms[0].block_rv
-        position = [b.block_rv for b in infos].index(main)
+        sch, main = kernel.sch, kernel.main
         macs = work(sch, main)
         *lead, n8, ni, k2, kk = sch.get_loops(main)
         m = sch.fuse(*lead) if len(lead) > 1 else lead[0] if lead else None
@@ -120,7 +114,7 @@ class CPUInt8MatmulAVX2(FxpressCPURule):
         parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(acc, outer, preserve_unit_loops=True)
-        attach_epilogue(sch, [main, acc], [info.block_rv for info in infos[position + 1 :]], outer)
+        attach_epilogue(sch, [main, acc], kernel.after, outer)
         sch.decompose_reduction(main, k2)
         sch.tensorize(ni, INTRIN)
         sch.unroll(mi)

@@ -26,13 +26,13 @@ next rule (or TVM's default lowering) handles it.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import get_extent
 from tvm.target import Target
 
 from fxpress.backends.tvm.kernels.base import (
     FxpressCPURule,
     attach_epilogue,
+    find_kernel,
     is_multiply_accumulate,
     parallel_if_worth_it,
     vector_lanes,
@@ -76,17 +76,12 @@ class CPUMatmul(FxpressCPURule):
     """Register-blocked, vectorized, parallel fp32 matmul (see module docstring)."""
 
     def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
+        kernel = find_kernel(func, _is_matmul)
+        if kernel is None:
             return None
-        reductions = [b for b in infos if not b.is_injective()]
-        if len(reductions) != 1 or not _is_matmul(sch, reductions[0].block_rv):
-            return None
-        main = reductions[0].block_rv
-        position = [b.block_rv for b in infos].index(main)
-        for info in infos[:position]:  # prologue (reshape, transpose): into the matmul
-            sch.compute_inline(info.block_rv)
+        sch, main = kernel.sch, kernel.main
+        for block in kernel.before:  # prologue (reshape, transpose): into the matmul
+            sch.compute_inline(block)
         mr, nr, lanes = register_tile(target)
         loops = sch.get_loops(main)
         *batch, i, j, k = loops
@@ -102,7 +97,7 @@ class CPUMatmul(FxpressCPURule):
         parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, "local")
         sch.reverse_compute_at(acc, outer, preserve_unit_loops=True)
-        epilogue = attach_epilogue(sch, [main, acc], [info.block_rv for info in infos[position + 1 :]], outer)
+        epilogue = attach_epilogue(sch, [main, acc], kernel.after, outer)
         for block in [acc, *epilogue]:
             self._vectorize_tail(sch, block, lanes)
         ji_o, ji_i = sch.split(ji, factors=[None, lanes])
