@@ -9,6 +9,7 @@ from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.dce import DeadCodeElimination
 from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
+from fxpress.passes.fold_qdq import FoldQDQ
 from fxpress.passes.manager import DumpIR, Instrument, PassManager, PrintIRAfter, Timing, optimize
 from fxpress.passes.observe import Observe
 from fxpress.passes.pipeline import parse_pipeline, print_pipeline
@@ -24,6 +25,7 @@ __all__ = [
     "DumpIR",
     "FoldBatchNorm",
     "FoldConstants",
+    "FoldQDQ",
     "Instrument",
     "Observe",
     "Pass",
