@@ -3,6 +3,7 @@
     fxpress compile MODULE:FACTORY --input-shape 1,3,224,224 --passes "fold-bn,dce" --target x86 -o DIR
     fxpress run DIR --input x.npy [--output y.npy]
     fxpress inspect DIR
+    fxpress prune-report MODULE:FACTORY --input-shape 1,3,224,224 --ratio 0.5
     fxpress passes
     fxpress demo [-o DIR]
 
@@ -73,16 +74,12 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
+def _capture_factory(args: argparse.Namespace) -> Any:
+    """Build the model named MODULE:FACTORY and capture it with random inputs of the given shapes."""
     import torch
 
     import fxpress
-    from fxpress.backends.tvm.targets import resolve_target
-    from fxpress.passes.manager import DumpIR, Instrument, PrintIRAfter, Timing
-    from fxpress.passes.pipeline import parse_pipeline
 
-    passes = parse_pipeline(args.passes)  # bad pipeline text fails before any work
-    resolve_target(args.target, num_threads=args.threads, cross=args.cross)
     if not args.input_shape:
         raise UsageError("give at least one --input-shape (one per model input)")
     dtypes = args.input_dtype or ["float32"] * len(args.input_shape)
@@ -99,6 +96,32 @@ def cmd_compile(args: argparse.Namespace) -> int:
             raise UsageError(f"--input-dtype {dtype!r} is not a torch dtype (float32, int64, ...)")
         x = torch.randn(shape, generator=gen) if dt.is_floating_point else torch.randint(0, 2, shape, generator=gen)
         inputs.append(x.to(dt))
+    t = _progress(f"capturing {args.model}")
+    graph = fxpress.capture(model, tuple(inputs))
+    _done(t)
+    return graph
+
+
+def cmd_prune_report(args: argparse.Namespace) -> int:
+    import fxpress
+    from fxpress.passes.prune import prune_report
+
+    graph = _capture_factory(args)
+    if args.passes:
+        graph = fxpress.optimize(graph, args.passes)
+    report = prune_report(graph, args.ratio, per_layer=not args.global_ranking, round_to=args.round_to)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report)
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import fxpress
+    from fxpress.backends.tvm.targets import resolve_target
+    from fxpress.passes.manager import DumpIR, Instrument, PrintIRAfter, Timing
+    from fxpress.passes.pipeline import parse_pipeline
+
+    passes = parse_pipeline(args.passes)  # bad pipeline text fails before any work
+    resolve_target(args.target, num_threads=args.threads, cross=args.cross)
     instruments: list[Instrument] = []
     if args.print_ir_after_all:
         instruments.append(PrintIRAfter())
@@ -106,9 +129,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         instruments.append(Timing())
     if args.dump_ir:
         instruments.append(DumpIR(args.dump_ir))
-    t = _progress(f"capturing {args.model}")
-    graph = fxpress.capture(model, tuple(inputs))
-    _done(t)
+    graph = _capture_factory(args)
     t = _progress(f"running passes {args.passes!r}")
     graph = fxpress.optimize(graph, passes, instruments=instruments)
     _done(t)
@@ -242,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("artifact")
     i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     i.set_defaults(func=cmd_inspect)
+
+    pr = sub.add_parser("prune-report", help="what channel pruning at a ratio would remove (changes nothing)")
+    pr.add_argument("model", help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path)")
+    pr.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 1,3,224,224 (repeat per input)")
+    pr.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
+    pr.add_argument("--ratio", type=float, default=0.5, help="fraction of channels to remove (default 0.5)")
+    pr.add_argument("--passes", default="fold-bn", help="pipeline to run first (default fold-bn)")
+    pr.add_argument("--global-ranking", action="store_true", help="rank channels across layers, not per layer")
+    pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of this")
+    pr.add_argument("--json", action="store_true", help="print the report as JSON")
+    pr.set_defaults(func=cmd_prune_report)
 
     p = sub.add_parser("passes", help="list passes, their options, named pipelines and targets")
     p.set_defaults(func=cmd_passes)

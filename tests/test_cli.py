@@ -135,3 +135,11 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_prune_report(model_file, capsys) -> None:
+    assert main(["prune-report", f"{model_file}:build", "--input-shape", "2,3,8,8", "--ratio", "0.5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ratio"] == 0.5
+    assert main(["prune-report", f"{model_file}:build", "--input-shape", "2,3,8,8", "--ratio", "1.5"]) == 2
+    assert "ratio" in capsys.readouterr().err
