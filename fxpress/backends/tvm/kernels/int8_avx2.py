@@ -27,7 +27,14 @@ from tvm.script import tirx as T
 from tvm.target import Target
 from tvm.target.codegen import llvm_cpu_has_features
 
-from fxpress.backends.tvm.kernels.base import FxpressCPURule, attach_epilogue, find_kernel, parallel_if_worth_it, work
+from fxpress.backends.tvm.kernels.base import (
+    FxpressCPURule,
+    attach_epilogue,
+    find_kernel,
+    is_multiply_accumulate,
+    parallel_if_worth_it,
+    work,
+)
 
 INTRIN = "fx_avx2_pmaddwd_8x2"
 
@@ -74,15 +81,16 @@ def has_avx2(target: Target) -> bool:
 
 
 def _is_pmadd_gemm(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """``C[m.., n/8, n%8] += A16[m.., k/2, k%2] * B16[n/8, k/2, n%8, k%2]``, int16 in, int32 out."""
     stmt = sch.get(block)
-    kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars)
-    reads = {r.source.dtype: r.source for r in stmt.reads}
+    n = len(stmt.iter_vars)
     return (
-        kinds.endswith("SSRR")
-        and "S" * (len(kinds) - 2) + "RR" == kinds
+        n >= 4
+        and is_multiply_accumulate(stmt, "S" * (n - 2) + "RR")
         and stmt.writes[0].source.dtype == "int32"
-        and "int16" in reads
-        and any(len(r.source.shape) == 4 and r.source.dtype == "int16" for r in stmt.reads)
+        and len(stmt.reads) == 2
+        and all(r.source.dtype == "int16" for r in stmt.reads)
+        and any(len(r.source.shape) == 4 for r in stmt.reads)
     )
 
 
