@@ -27,8 +27,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check fxpress tests tools
-	$(BIN)/ruff format --check fxpress tests tools
+	$(BIN)/ruff check fxpress tests tools examples
+	$(BIN)/ruff format --check fxpress tests tools examples
 
 bench: setup
 	$(BIN)/python -m tools.bench
