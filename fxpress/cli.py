@@ -4,6 +4,7 @@
     fxpress run DIR --input x.npy [--output y.npy]
     fxpress inspect DIR
     fxpress prune-report MODULE:FACTORY --input-shape 1,3,224,224 --ratio 0.5
+    fxpress quant-report MODULE:FACTORY --input-shape 8,3,32,32 --calibration DIR_OR_MODULE:FUNCTION
     fxpress passes
     fxpress demo [-o DIR]
 
@@ -30,6 +31,9 @@ from fxpress.errors import FxpressError
 
 class UsageError(FxpressError):
     """A command-line argument is wrong."""
+
+
+QUANT_PIPELINE = "fold-bn,observe{per-channel=true},calibrate,fold-qdq"  # = fxpress.quant.report.DEFAULT_PIPELINE
 
 
 def _progress(msg: str) -> float:
@@ -114,6 +118,52 @@ def cmd_prune_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_calibration_flag(passes: list[Any], calibration: str | None) -> None:
+    """A pipeline with calibrate needs --calibration, and --calibration needs a calibrate to feed."""
+    from fxpress.passes import Calibrate
+
+    has = any(isinstance(p, Calibrate) for p in passes)
+    if has and not calibration:
+        raise UsageError(
+            "calibrate needs calibration data, and pipeline text cannot carry it; on the command line give "
+            "--calibration DIR (.npy / .npz batches) or --calibration MODULE:FUNCTION (returning input tuples)"
+        )
+    if calibration and not has:
+        raise UsageError("--calibration is given but the pipeline has no calibrate pass; add observe,calibrate")
+
+
+def _with_calibration(passes: list[Any], calibration: str | None, graph: Any) -> list[Any]:
+    """The pipeline with every calibrate fed the batches --calibration names."""
+    import dataclasses
+
+    from fxpress.passes import Calibrate
+    from fxpress.quant.calib_data import load_calibration
+
+    if not calibration:
+        return passes
+    t = _progress(f"loading calibration data {calibration}")
+    data = load_calibration(calibration, graph)
+    _done(t)
+    return [dataclasses.replace(p, data=data) if isinstance(p, Calibrate) else p for p in passes]
+
+
+def cmd_quant_report(args: argparse.Namespace) -> int:
+    from fxpress.passes.pipeline import parse_pipeline
+    from fxpress.quant.calib_data import load_calibration
+    from fxpress.quant.report import quant_report
+
+    parse_pipeline(args.passes)  # bad pipeline text fails before any work
+    if args.limit < 0:
+        raise UsageError(f"--limit must be >= 0 (0: all batches), got {args.limit}")
+    graph = _capture_factory(args)
+    data = load_calibration(args.calibration, graph)
+    t = _progress(f"quantizing with {args.passes!r} and measuring each layer")
+    report = quant_report(graph, data, passes=args.passes, limit=args.limit)
+    _done(t)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report)
+    return 0
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     import fxpress
     from fxpress.backends.tvm.targets import resolve_target
@@ -121,6 +171,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from fxpress.passes.pipeline import parse_pipeline
 
     passes = parse_pipeline(args.passes)  # bad pipeline text fails before any work
+    _check_calibration_flag(passes, args.calibration)
     resolve_target(args.target, num_threads=args.threads, cross=args.cross)
     instruments: list[Instrument] = []
     if args.print_ir_after_all:
@@ -130,6 +181,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.dump_ir:
         instruments.append(DumpIR(args.dump_ir))
     graph = _capture_factory(args)
+    passes = _with_calibration(passes, args.calibration, graph)
     t = _progress(f"running passes {args.passes!r}")
     graph = fxpress.optimize(graph, passes, instruments=instruments)
     _done(t)
@@ -250,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass")
     c.add_argument("--timing", action="store_true", help="print a per-pass timing table")
     c.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
+    c.add_argument("--calibration", metavar="DATA", help="calibrate's data: a .npy/.npz directory or MODULE:FUNCTION")
     c.set_defaults(func=cmd_compile)
 
     r = sub.add_parser("run", help="run an artifact on .npy inputs (TVM runtime only)")
@@ -274,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of this")
     pr.add_argument("--json", action="store_true", help="print the report as JSON")
     pr.set_defaults(func=cmd_prune_report)
+
+    qr = sub.add_parser("quant-report", help="per-layer int8 error on calibration data, worst first")
+    qr.add_argument("model", help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path)")
+    qr.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 8,3,32,32 (repeat per input)")
+    qr.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
+    qr.add_argument("--calibration", required=True, metavar="DATA", help="a .npy/.npz directory or MODULE:FUNCTION")
+    qr.add_argument("--passes", default=QUANT_PIPELINE, help=f"quantization pipeline (default {QUANT_PIPELINE})")
+    qr.add_argument("--limit", type=int, default=0, help="use at most N calibration batches (default 0: all)")
+    qr.add_argument("--json", action="store_true", help="print the report as JSON")
+    qr.set_defaults(func=cmd_quant_report)
 
     p = sub.add_parser("passes", help="list passes, their options, named pipelines and targets")
     p.set_defaults(func=cmd_passes)
