@@ -373,3 +373,77 @@ def test_inplace_activations_couple_like_functional_ones():
     assert any(g.prunable for g in groups)
     torch.testing.assert_close(out(x), oracle(x), rtol=0, atol=1e-5)
     assert {tuple(out.param(n).shape) for n in out.nodes("get_attr")} >= {(8, 3, 3, 3), (8, 8, 3, 3)}
+
+
+# -- taylor importance --------------------------------------------------------------------------
+
+
+def _taylor_setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():  # unit 5: the largest fc1 row (l1 keeps it), but fc2 ignores it (taylor prunes it)
+        model[0].weight[5].mul_(20.0)
+        model[2].weight[:, 5] = 0.0
+    gen = torch.Generator().manual_seed(9)
+    data = [(torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)) for _ in range(3)]
+    return model, data, fxpress.capture(model, (torch.randn(4, 6),), dynamic_shapes=({0: torch.export.Dim("b")},))
+
+
+def test_taylor_matches_first_order_taylor_by_hand():
+    import copy
+
+    from fxpress.passes.prune import importance
+
+    model, data, graph = _taylor_setup()
+    before = {k: v.clone() for k, v in graph.params().items()}
+    group = next(g for g in AnalysisManager(graph).get(ChannelGroupsAnalysis) if g.prunable)
+    expected = torch.zeros(8, dtype=torch.float64)
+    for x, y in data:  # per batch: |sum over the unit's parameters of w * dL/dw|, summed over batches
+        eager = copy.deepcopy(model)
+        F.cross_entropy(eager(x), y).backward()
+        fc1, fc2 = eager[0], eager[2]
+        per_unit = (fc1.weight * fc1.weight.grad).sum(1) + fc1.bias * fc1.bias.grad
+        per_unit = per_unit + (fc2.weight * fc2.weight.grad).sum(0)
+        expected += per_unit.detach().double().abs()
+    got = importance(graph, group, "taylor", data=data)
+    assert got == pytest.approx(expected.numpy(), rel=1e-5, abs=1e-9)
+    assert got[5] == 0.0 and importance(graph, group, "l1")[5] == max(importance(graph, group, "l1"))
+    assert all(torch.equal(graph.params()[k], v) and not v.requires_grad for k, v in before.items())
+
+
+def test_taylor_prunes_what_the_loss_ignores_and_is_exact():
+    model, data, graph = _taylor_setup()
+    out = fxpress.optimize(graph, PruneChannels(ratio=0.125, importance="taylor", data=data))
+    assert out.trace[-1].pipeline == "prune-channels{ratio=0.125,importance=taylor}"
+    assert out.param("0.weight").shape == (7, 6)
+    x = torch.randn(5, 6)
+    torch.testing.assert_close(out(x), model(x), rtol=0, atol=1e-5)  # unit 5 did not reach the output anyway
+    l1 = fxpress.optimize(graph, "prune-channels{ratio=0.125}")
+    assert (l1(x) - model(x)).abs().max() > 1e-3  # l1 removed a unit the output used
+    half, oracle, plan, _ = _prune_and_oracle(
+        model,
+        graph,
+        PruneChannels(ratio=0.5, importance="taylor", data=data),
+        ratio=0.5,
+        importance_kind="taylor",
+        data=data,
+    )
+    assert 5 in plan.removed[0].tolist()
+    torch.testing.assert_close(half(x), oracle(x), rtol=0, atol=1e-5)
+    mse = PruneChannels(ratio=0.5, importance="taylor", data=data, loss=lambda out, y: out.pow(2).mean())
+    assert fxpress.optimize(graph, mse).param("0.weight").shape == (4, 6)
+
+
+def test_taylor_without_data_says_how_to_give_it():
+    _, data, graph = _taylor_setup()
+    with pytest.raises(PruneError, match=r"importance 'taylor' needs data.*PruneChannels\(importance='taylor', data="):
+        PruneChannels(importance="taylor")
+    with pytest.raises(PipelineError, match=r"importance 'taylor' needs data, and pipeline text cannot carry it"):
+        fxpress.optimize(graph, "prune-channels{importance=taylor}")
+    groups = AnalysisManager(graph).get(ChannelGroupsAnalysis)
+    with pytest.raises(PruneError, match=r"importance 'taylor' needs data.*plan_pruning\(\.\.\., data=\.\.\.\)"):
+        plan_pruning(graph, groups, 0.5, importance_kind="taylor")
+    with pytest.raises(PruneError, match=r"data\[0\] must be a tuple of 1 input tensor\(s\) \(input_1\) and a target"):
+        plan_pruning(graph, groups, 0.5, importance_kind="taylor", data=[(data[0][0],)])
+    with pytest.raises(PruneError, match=r"the data is empty"):
+        plan_pruning(graph, groups, 0.5, importance_kind="taylor", data=[])

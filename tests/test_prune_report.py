@@ -148,8 +148,10 @@ def test_a_pruned_dim_of_dynamic_size():
 
 
 def test_importance_options(cnn):
-    with pytest.raises(PruneError, match="unknown importance 'taylor'; choose one of l1, l2, bn-scale"):
+    with pytest.raises(PruneError, match="importance 'taylor' needs data"):
         prune_report(cnn[1], 0.5, importance="taylor")
+    with pytest.raises(PruneError, match="unknown importance 'fisher'; choose one of l1, l2, bn-scale, taylor"):
+        prune_report(cnn[1], 0.5, importance="fisher")
     se = build("squeeze-excite")[2]
     with pytest.raises(PruneError, match=r"importance 'bn-scale' needs a batch-norm scale in group 1 \(fc1.weight\)"):
         prune_report(se, 0.5, importance="bn-scale")

@@ -4,9 +4,11 @@ Pass classes are importable from here (``fxpress.passes.FoldBatchNorm``); the
 registry maps their pipeline names to them.
 """
 
+from fxpress.passes.annotate_sparsity import AnnotateSparsity
 from fxpress.passes.base import Analysis, AnalysisManager, Pass, PassResult
 from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.dce import DeadCodeElimination
+from fxpress.passes.fine_tune import FineTune
 from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
 from fxpress.passes.fold_qdq import FoldQDQ
@@ -14,15 +16,18 @@ from fxpress.passes.manager import DumpIR, Instrument, PassManager, PrintIRAfter
 from fxpress.passes.observe import Observe
 from fxpress.passes.pipeline import parse_pipeline, print_pipeline
 from fxpress.passes.registry import PASSES, PIPELINES
+from fxpress.passes.sparsify import Sparsify
 
 __all__ = [
     "PASSES",
     "PIPELINES",
     "Analysis",
     "AnalysisManager",
+    "AnnotateSparsity",
     "Calibrate",
     "DeadCodeElimination",
     "DumpIR",
+    "FineTune",
     "FoldBatchNorm",
     "FoldConstants",
     "FoldQDQ",
@@ -32,6 +37,7 @@ __all__ = [
     "PassManager",
     "PassResult",
     "PrintIRAfter",
+    "Sparsify",
     "Timing",
     "optimize",
     "parse_pipeline",

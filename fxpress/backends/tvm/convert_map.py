@@ -23,6 +23,7 @@ from typing import Any
 
 from tvm import relax, te, tirx
 
+from fxpress.backends.tvm.block_sparse import convert_block_sparse_linear
 from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2
 from fxpress.backends.tvm.kernels.matmul import register_tile
 from fxpress.backends.tvm.targets import TargetSpec
@@ -195,4 +196,5 @@ def converters(spec: TargetSpec) -> dict[str, Converter]:
         "quantize.default": quantize,
         "dequantize.default": dequantize,
         "quantized_linear.default": quantized_linear,
+        "block_sparse_linear.default": convert_block_sparse_linear(spec),
     }

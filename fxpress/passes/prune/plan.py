@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +34,7 @@ import torch.fx
 from fxpress.ir.annotations import Annotation, get
 from fxpress.passes.prune.errors import PruneError
 from fxpress.passes.prune.groups import ChannelGroups, Group, SiteMap
-from fxpress.passes.prune.importance import IMPORTANCE, importance
+from fxpress.passes.prune.importance import IMPORTANCE, Loss, importances
 
 if TYPE_CHECKING:
     from fxpress.ir.graph import Graph
@@ -165,8 +165,10 @@ def plan_pruning(
     round_to: int = 1,
     importance_kind: str = "l1",
     protected: Sequence[str] = (),
+    data: Iterable[Any] | None = None,
+    loss: Loss | None = None,
 ) -> PrunePlan:
-    """Choose the units to remove (see the module docstring)."""
+    """Choose the units to remove (see the module docstring); `data` and `loss` feed ``taylor``."""
     check_options(ratio, round_to, importance_kind)
     frozen = {g.id: g.frozen.copy() for g in groups}
     for node in resolve_protected(graph, protected):
@@ -177,7 +179,7 @@ def plan_pruning(
     nodes = {n.name: n for n in graph.nodes()}
     live = [g for g in groups if (~frozen[g.id]).any()]
     original = {g.id: _original_units(graph, g, nodes) for g in live}
-    scores = {g.id: importance(graph, g, importance_kind) for g in live}
+    scores = importances(graph, live, importance_kind, data=data, loss=loss)
     target: dict[int, int] = {}
     if per_layer:
         for g in live:

@@ -11,7 +11,11 @@ picks the least important units of each group (or of all groups, with
 ``round-to``; `apply_plan` slices every member parameter and rewrites the shape
 constants of views, slices, splits, grouped convs and norms. Options: ratio
 (the fraction removed, in [0, 1)), per-layer, round-to, importance (l1, l2,
-bn-scale), protected (op node names or module paths whose output channels stay).
+bn-scale, taylor), protected (op node names or module paths whose output
+channels stay). ``taylor`` ranks by loss gradients and needs the Python-only
+options ``data`` (``(inputs..., target)`` tuples) and ``loss`` (default
+cross-entropy): ``PruneChannels(importance="taylor", data=batches)``; without
+data it is an error that says so.
 
 Requires: nothing (run ``fold-bn`` first to prune folded convs). Establishes:
 ``channels-pruned``; invalidates ``calibrated``. Numerics: exact for every group
@@ -25,11 +29,17 @@ already pruned at this ratio (ratios are relative to the unpruned model).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from fxpress.ir.graph import Graph
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
+from fxpress.passes.pipeline import print_pass
+from fxpress.passes.prune.errors import PruneError
 from fxpress.passes.prune.groups import ChannelGroupsAnalysis
+from fxpress.passes.prune.importance import TAYLOR_HOW, Loss
 from fxpress.passes.prune.plan import check_options, plan_pruning
 from fxpress.passes.prune.rewrite import apply_plan
 
@@ -47,9 +57,21 @@ class PruneChannels(Pass):
     round_to: int = 1
     importance: str = "l1"
     protected: tuple[str, ...] = ()
+    data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
+    loss: Loss | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_options(self.ratio, self.round_to, self.importance)
+        if self.importance == "taylor" and (self.data is None or isinstance(self.data, str | bytes)):
+            raise PruneError(f"importance 'taylor' needs data, and pipeline text cannot carry it; {TAYLOR_HOW}")
+        if self.loss is not None and not callable(self.loss):
+            raise PruneError(f"loss must be a Python callable loss(output, target), got {self.loss!r}")
+
+    def text(self) -> str:
+        shadow = copy.copy(self)  # not dataclasses.replace: taylor without data does not construct
+        object.__setattr__(shadow, "data", None)  # data and loss are not pipeline text
+        object.__setattr__(shadow, "loss", None)
+        return print_pass(shadow)
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         groups = am.get(ChannelGroupsAnalysis)
@@ -61,6 +83,8 @@ class PruneChannels(Pass):
             round_to=self.round_to,
             importance_kind=self.importance,
             protected=self.protected,
+            data=self.data,
+            loss=self.loss,
         )
         if plan.empty:
             return PassResult(graph, modified=False, stats={"groups": 0, "units": 0, "params": 0, "ops": 0})

@@ -15,7 +15,7 @@ the pruned graph would have, so they are what `prune-channels` will deliver.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ import torch.fx
 
 from fxpress.passes.base import AnalysisManager
 from fxpress.passes.prune.groups import ChannelGroups, ChannelGroupsAnalysis
+from fxpress.passes.prune.importance import Loss
 from fxpress.passes.prune.ops import aten, bind
 from fxpress.passes.prune.plan import PrunePlan, plan_pruning, pruned_shape
 
@@ -165,11 +166,24 @@ def prune_report(
     importance: str = "l1",
     protected: Sequence[str] = (),
     am: AnalysisManager | None = None,
+    data: Iterable[Any] | None = None,
+    loss: Loss | None = None,
 ) -> PruneReport:
-    """What pruning `graph` at `ratio` would remove (see the module docstring); changes nothing."""
+    """What pruning `graph` at `ratio` would remove (see the module docstring); changes nothing.
+
+    `data` and `loss` feed the ``taylor`` importance, as for ``prune-channels``.
+    """
     groups: ChannelGroups = (am or AnalysisManager(graph)).get(ChannelGroupsAnalysis)
     plan = plan_pruning(
-        graph, groups, ratio, per_layer=per_layer, round_to=round_to, importance_kind=importance, protected=protected
+        graph,
+        groups,
+        ratio,
+        per_layer=per_layer,
+        round_to=round_to,
+        importance_kind=importance,
+        protected=protected,
+        data=data,
+        loss=loss,
     )
     options = {"per-layer": per_layer, "round-to": round_to, "importance": importance}
     if protected:
