@@ -27,6 +27,7 @@ from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
 from fxpress import __version__
+from fxpress.backends.tvm.block_sparse import lower_block_sparse
 from fxpress.backends.tvm.convert_map import converters
 from fxpress.backends.tvm.lower import as_pass, lowering_stages
 from fxpress.backends.tvm.pack_weights import pack_weights
@@ -94,6 +95,7 @@ def compile_graph(
     if not isinstance(graph, Graph):
         raise BackendError(f"compile() takes an fxpress Graph (from fxpress.capture), got {type(graph).__name__}")
     spec = resolve_target(target, num_threads=num_threads, cross=cross)
+    graph, sparse = lower_block_sparse(graph, spec)
     mod, params = _import(graph, spec)
     timings: dict[str, float] = {}
     exe = _build(mod, spec, timings)
@@ -106,6 +108,7 @@ def compile_graph(
         "target": {**spec.describe(), "host_runnable": spec.host_runnable, "cross_compiler": spec.cross_compiler},
         "num_threads": int(spec.target.attrs.get("num-cores", 0)) if spec.device == "cpu" else 0,
         "params": names,
+        "block_sparse": sparse,
         "pipeline": graph.pipeline,
         "trace": [r.to_json() for r in graph.trace],
         "lowering_s": {k: round(v, 4) for k, v in timings.items()},

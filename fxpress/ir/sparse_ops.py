@@ -1,0 +1,44 @@
+"""``fxpress::block_sparse_linear``: a linear layer whose weight is stored as kept R x C blocks.
+
+    y = x @ W.T + bias,   W[n, k] given as block-ELL (see kernels/bsr.py):
+        data[nb, L, C, R]  the kept blocks, each transposed
+        cols[nb, L]        each block's column in units of C (padding blocks are zero)
+
+The TVM backend rewrites linear layers whose weights ``annotate-sparsity``
+found block sparse into this op (backends/tvm/block_sparse.py) and lowers it
+to fxpress's BSR kernel. The reference rebuilds the dense weight and calls
+``torch.nn.functional.linear``, so a rewritten graph still runs in eager
+PyTorch and exports; results agree with the dense layer up to float rounding
+(the kernel adds the products in another order).
+"""
+
+from __future__ import annotations
+
+import torch
+
+_LIB = "fxpress"
+
+
+def dense_weight(data: torch.Tensor, cols: torch.Tensor, in_features: int) -> torch.Tensor:
+    """The [nb * R, in_features] weight that block-ELL `data`/`cols` stand for."""
+    nb, length, c, r = data.shape
+    weight = data.new_zeros(nb, r, in_features // c, c)
+    blocks = data.permute(0, 1, 3, 2)  # [nb, L, R, C]
+    rows = torch.arange(nb, device=data.device)[:, None].expand(nb, length)
+    flat = weight.permute(0, 2, 1, 3)  # a view [nb, K/C, R, C]
+    # padding blocks are zero, so accumulating them onto column 0 changes nothing
+    flat.index_put_((rows.reshape(-1), cols.reshape(-1).long()), blocks.reshape(-1, r, c), accumulate=True)
+    return flat.permute(0, 2, 1, 3).reshape(nb * r, in_features)
+
+
+@torch.library.custom_op(f"{_LIB}::block_sparse_linear", mutates_args=())
+def block_sparse_linear(
+    x: torch.Tensor, data: torch.Tensor, cols: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return torch.nn.functional.linear(x, dense_weight(data, cols, x.shape[-1]), bias)
+
+
+@block_sparse_linear.register_fake
+def _(x: torch.Tensor, data: torch.Tensor, cols: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    nb, _, _, r = data.shape
+    return x.new_empty((*x.shape[:-1], nb * r))
