@@ -38,7 +38,8 @@ def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
     """The dlight rules for `spec`, tried in order on every PrimFunc."""
     if spec.device == "cuda":
         return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    return [CPUInt8MatmulAVX2(), CPUMatmul(), CPUConv2d(), dl.cpu.GEMV(), dl.cpu.Reduction(), CPUInjective()]
+    # the conv rule goes before the matmul rule: a 1x1 conv's block also looks like a batched matmul
+    return [CPUInt8MatmulAVX2(), CPUConv2d(), CPUMatmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), CPUInjective()]
 
 
 def lowering_stages(spec: TargetSpec) -> list[tuple[str, tvm.transform.Pass]]:

@@ -44,7 +44,12 @@ from fxpress.backends.tvm.kernels.matmul import register_tile
 
 def _is_conv2d(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     # (n,) f, y, x | (rc,) ry, rx: depthwise convs reduce over the window only
-    return is_multiply_accumulate(sch.get(block), ("SSSRRR", "SSSSRRR", "SSSRR", "SSSSRR"))
+    stmt = sch.get(block)
+    if is_multiply_accumulate(stmt, ("SSSRRR", "SSSSRRR", "SSSRR", "SSSSRR")):
+        return True
+    # a 1x1 conv's unit window loops are normalized away: (n,) f, y, x | rc, which is also the
+    # shape of a batched matmul, so only the packed form (its rank-5 weight) is taken as a conv
+    return is_multiply_accumulate(stmt, ("SSSR", "SSSSR")) and any(len(r.source.shape) == 5 for r in stmt.reads)
 
 
 # Output columns per register tile, tried in order: the first that divides the
@@ -80,12 +85,15 @@ class CPUConv2d(FxpressCPURule):
         """Weights packed [O/P, I, KH, KW, P]: vectors over output channels, XR output columns."""
         _, nr, lanes = register_tile(target)
         macs = work(sch, main)
-        *batch, f, y, x, rc, ry, rx = sch.get_loops(main)
+        loops = sch.get_loops(main)
+        n_red = sum(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(main).iter_vars)
+        *batch, f, y, x = loops[: len(loops) - n_red]
+        reduction = loops[len(loops) - n_red :]  # rc, ry, rx (rc alone for a 1x1 conv)
         width = get_extent(sch, x)
         xr = next((r for r in XR_ORDER if isinstance(width, int) and width % r == 0), 6)
         fo, fi = sch.split(f, factors=[None, nr * lanes])
         xo, xi = sch.split(x, factors=[None, xr])
-        sch.reorder(*batch, fo, y, xo, rc, ry, rx, xi, fi)
+        sch.reorder(*batch, fo, y, xo, *reduction, xi, fi)
         outer = sch.fuse(*batch, fo, y)
         parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, "local")
