@@ -94,7 +94,7 @@ def test_leaves_alone_what_it_cannot_fold() -> None:
 
 
 def test_nothing_to_fold_is_not_a_change() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    model = nn.Sequential(nn.ConvTranspose2d(3, 4, 3), nn.ReLU()).eval()  # no integer kernel
     x = torch.randn(2, 3, 8, 8)
     graph = fxpress.optimize(fxpress.capture(model, (x,)), [Observe(), Calibrate(data=[(x,)])])
     out = fxpress.optimize(graph, [FoldQDQ()])

@@ -18,6 +18,15 @@ Integer conventions (those of gemmlowp / TFLite, spelled out):
   ``y = (acc * multiplier + 2^(30 + shift)) >> (31 + shift)`` in int64 (round
   half up), ``clamp(y + out_zp, -128, 127)`` as int8. `requantize_params`
   turns real multipliers ``x_scale * w_scale[n] / out_scale`` into that form.
+- ``quantized_conv2d``: the same per output channel ``o`` of an NCHW
+  convolution, ``acc[n, o, y, x] = sum (x_pad - x_zp) * w[o, c, ky, kx] + bias[o]``,
+  where the input is padded with ``x_zp`` (so padding adds zero),
+  ``padding = [top, left, bottom, right]``, and ``groups`` splits the channels
+  (depthwise: ``groups == C``).
+- ``quantized_matmul``: two int8 activations (attention's Q·Kᵀ and P·V),
+  ``acc[.., i, j] = sum_k (a[.., i, k] - a_zp) * (b[.., k, j] - b_zp)`` (batch
+  dimensions broadcast like ``torch.matmul``), requantized with one
+  per-tensor ``multiplier`` and ``shift``.
 """
 
 from __future__ import annotations
@@ -64,6 +73,11 @@ def quantized_linear(
 ) -> torch.Tensor:
     """int8 x int8 -> int32 accumulate -> fixed-point requantize -> int8 (see module doc)."""
     acc = torch.matmul(x.to(torch.int64) - x_zero_point, weight.to(torch.int64).t()) + bias.to(torch.int64)
+    return _requantize(acc, multiplier, shift, out_zero_point)
+
+
+def _requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor, out_zero_point: int) -> torch.Tensor:
+    """int64 accumulators -> int8; `multiplier` and `shift` broadcast against `acc` (channels last)."""
     total = 31 + shift.to(torch.int64)
     y = (acc * multiplier.to(torch.int64) + (torch.ones_like(total) << (total - 1))) >> total
     return (y + out_zero_point).clamp(-128, 127).to(torch.int8)
@@ -80,6 +94,108 @@ def _(
     out_zero_point: int,
 ) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.int8)
+
+
+# |x - x_zp| <= 255 and |w| <= 128, so every partial sum of a convolution with fewer
+# than this many terms per output is an integer below 2^53: exact in float64.
+_F64_EXACT_TERMS = 2**53 // (255 * 128)
+
+
+def _conv_acc(
+    x: torch.Tensor,
+    x_zero_point: int,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """The exact int64 accumulators ``sum (x_pad - x_zp) * w`` of an NCHW conv (no bias).
+
+    Computed as a float64 convolution (PyTorch's CPU float64 convolutions are
+    direct or im2col sums of products, never Winograd/FFT), which is exact:
+    every product and partial sum is an integer below 2^53.
+    """
+    terms = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    if terms >= _F64_EXACT_TERMS:
+        raise ValueError(f"quantized_conv2d: {terms} terms per output exceed the exact float64 range")
+    top, left, bottom, right = padding
+    centred = torch.nn.functional.pad(x.double() - x_zero_point, (left, right, top, bottom))
+    acc = torch.nn.functional.conv2d(centred, weight.double(), stride=stride, dilation=dilation, groups=groups)
+    return acc.to(torch.int64)
+
+
+@torch.library.custom_op(f"{_LIB}::quantized_conv2d", mutates_args=())
+def quantized_conv2d(
+    x: torch.Tensor,
+    x_zero_point: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    multiplier: torch.Tensor,
+    shift: torch.Tensor,
+    out_zero_point: int,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """int8 NCHW conv2d, int32 accumulate, per-channel fixed-point requantize -> int8 (see module doc)."""
+    acc = _conv_acc(x, x_zero_point, weight, stride, padding, dilation, groups) + bias.to(torch.int64)[:, None, None]
+    return _requantize(acc, multiplier[:, None, None], shift[:, None, None], out_zero_point)
+
+
+@quantized_conv2d.register_fake
+def _(
+    x: torch.Tensor,
+    x_zero_point: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    multiplier: torch.Tensor,
+    shift: torch.Tensor,
+    out_zero_point: int,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    n, _, h, w = x.shape
+    kh, kw = weight.shape[2:]
+    top, left, bottom, right = padding
+    out_h = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return x.new_empty((n, weight.shape[0], out_h, out_w), dtype=torch.int8)
+
+
+@torch.library.custom_op(f"{_LIB}::quantized_matmul", mutates_args=())
+def quantized_matmul(
+    a: torch.Tensor,
+    a_zero_point: int,
+    b: torch.Tensor,
+    b_zero_point: int,
+    multiplier: int,
+    shift: int,
+    out_zero_point: int,
+) -> torch.Tensor:
+    """int8 [.., M, K] x int8 [.., K, N] -> int32 accumulate -> fixed-point requantize -> int8 (see module doc)."""
+    if a.shape[-1] * 255 * 255 >= 2**53:
+        raise ValueError(f"quantized_matmul: K = {a.shape[-1]} exceeds the exact float64 range")
+    # a float64 matmul of integers whose partial sums stay below 2^53 is exact
+    acc = torch.matmul(a.double() - a_zero_point, b.double() - b_zero_point).to(torch.int64)
+    return _requantize(acc, torch.tensor(multiplier), torch.tensor(shift), out_zero_point)
+
+
+@quantized_matmul.register_fake
+def _(
+    a: torch.Tensor,
+    a_zero_point: int,
+    b: torch.Tensor,
+    b_zero_point: int,
+    multiplier: int,
+    shift: int,
+    out_zero_point: int,
+) -> torch.Tensor:
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return a.new_empty((*batch, a.shape[-2], b.shape[-1]), dtype=torch.int8)
 
 
 def requantize_params(real_multiplier: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

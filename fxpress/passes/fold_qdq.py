@@ -1,26 +1,37 @@
-"""fold-qdq: turn calibrated float linears into int8 kernels with Q/DQ at the edges.
+"""fold-qdq: turn calibrated float linears and convolutions into int8 kernels with Q/DQ at the edges.
 
     %y = aten.linear(%x, %w, %b)        # x, w, y carry QuantParams
       -> %xq = fxpress.quantize(%x, sx, zx, -128, 127)
          %yq = fxpress.quantized_linear(%xq, zx, %w_i8, %b_i32, %mult, %shift, zy)
          %y  = fxpress.dequantize(%yq, sy, zy)
+    %y = aten.conv2d(%x, %w, %b, stride, padding, dilation, groups)
+      -> the same with fxpress.quantized_conv2d(%xq, zx, ..., zy, stride, [t, l, b, r], dilation, groups)
+    %y = aten.matmul(%a, %b)            # two activations: attention's Q·Kᵀ and P·V (also aten.bmm)
+      -> fxpress.quantized_matmul(quantize(%a), za, quantize(%b), zb, mult, shift, zy), dequantized
     q(dq(t, s, z), s, z) -> t           # back-to-back boundaries with equal params cancel
     two equal quantize(%x, ...)  -> one  # Q, K and V share one quantized input
 
-Weights are quantized once here and stored as int8 parameters (the float
-weight is dropped); the bias becomes int32 at scale ``sx * sw``; the
-requantization multiplier ``sx * sw[n] / sy`` becomes a Q31 multiplier and a
-shift (`fxpress.ir.ops.requantize_params`). uint8 activation parameters are
-re-expressed as int8 (zero point - 128: the same real values).
+Convolutions are NCHW 2-D ones (``aten.conv2d``, its ``padding="same"``
+form, or a non-transposed ``aten.convolution``): regular, depthwise and
+grouped, any stride, padding and dilation. Weights are quantized once here and
+stored as int8 parameters (the float weight is dropped); the bias becomes
+int32 at scale ``sx * sw``; the requantization multiplier ``sx * sw[o] / sy``
+becomes a Q31 multiplier and a shift (`fxpress.ir.ops.requantize_params`).
+uint8 activation parameters are re-expressed as int8 (zero point - 128: the
+same real values). A ReLU after the op stays a float op between a dequantize
+and a quantize with its own parameters (the integer kernels have no fused
+clamp yet).
 
 Requires: ``calibrated``. Establishes: ``quantized``. Numerics: the int8
 result equals the integer reference bit for bit (eager and TVM); against fake
 quantization in float it differs by at most one output step (rounding of the
 int32 bias and of the fixed-point multiplier). Leaves alone: (reported in
-``stats["float"]`` with the reason) linears whose input, weight or output has
+``stats["float"]`` with the reason) ops whose input, weight or output has
 no parameters, per-channel activations, weights with a non-zero zero point,
-multipliers outside the fixed-point range. Conv, matmul and add are not
-folded yet: they stay float (correct, not faster).
+multipliers outside the fixed-point range, transposed and non-2-D
+convolutions, matmuls with a constant operand (a linear is the integer form of
+those) or a 1-D operand. Add and cat are not folded yet: they stay float
+(correct, not faster).
 """
 
 from __future__ import annotations
@@ -39,6 +50,10 @@ from fxpress.quant.annotations import QuantParams
 
 aten = torch.ops.aten
 fx_ops = torch.ops.fxpress
+_LINEAR = {aten.linear.default}
+_CONV = {aten.conv2d.default, aten.conv2d.padding, aten.convolution.default}
+_TRANSPOSED = {aten.conv_transpose2d.input}
+_MATMUL = {aten.matmul.default, aten.bmm.default}
 
 
 def _int8_view(p: QuantParams) -> tuple[float, int, int, int]:
@@ -61,6 +76,20 @@ def _why_not(x: Any, w: Any, node: torch.fx.Node) -> str | None:
     return None
 
 
+def _why_not_matmul(node: torch.fx.Node) -> str | None:
+    a, b = node.args[:2]
+    if not all(isinstance(t, torch.fx.Node) and t.op != "get_attr" for t in (a, b)):
+        return "an operand is a constant (use a linear for constant weights)"
+    if a.meta["val"].dim() < 2 or b.meta["val"].dim() < 2:
+        return "a 1-D operand"
+    params = [get(t, "qparams") for t in (a, b, node)]
+    if any(p is None for p in params):
+        return "an operand or the output has no quantization parameters"
+    if any(p.axis is not None for p in params):
+        return "per-channel activation parameters"
+    return None
+
+
 def _cancels(src: Any, q: torch.fx.Node) -> bool:
     """`q` re-quantizes a dequantize with the same scale, zero point and full int8 range."""
     return (
@@ -71,9 +100,51 @@ def _cancels(src: Any, q: torch.fx.Node) -> bool:
     )
 
 
+def _arguments(node: torch.fx.Node) -> dict[str, Any]:
+    """The node's arguments by schema name, defaults filled in."""
+    out = {}
+    for i, a in enumerate(node.target._schema.arguments):  # type: ignore[union-attr]
+        if i < len(node.args):
+            out[a.name] = node.args[i]
+        elif a.name in node.kwargs:
+            out[a.name] = node.kwargs[a.name]
+        elif a.has_default_value():
+            out[a.name] = a.default_value
+    return out
+
+
+def _pair(v: Any) -> list[int]:
+    return [int(i) for i in v] * (2 if len(v) == 1 else 1)
+
+
+def _conv_attrs(node: torch.fx.Node, args: dict[str, Any]) -> tuple[Any, ...] | str:
+    """(stride, [top, left, bottom, right], dilation, groups) of a conv, or why it has no integer kernel."""
+    if node.target in _TRANSPOSED or args.get("transposed"):
+        return "transposed convolution: no integer kernel"
+    x, w = args["input"], args["weight"]
+    if not all(isinstance(t, torch.fx.Node) and t.meta["val"].dim() == 4 for t in (x, w)):
+        return "not a batched 2-D convolution"
+    stride, dilation, padding = _pair(args["stride"]), _pair(args["dilation"]), args["padding"]
+    if padding == "same":  # torch pads the extra row / column at the bottom / right
+        totals = [d * (k - 1) for d, k in zip(dilation, w.meta["val"].shape[2:], strict=True)]
+        pads = [totals[0] // 2, totals[1] // 2, totals[0] - totals[0] // 2, totals[1] - totals[1] // 2]
+    else:
+        pair = [0, 0] if padding == "valid" else _pair(padding)
+        pads = pair + pair
+    return stride, pads, dilation, int(args["groups"])
+
+
+def _replace(graph: Graph, node: torch.fx.Node, y: torch.fx.Node) -> None:
+    """`y` (the dequantized integer result) takes `node`'s place, its output facts and source line."""
+    y.meta[META_KEY] = dict(node.meta.get(META_KEY) or {})
+    y.meta["stack_trace"] = node.meta.get("stack_trace")
+    node.replace_all_uses_with(y)
+    graph.fx.erase_node(node)
+
+
 @dataclass(frozen=True)
 class FoldQDQ(Pass):
-    """Fold calibrated linears into int8 `quantized_linear` (see module doc)."""
+    """Fold calibrated linears and convolutions into int8 kernels (see module doc)."""
 
     name = "fold-qdq"
     requires = frozenset({"calibrated"})
@@ -81,15 +152,8 @@ class FoldQDQ(Pass):
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         folded, left = 0, {}
-        for node in [n for n in graph.nodes("call_function") if n.target == aten.linear.default]:
-            x, w, b = (*node.args, None)[:3]
-            reason = (
-                _why_not(x, w, node)
-                if isinstance(w, torch.fx.Node) and w.op == "get_attr"
-                else "weight is not a parameter"
-            )
-            if reason is None:
-                reason = self._fold(graph, node, x, w, b)
+        for node in [n for n in graph.nodes("call_function") if n.target in _LINEAR | _CONV | _TRANSPOSED | _MATMUL]:
+            reason = self._try(graph, node)
             if reason is None:
                 folded += 1
             else:
@@ -99,7 +163,23 @@ class FoldQDQ(Pass):
             graph.drop_unused_params()
         return PassResult(graph, modified=folded > 0 or cancelled > 0, stats={"folded": folded, "float": left})
 
-    def _fold(self, graph: Graph, node: torch.fx.Node, x: torch.fx.Node, w: torch.fx.Node, b: Any) -> str | None:
+    def _try(self, graph: Graph, node: torch.fx.Node) -> str | None:
+        """Fold `node`, or say why it stays float."""
+        if node.target in _MATMUL:
+            return _why_not_matmul(node) or self._fold_matmul(graph, node)
+        args = _arguments(node)
+        x, w, b = args["input"], args["weight"], args.get("bias")
+        conv = () if node.target in _LINEAR else _conv_attrs(node, args)
+        if isinstance(conv, str):
+            return conv
+        if not (isinstance(w, torch.fx.Node) and w.op == "get_attr"):
+            return "weight is not a parameter"
+        return _why_not(x, w, node) or self._fold(graph, node, x, w, b, conv)
+
+    def _fold(
+        self, graph: Graph, node: torch.fx.Node, x: torch.fx.Node, w: torch.fx.Node, b: Any, conv: tuple[Any, ...]
+    ) -> str | None:
+        """Replace `node` by quantize -> integer op -> dequantize; `conv` holds a conv's attributes."""
         px, pw, py = get(x, "qparams"), get(w, "qparams"), get(node, "qparams")
         sx, zx, qmin, qmax = _int8_view(px)
         sy, zy, _, _ = _int8_view(py)
@@ -110,7 +190,7 @@ class FoldQDQ(Pass):
         if bool(((real < 2.0**-32) | (real >= 2.0**30)).any()):
             return "requantization multiplier outside the fixed-point range"
         mult, shift = ops.requantize_params(real)
-        wq = torch.round(weight / sw_rows[:, None]).clamp(-128, 127).to(torch.int8)
+        wq = torch.round(weight / sw_rows.reshape(-1, *[1] * (weight.dim() - 1))).clamp(-128, 127).to(torch.int8)
         bias = (
             graph.param(b).double()
             if isinstance(b, torch.fx.Node)
@@ -122,14 +202,27 @@ class FoldQDQ(Pass):
             graph.add_param(f"{hint}.{k}", v, before=node)
             for k, v in (("weight_i8", wq), ("bias_i32", bq), ("requant_mult", mult), ("requant_shift", shift))
         ]
+        op = fx_ops.quantized_conv2d.default if conv else fx_ops.quantized_linear.default
         with graph.fx.inserting_before(node):
             xq = graph.fx.call_function(fx_ops.quantize.default, (x, sx, zx, qmin, qmax))
-            yq = graph.fx.call_function(fx_ops.quantized_linear.default, (xq, zx, *params, zy))
-            y = graph.fx.call_function(fx_ops.dequantize.default, (yq, sy, zy))
-        y.meta[META_KEY] = dict(node.meta.get(META_KEY) or {})  # y carries the linear's output facts
-        y.meta["stack_trace"] = node.meta.get("stack_trace")
-        node.replace_all_uses_with(y)
-        graph.fx.erase_node(node)
+            yq = graph.fx.call_function(op, (xq, zx, *params, zy, *conv))
+            _replace(graph, node, graph.fx.call_function(fx_ops.dequantize.default, (yq, sy, zy)))
+        return None
+
+    def _fold_matmul(self, graph: Graph, node: torch.fx.Node) -> str | None:
+        """matmul(a, b) -> dequantize(quantized_matmul(quantize(a), quantize(b)))."""
+        a, b = node.args[:2]
+        (sa, za, *arange), (sb, zb, *brange) = _int8_view(get(a, "qparams")), _int8_view(get(b, "qparams"))
+        sy, zy, _, _ = _int8_view(get(node, "qparams"))
+        real = sa * sb / sy
+        if not 2.0**-32 <= real < 2.0**30:
+            return "requantization multiplier outside the fixed-point range"
+        mult, shift = (int(t) for t in ops.requantize_params(torch.tensor([real], dtype=torch.float64)))
+        with graph.fx.inserting_before(node):
+            aq = graph.fx.call_function(fx_ops.quantize.default, (a, sa, za, *arange))
+            bq = graph.fx.call_function(fx_ops.quantize.default, (b, sb, zb, *brange))
+            yq = graph.fx.call_function(fx_ops.quantized_matmul.default, (aq, za, bq, zb, mult, shift, zy))
+            _replace(graph, node, graph.fx.call_function(fx_ops.dequantize.default, (yq, sy, zy)))
         return None
 
     @staticmethod

@@ -14,6 +14,20 @@ multiply-accumulate shape the CPU matmul rule schedules; the requantization
 is its fused epilogue. On AVX2 CPUs the converter emits the vpmaddwd form
 instead (int16-widened operands, see kernels/int8_avx2.py), which is exact and
 about 4x faster.
+
+``quantized_conv2d`` (NCHW int8 in and out): on AVX2, groups=1 convs become a
+direct vpmaddwd convolution (kernels/int8_conv_avx2.py): a prologue widens
+``x - x_zp`` into padded NHWC channel pairs, the weights are packed once at
+compile time as ``[O/8, KH, KW, C/2, 8, 2]`` int16, and the requantization
+writes NCHW int8 from each register tile. Depthwise and grouped convs, and
+CPUs without AVX2, take the generic form: ``pad(x - x_zp)`` as int16 and an
+int32-accumulating NCHW conv (weights in the conv rule's panels when
+groups=1) that the CPU conv rule schedules, requantization fused.
+
+``quantized_matmul`` (two int8 activations, per-tensor requantization): on
+AVX2 both operands are widened per call (``b`` into the GEMM's ``[N/8, K/2,
+8, 2]`` panels, one set per batch) and the vpmaddwd GEMM rule runs over the
+flattened rows; otherwise a generic int32 batch matmul for the matmul rule.
 """
 
 from __future__ import annotations
@@ -109,26 +123,257 @@ def _te_quantized_linear_pmadd(
     return _requantize(bias, multiplier, shift, out_zero_point, lead, n, lambda rest, j: acc[(*rest, j // 8, j % 8)])
 
 
+def _te_quantized_matmul(
+    a: te.Tensor, b: te.Tensor, a_zero_point: int, b_zero_point: int, multiplier: int, shift: int, out_zero_point: int
+) -> te.Tensor:
+    """Generic int32 batch matmul of two int8 activations (batch dims broadcast), requantized per tensor."""
+    *batch_a, m, kdim = a.shape
+    *batch_b, _, n = b.shape
+    batch = _broadcast_dims(list(batch_a), list(batch_b))
+    r = te.reduce_axis((0, kdim), name="k")
+
+    def acc_body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *bi, i, j = idx
+        x = a[(*_bcast_index(batch_a, bi), i, r)].astype("int32") - _i32(a_zero_point)
+        y = b[(*_bcast_index(batch_b, bi), r, j)].astype("int32") - _i32(b_zero_point)
+        return te.sum(x * y, axis=r)
+
+    acc = te.compute([*batch, m, n], acc_body, name="qmatmul_acc")
+    return _requantize(None, multiplier, shift, out_zero_point, [*batch, m], n, lambda rest, j: acc[(*rest, j)])
+
+
+def _broadcast_dims(x: list[Any], y: list[Any]) -> list[Any]:
+    x, y = [1] * (len(y) - len(x)) + x, [1] * (len(x) - len(y)) + y
+    return [q if isinstance(p, int | tirx.IntImm) and int(p) == 1 else p for p, q in zip(x, y, strict=True)]
+
+
+def _bcast_index(dims: list[Any], index: list[tirx.Var]) -> list[Any]:
+    """`index` over the broadcast batch dims, restricted to `dims` (size-1 dims read element 0)."""
+    index = index[len(index) - len(dims) :]
+    return [0 if isinstance(d, int | tirx.IntImm) and int(d) == 1 else i for d, i in zip(dims, index, strict=True)]
+
+
+def _te_pack_activation(b: te.Tensor, b_zero_point: int, k2: int) -> te.Tensor:
+    """B16[f * N8 + g, k/2, n%8, k%2] = b[batch f, k, n] - b_zp as int16, zero past K and N (per call)."""
+    *batch, kdim, n = b.shape
+    n8 = (int(n) + 7) // 8
+
+    def body(row: tirx.Var, kp: tirx.Var, lane: tirx.Var, kk: tirx.Var) -> tirx.PrimExpr:
+        index, g = _unflatten(row // n8, batch), row % n8
+        k, j = kp * 2 + kk, g * 8 + lane
+        value = b[(*index, tirx.min(k, kdim - 1), tirx.min(j, n - 1))].astype("int16")
+        inside = tirx.all(k < kdim, j < n)
+        return tirx.if_then_else(inside, value - tirx.const(b_zero_point, "int16"), tirx.const(0, "int16"))
+
+    return te.compute([_product(batch) * n8, k2, 8, 2], body, name="pack_activation")
+
+
+def _te_widen_rows(a: te.Tensor, a_zero_point: int, k2: int) -> te.Tensor:
+    """A16[f * M + i, k/2, k%2] = a[batch f, i, k] - a_zp as int16, zero past K: one row dim for the GEMM rule."""
+    *batch, m, kdim = a.shape
+
+    def body(row: tirx.Var, kp: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        k = kp * 2 + j
+        index = _unflatten(row // m, batch)
+        value = a[(*index, row % m, tirx.min(k, kdim - 1))].astype("int16") - tirx.const(a_zero_point, "int16")
+        return tirx.if_then_else(k < kdim, value, tirx.const(0, "int16"))
+
+    return te.compute([_product(batch) * m, k2, 2], body, name="widen_rows")
+
+
+def _product(dims: list[Any]) -> Any:
+    out = 1
+    for d in dims:
+        out = out * d
+    return out
+
+
+def _unflatten(flat: tirx.PrimExpr, dims: list[Any]) -> list[tirx.PrimExpr]:
+    index = []
+    for d in reversed(dims):
+        index.insert(0, flat % d)
+        flat = flat // d
+    return index
+
+
+def _te_quantized_matmul_pmadd(
+    a16: te.Tensor, b16: te.Tensor, multiplier: int, shift: int, out_zero_point: int, m: int, n: int
+) -> te.Tensor:
+    """vpmaddwd GEMM over rows (batch, i) (kernels/int8_avx2.py; B panels per batch), requantized per tensor.
+
+    The rows are one dimension: the GEMM rule fuses several leading loops, and
+    tensorizing under a fused loop fails in TVM 0.27 (an int32/int64 iterator).
+    """
+    rows, k2 = a16.shape[0], a16.shape[1]
+    n8 = tirx.const((n + 7) // 8, "int64")
+    kp = te.reduce_axis((0, k2), name="k2")
+    kk = te.reduce_axis((0, 2), name="kk")
+
+    def acc_body(row: tirx.Var, g: tirx.Var, lane: tirx.Var) -> tirx.PrimExpr:
+        a = a16[row, kp, kk].astype("int32")
+        return te.sum(a * b16[row // m * n8 + g, kp, lane, kk].astype("int32"), axis=[kp, kk])
+
+    acc = te.compute([rows, n8, 8], acc_body, name="qmatmul_acc")
+    return _requantize(None, multiplier, shift, out_zero_point, [rows], n, lambda rest, j: acc[rest[0], j // 8, j % 8])
+
+
+def _at(v: te.Tensor | int | None, j: tirx.Var) -> tirx.PrimExpr:
+    """A per-channel parameter's entry `j` (a tensor), or a per-tensor one (an int), as int64."""
+    if isinstance(v, te.Tensor):
+        return v[j].astype("int64")
+    return tirx.const(int(v or 0), "int64")
+
+
 def _requantize(
-    bias: te.Tensor,
-    multiplier: te.Tensor,
-    shift: te.Tensor,
+    bias: te.Tensor | None,
+    multiplier: te.Tensor | int,
+    shift: te.Tensor | int,
     out_zero_point: int,
     lead: list[Any],
     n: int,
     read: Callable[[list[tirx.Var], tirx.Var], tirx.PrimExpr],
+    channels_first: bool = False,
 ) -> te.Tensor:
-    """int8 output ``[*lead, n]`` requantized from the int32 accumulator that `read` indexes."""
+    """int8 output ``[*lead, n]`` requantized from the int32 accumulator that `read` indexes.
+
+    With `channels_first` (NCHW), the output is ``[lead[0], n, *lead[1:]]``.
+    """
 
     def requant(*idx: tirx.Var) -> tirx.PrimExpr:
-        *rest, j = idx
-        total = shift[j].astype("int64") + tirx.const(31, "int64")
-        wide = (read(rest, j) + bias[j]).astype("int64") * multiplier[j].astype("int64")
+        if channels_first:
+            b, j, *spatial = idx
+            rest = [b, *spatial]
+        else:
+            *rest, j = idx
+        total = _at(shift, j) + tirx.const(31, "int64")
+        wide = (read(rest, j).astype("int64") + _at(bias, j)) * _at(multiplier, j)
         rounded = (wide + (tirx.const(1, "int64") << (total - tirx.const(1, "int64")))) >> total
         y = rounded + tirx.const(out_zero_point, "int64")
         return tirx.max(tirx.min(y, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
 
-    return te.compute([*lead, n], requant, name="qmatmul_requant")
+    shape = [lead[0], n, *lead[1:]] if channels_first else [*lead, n]
+    return te.compute(shape, requant, name="qconv_requant" if channels_first else "qmatmul_requant")
+
+
+def _conv_out(size: Any, before: int, after: int, kernel: int, stride: int, dilation: int) -> Any:
+    return (size + before + after - (kernel - 1) * dilation - 1) // stride + 1
+
+
+def _te_quantized_conv2d(
+    x: te.Tensor,
+    w: te.Tensor,
+    bias: te.Tensor,
+    multiplier: te.Tensor,
+    shift: te.Tensor,
+    x_zero_point: int,
+    out_zero_point: int,
+    attrs: tuple[tuple[int, ...], ...],
+    out_channels: int,
+) -> te.Tensor:
+    """Generic int32 NCHW conv: ``pad(x - x_zp, 0)`` as int16, int32 accumulation, requantize.
+
+    `w` is OIHW, or [O/P, I, KH, KW, P] panels (groups == 1): the shapes
+    the CPU conv rule schedules (vectors over output channels for panels).
+    """
+    (sh, sw), (top, left, bottom, right), (dh, dw), (groups,) = attrs
+    n, c, h, wd = x.shape
+    kh, kw = int(w.shape[2]), int(w.shape[3])
+    cg, og = int(w.shape[1]), out_channels // groups
+    zero = tirx.const(0, "int16")
+
+    def pad_body(b: tirx.Var, ci: tirx.Var, yy: tirx.Var, xx: tirx.Var) -> tirx.PrimExpr:
+        inside = tirx.all(yy >= top, yy < h + top, xx >= left, xx < wd + left)
+        value = x[b, ci, yy - top, xx - left].astype("int16") - tirx.const(x_zero_point, "int16")
+        return tirx.if_then_else(inside, value, zero)
+
+    pad = te.compute((n, c, h + top + bottom, wd + left + right), pad_body, name="pad_temp")
+    rc, ry, rx = (
+        te.reduce_axis((0, cg), name="rc"),
+        te.reduce_axis((0, kh), name="ry"),
+        te.reduce_axis((0, kw), name="rx"),
+    )
+    if len(w.shape) == 5:
+        panel = int(w.shape[4])
+        weight = lambda f: w[f // panel, rc, ry, rx, f % panel]  # noqa: E731
+    else:
+        weight = lambda f: w[f, rc, ry, rx]  # noqa: E731
+
+    def acc_body(b: tirx.Var, f: tirx.Var, yy: tirx.Var, xx: tirx.Var) -> tirx.PrimExpr:
+        a = pad[b, f // og * cg + rc, yy * sh + ry * dh, xx * sw + rx * dw].astype("int32")
+        return te.sum(a * weight(f).astype("int32"), axis=[rc, ry, rx])
+
+    shape = (n, out_channels, _conv_out(h, top, bottom, kh, sh, dh), _conv_out(wd, left, right, kw, sw, dw))
+    acc = te.compute(shape, acc_body, name="qconv_acc")
+    return _requantize_nchw(acc, bias, multiplier, shift, out_zero_point, lambda b, f, yy, xx: acc[b, f, yy, xx])
+
+
+def _te_conv_widen(x: te.Tensor, x_zero_point: int, padding: tuple[int, ...]) -> te.Tensor:
+    """P16[n, y, x, c/2, 2] = x - x_zp as int16, NHWC channel pairs, zero in the padding and past C."""
+    n, c, h, wd = x.shape
+    top, left, bottom, right = padding
+    c2 = (int(c) + 1) // 2
+
+    def body(b: tirx.Var, yy: tirx.Var, xx: tirx.Var, cp: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        ci = cp * 2 + j
+        inside = tirx.all(yy >= top, yy < h + top, xx >= left, xx < wd + left, ci < c)
+        read = x[b, tirx.min(ci, c - 1), yy - top, xx - left].astype("int16")
+        return tirx.if_then_else(inside, read - tirx.const(x_zero_point, "int16"), tirx.const(0, "int16"))
+
+    return te.compute((n, h + top + bottom, wd + left + right, c2, 2), body, name="conv_widen")
+
+
+def _te_quantized_conv2d_pmadd(
+    p16: te.Tensor,
+    b16: te.Tensor,
+    bias: te.Tensor,
+    multiplier: te.Tensor,
+    shift: te.Tensor,
+    out_zero_point: int,
+    attrs: tuple[tuple[int, ...], ...],
+    out_channels: int,
+) -> te.Tensor:
+    """NHWC-pair direct conv for vpmaddwd (kernels/int8_conv_avx2.py), requantized into NCHW int8."""
+    (sh, sw), _, (dh, dw), _ = attrs
+    n, hp, wp = p16.shape[:3]
+    o8, kh, kw, c2 = (int(d) for d in b16.shape[:4])
+    ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
+    cp, kk = te.reduce_axis((0, c2), name="c2"), te.reduce_axis((0, 2), name="kk")
+
+    def acc_body(b: tirx.Var, yy: tirx.Var, xx: tirx.Var, g: tirx.Var, lane: tirx.Var) -> tirx.PrimExpr:
+        a = p16[b, yy * sh + ry * dh, xx * sw + rx * dw, cp, kk].astype("int32")
+        return te.sum(a * b16[g, ry, rx, cp, lane, kk].astype("int32"), axis=[ry, rx, cp, kk])
+
+    shape = (n, _conv_out(hp, 0, 0, kh, sh, dh), _conv_out(wp, 0, 0, kw, sw, dw), o8, 8)
+    acc = te.compute(shape, acc_body, name="qconv_acc")
+    return _requantize_nchw(
+        acc, bias, multiplier, shift, out_zero_point, lambda b, f, yy, xx: acc[b, yy, xx, f // 8, f % 8], out_channels
+    )
+
+
+def _requantize_nchw(
+    acc: te.Tensor,
+    bias: te.Tensor,
+    multiplier: te.Tensor,
+    shift: te.Tensor,
+    out_zero_point: int,
+    read: Callable[..., tirx.PrimExpr],
+    out_channels: int | None = None,
+) -> te.Tensor:
+    """int8 NCHW output requantized per channel from the accumulator `read` indexes."""
+    if out_channels is None:
+        n, out_channels, oh, ow = acc.shape
+    else:
+        n, oh, ow = acc.shape[:3]
+    return _requantize(
+        bias,
+        multiplier,
+        shift,
+        out_zero_point,
+        [n, oh, ow],
+        out_channels,
+        lambda r, f: read(r[0], f, r[1], r[2]),
+        channels_first=True,
+    )
 
 
 def converters(spec: TargetSpec) -> dict[str, Converter]:
@@ -192,9 +437,46 @@ def converters(spec: TargetSpec) -> dict[str, Converter]:
             )
         )
 
+    def quantized_conv2d(node: Any, importer: Any) -> relax.Expr:
+        x, x_zp, w, bias, multiplier, shift, out_zp, stride, padding, dilation, groups = importer.retrieve_args(node)
+        bb = importer.block_builder
+        attrs = (tuple(stride), tuple(padding), tuple(dilation), (int(groups),))
+        out_channels = int(w.ty.shape.values[0])
+        if pmadd and groups == 1:
+            b8 = bb.emit(
+                relax.op.layout_transform(w, lambda o, i, h, k: (o // 8, h, k, i // 2, o % 8, i % 2), pad_value=0)
+            )
+            b16 = bb.emit(relax.op.astype(b8, "int16"))  # widened and packed once, at compile time
+            p16 = bb.emit(bb.call_te(_te_conv_widen, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_widen"))
+            args = (p16, b16, bias, multiplier, shift, int(out_zp), attrs, out_channels)
+            return bb.emit(bb.call_te(_te_quantized_conv2d_pmadd, *args, primfunc_name_hint="quantized_conv2d"))
+        if groups == 1 and spec.device == "cpu":  # panels: the conv rule vectorizes over output channels
+            w = bb.emit(relax.op.layout_transform(w, lambda o, i, h, k: (o // panel, i, h, k, o % panel), pad_value=0))
+        args = (x, w, bias, multiplier, shift, int(x_zp), int(out_zp), attrs, out_channels)
+        return bb.emit(bb.call_te(_te_quantized_conv2d, *args, primfunc_name_hint="quantized_conv2d"))
+
+    def quantized_matmul(node: Any, importer: Any) -> relax.Expr:
+        a, a_zp, b, b_zp, multiplier, shift, out_zp = importer.retrieve_args(node)
+        bb = importer.block_builder
+        scalars = (int(multiplier), int(shift), int(out_zp))
+        same_batch = [str(d) for d in a.ty.shape.values[:-2]] == [str(d) for d in b.ty.shape.values[:-2]]
+        static = all(isinstance(d, tirx.IntImm) for d in (a.ty.shape.values[-1], b.ty.shape.values[-1]))
+        if pmadd and same_batch and static:
+            *batch, m, kdim = a.ty.shape.values
+            k2, n = (int(kdim) + 1) // 2, int(b.ty.shape.values[-1])
+            a16 = bb.emit(bb.call_te(_te_widen_rows, a, int(a_zp), k2, primfunc_name_hint="widen"))
+            b16 = bb.emit(bb.call_te(_te_pack_activation, b, int(b_zp), k2, primfunc_name_hint="pack_activation"))
+            args = (a16, b16, *scalars, m, n)
+            rows = bb.emit(bb.call_te(_te_quantized_matmul_pmadd, *args, primfunc_name_hint="quantized_matmul"))
+            return bb.emit(relax.op.reshape(rows, [*batch, m, n]))
+        args = (a, b, int(a_zp), int(b_zp), *scalars)
+        return bb.emit(bb.call_te(_te_quantized_matmul, *args, primfunc_name_hint="quantized_matmul"))
+
     return {
         "quantize.default": quantize,
         "dequantize.default": dequantize,
         "quantized_linear.default": quantized_linear,
+        "quantized_conv2d.default": quantized_conv2d,
+        "quantized_matmul.default": quantized_matmul,
         "block_sparse_linear.default": convert_block_sparse_linear(spec),
     }

@@ -30,7 +30,7 @@ import tvm.s_tir.dlight as dl
 from tvm import relax
 
 from fxpress.backends.tvm.fast_math import FastMath
-from fxpress.backends.tvm.kernels import CPUConv2d, CPUInjective, CPUInt8MatmulAVX2, CPUMatmul
+from fxpress.backends.tvm.kernels import CPUConv2d, CPUInjective, CPUInt8Conv2dAVX2, CPUInt8MatmulAVX2, CPUMatmul
 from fxpress.backends.tvm.targets import TargetSpec
 
 
@@ -38,8 +38,15 @@ def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
     """The dlight rules for `spec`, tried in order on every PrimFunc."""
     if spec.device == "cuda":
         return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    # the conv rule goes before the matmul rule: a 1x1 conv's block also looks like a batched matmul
-    return [CPUInt8MatmulAVX2(), CPUConv2d(), CPUMatmul(), dl.cpu.GEMV(), dl.cpu.Reduction(), CPUInjective()]
+    return [
+        CPUInt8MatmulAVX2(),
+        CPUInt8Conv2dAVX2(),
+        CPUConv2d(),  # before the matmul rule: a 1x1 conv's block also looks like a batched matmul
+        CPUMatmul(),
+        dl.cpu.GEMV(),
+        dl.cpu.Reduction(),
+        CPUInjective(),
+    ]
 
 
 def lowering_stages(spec: TargetSpec) -> list[tuple[str, tvm.transform.Pass]]:

@@ -3,6 +3,7 @@
 from fxpress.backends.tvm.kernels.conv2d import CPUConv2d
 from fxpress.backends.tvm.kernels.injective import CPUInjective
 from fxpress.backends.tvm.kernels.int8_avx2 import CPUInt8MatmulAVX2
+from fxpress.backends.tvm.kernels.int8_conv_avx2 import CPUInt8Conv2dAVX2
 from fxpress.backends.tvm.kernels.matmul import CPUMatmul
 
-__all__ = ["CPUConv2d", "CPUInjective", "CPUInt8MatmulAVX2", "CPUMatmul"]
+__all__ = ["CPUConv2d", "CPUInjective", "CPUInt8Conv2dAVX2", "CPUInt8MatmulAVX2", "CPUMatmul"]

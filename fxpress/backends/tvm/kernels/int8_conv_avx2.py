@@ -1,0 +1,122 @@
+"""int8 conv2d on AVX2 with ``vpmaddwd``: a direct convolution, exact, no im2col.
+
+The ``quantized_conv2d`` converter (groups == 1) emits this data layout:
+
+    P16[n, Hp, Wp, C2, 2]            int16  x - x_zp, padded, NHWC channel pairs (a cheap prologue)
+    B16[O8, KH, KW, C2, 8, 2]        int16  weights packed at compile time: B16[o/8, ky, kx, c/2, o%8, c%2]
+    acc[n, y, x, O8, 8]              int32  sum over (ky, kx, c2, c%2) of P16 * B16
+    out[n, o, y, x]                  int8   requantized per channel (the fused epilogue)
+
+Schedule (the int8 GEMM micro-kernel of int8_avx2.py, with output pixels as rows):
+
+    for (n, o-block, y) in parallel:
+      for x-block:
+        acc[XR, NR, 8] = 0                           # registers
+        for ky, kx, c2: for xi in XR: for g in NR:   # unrolled
+          acc[xi, g] += pmaddwd(broadcast P16[n, y*s+ky, (x+xi)*s+kx, c2, 0:2], B16[o+g, ky, kx, c2])
+        requantize the XR x NR*8 tile into NCHW int8
+
+Padding is materialized by the prologue, so the inner loop has no bounds
+checks; strided and dilated convolutions only change which pixel a row
+broadcasts. ``XR`` divides the output width where possible (a predicated tail
+costs more than a narrower tile); ``NR`` = 2 vectors of 8 output channels.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import get_extent
+from tvm.target import Target
+
+from fxpress.backends.tvm.kernels.base import (
+    FxpressCPURule,
+    attach_epilogue,
+    find_kernel,
+    is_multiply_accumulate,
+    parallel_if_worth_it,
+    work,
+)
+from fxpress.backends.tvm.kernels.int8_avx2 import INTRIN, has_avx2
+
+# Output columns per tile, tried in order: the first that divides the width.
+# XR x NR = 6 x 2 accumulators + 2 weight vectors + 1 broadcast fit 16 ymm registers.
+XR_ORDER = (6, 4, 7, 5, 3, 2)
+
+
+def _is_pmadd_conv(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    """``acc[n, y, x, o/8, o%8] += P16[n, .., .., c2, k] * B16[o/8, ky, kx, c2, o%8, k]`` in int16 -> int32."""
+    stmt = sch.get(block)
+    kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars)
+    return (
+        is_multiply_accumulate(stmt, kinds)
+        and kinds.rstrip("R").count("R") == 0
+        and stmt.writes[0].source.dtype == "int32"
+        and len(stmt.writes[0].source.shape) == 5
+        and len(stmt.reads) == 2
+        and all(r.source.dtype == "int16" for r in stmt.reads)
+        and sorted(len(r.source.shape) for r in stmt.reads) == [5, 6]
+    )
+
+
+def _roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> dict[str, s_tir.schedule.LoopRV | None]:
+    """The block's loops by role; unit extents were normalized away (their role maps to None)."""
+    stmt = sch.get(block)
+    ivars = [iv.var for iv in stmt.iter_vars]
+    loops = sch.get_loops(block)
+    if len(loops) != len(ivars):
+        raise ValueError("loops and block iterators do not correspond")
+    weight = next(r for r in stmt.reads if len(r.source.shape) == 6)
+
+    def loop_of(region: list, dim: int) -> s_tir.schedule.LoopRV | None:
+        index = region[dim].min
+        return loops[ivars.index(index)] if isinstance(index, tirx.Var) and index in ivars else None
+
+    out = stmt.writes[0].region
+    names = {"n": (out, 0), "y": (out, 1), "x": (out, 2), "g": (out, 3), "lane": (out, 4)}
+    names |= {"ky": (weight.region, 1), "kx": (weight.region, 2), "c2": (weight.region, 3), "kk": (weight.region, 5)}
+    return {role: loop_of(region, dim) for role, (region, dim) in names.items()}
+
+
+class CPUInt8Conv2dAVX2(FxpressCPURule):
+    """Tensorized vpmaddwd direct conv2d for `quantized_conv2d` (see module docstring)."""
+
+    def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+        if not has_avx2(target):
+            return None
+        kernel = find_kernel(func, _is_pmadd_conv)
+        if kernel is None:
+            return None
+        sch, main = kernel.sch, kernel.main
+        macs = work(sch, main)
+        loop = _roles(sch, main)
+        reduction = [loop[r] for r in ("ky", "kx", "c2") if loop[r] is not None]
+        if loop["lane"] is None or loop["kk"] is None or not reduction:
+            return None
+        xo = xi = go = gi = None
+        if loop["x"] is not None:
+            width = get_extent(sch, loop["x"])
+            xr = next((r for r in XR_ORDER if isinstance(width, int) and width % r == 0), 4)
+            xo, xi = sch.split(loop["x"], factors=[None, xr])
+        if loop["g"] is not None:
+            groups = get_extent(sch, loop["g"])
+            go, gi = sch.split(loop["g"], factors=[None, 2 if isinstance(groups, int) and groups % 2 == 0 else 1])
+        outer_loops = [lp for lp in (loop["n"], go, loop["y"]) if lp is not None]
+        order = [*outer_loops, xo, *reduction, xi, gi, loop["lane"], loop["kk"]]
+        sch.reorder(*[lp for lp in order if lp is not None])
+        outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0] if outer_loops else None
+        tile = xo if xo is not None else outer
+        if tile is None:
+            return None
+        if outer is not None:
+            parallel_if_worth_it(sch, outer, macs)
+        acc = sch.cache_write(main, 0, "local")
+        sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
+        attach_epilogue(sch, [main, acc], kernel.after, tile)
+        for block in kernel.before:  # a prologue fused in: inlined into the kernel
+            sch.compute_inline(block)
+        sch.decompose_reduction(main, reduction[0])
+        sch.tensorize(loop["lane"], INTRIN)
+        for lp in (xi, gi):
+            if lp is not None:
+                sch.unroll(lp)
+        return sch
