@@ -132,3 +132,20 @@ def test_int8_weights_are_packed_at_compile_time() -> None:
         assert shapes.get((13, 192, 8, 2)) == "int16", shapes
     else:  # generic layout: [N/P, K, P] int8
         assert any(len(s) == 3 and d == "int8" and s[1] == 383 for s, d in shapes.items()), shapes
+
+
+@pytest.mark.tvm
+def test_batched_activations_use_the_int8_gemm(int8_path: str) -> None:
+    """[B, S, K] inputs (a transformer's linears) are flattened to rows, so the GEMM rule takes them.
+
+    Before, the rule fused the leading loops and failed to tensorize, and a generic
+    reduction schedule ran them several times slower (still exact).
+    """
+    model = QLinear(96, 48, seed=5)
+    x = torch.randn(2, 7, 96) * 3
+    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
+    yq, _ = compiled(x.numpy())
+    np.testing.assert_array_equal(yq, model(x)[0].numpy())
+    if int8_path == "pmaddwd":
+        asm = compiled.executable.mod.imports[0].inspect_source("asm")
+        assert "vpmaddwd" in asm

@@ -403,6 +403,16 @@ def converters(spec: TargetSpec) -> dict[str, Converter]:
         x, x_zp, w, bias, multiplier, shift, out_zp = importer.retrieve_args(node)
         bb = importer.block_builder
         n = int(w.ty.shape.values[0])
+        *lead, k = x.ty.shape.values
+        if len(lead) > 1:  # rows flattened, so the GEMM rules see one row loop (they fuse none)
+            y = quantized_linear_2d(bb, bb.emit(relax.op.reshape(x, (-1, k))), x_zp, w, bias, multiplier, shift, out_zp)
+            return bb.emit(relax.op.reshape(y, (*lead, n)))
+        return quantized_linear_2d(bb, x, x_zp, w, bias, multiplier, shift, out_zp)
+
+    def quantized_linear_2d(
+        bb: Any, x: relax.Expr, x_zp: Any, w: relax.Expr, bias: Any, multiplier: Any, shift: Any, out_zp: Any
+    ) -> relax.Expr:
+        n = int(w.ty.shape.values[0])
         if pmadd:
             k2 = (int(w.ty.shape.values[1]) + 1) // 2
             b8 = bb.emit(relax.op.layout_transform(w, lambda o, i: (o // 8, i // 2, o % 8, i % 2), pad_value=0))
