@@ -31,6 +31,9 @@ class Case:
     batch: int
     shape: str
     load: Callable[[], tuple[nn.Module, Inputs]]
+    # batches shaped like the case's inputs, to calibrate int8 contenders on (None: no int8 contenders)
+    calibration: Callable[[], list[Inputs]] | None = None
+    skip: tuple[str, ...] = ()  # layers the fxpress int8 contender keeps in float (by name regex)
 
 
 class CaseUnavailable(RuntimeError):
@@ -71,13 +74,45 @@ def _minilm(batch: int, seq_len: int, attn: str) -> tuple[nn.Module, Inputs]:
     return model, example_inputs(batch, seq_len)
 
 
+def _resnet_calibration(size: int) -> list[Inputs]:
+    from fxpress.models.resnet import example_input
+
+    return [(example_input(1, size, seed=seed),) for seed in range(2, 10)]
+
+
+def _minilm_calibration(batch: int, seq_len: int) -> list[Inputs]:
+    from fxpress.models.minilm import tokenize
+    from fxpress.models.sentences import sentences
+
+    calib = sentences("calib")  # 64 sentences the timing inputs do not start from
+    return [tokenize(calib[i : i + batch], seq_len) for i in range(0, len(calib), batch)]
+
+
+FFN_OUT = r"layer\.\d+\.output\.dense"  # MiniLM's FFN down-projections: int8 hurts them most (quant-report)
+
+
 def make_cases(*, image_size: int = 224, seq_len: int = 128, attn: str = "eager") -> dict[str, Case]:
     """Every case, by name, at the given shapes."""
     return {
         "digits-cnn": Case("digits-cnn", "digits-cnn", 1, "1x1x8x8", _digits),
         "resnet18": Case(
-            "resnet18", "resnet18", 1, f"1x3x{image_size}x{image_size}", functools.partial(_resnet, image_size)
+            "resnet18",
+            "resnet18",
+            1,
+            f"1x3x{image_size}x{image_size}",
+            functools.partial(_resnet, image_size),
+            functools.partial(_resnet_calibration, image_size),
         ),
-        "minilm-b1": Case("minilm-b1", "minilm", 1, f"1x{seq_len}", functools.partial(_minilm, 1, seq_len, attn)),
-        "minilm-b8": Case("minilm-b8", "minilm", 8, f"8x{seq_len}", functools.partial(_minilm, 8, seq_len, attn)),
+        **{
+            f"minilm-b{b}": Case(
+                f"minilm-b{b}",
+                "minilm",
+                b,
+                f"{b}x{seq_len}",
+                functools.partial(_minilm, b, seq_len, attn),
+                functools.partial(_minilm_calibration, b, seq_len),
+                (FFN_OUT,),
+            )
+            for b in (1, 8)
+        },
     }

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-CONTENDERS = ("eager", "fxpress", "ort")
+CONTENDERS = ("eager", "fxpress", "ort", "fxpress-int8", "torch-int8", "ort-int8")
+INT8 = ("fxpress-int8", "torch-int8", "ort-int8")  # only for cases with calibration data
 
 
 @dataclass
@@ -50,6 +51,19 @@ def first_output(out: Any) -> np.ndarray:
 
 def max_diff(out: Any, ref: np.ndarray) -> float:
     return float(np.abs(first_output(out).astype(np.float64) - ref).max())
+
+
+def cosine(out: Any, ref: np.ndarray) -> float:
+    """Mean cosine similarity of the rows (the last axis) of the first output and the reference."""
+    a = first_output(out).astype(np.float64).reshape(-1, ref.shape[-1])
+    b = ref.reshape(-1, ref.shape[-1])
+    return float(np.mean((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-30)))
+
+
+def _checked(info: dict[str, Any], out: Any, ref: np.ndarray) -> dict[str, Any]:
+    info["max_abs_diff_vs_eager"] = max_diff(out, ref)
+    info["cosine_vs_eager"] = cosine(out, ref)
+    return info
 
 
 def build_eager(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int, ref: np.ndarray) -> Contender:
@@ -83,8 +97,55 @@ def build_fxpress(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: i
     def call() -> Any:
         return compiled(*arrays)
 
-    info["max_abs_diff_vs_eager"] = max_diff(call(), ref)
-    return Contender("fxpress", call, info)
+    return Contender("fxpress", call, _checked(info, call(), ref))
+
+
+def build_fxpress_int8(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    threads: int,
+    ref: np.ndarray,
+    calibration: list[tuple[torch.Tensor, ...]],
+    skip: tuple[str, ...],
+) -> Contender:
+    """Static int8: ``fold-bn, observe{per-channel}, calibrate, fold-qdq`` on the case's calibration batches."""
+    import fxpress
+    from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
+
+    t0 = time.perf_counter()
+    graph = fxpress.capture(model, inputs)
+    passes = [FoldBatchNorm(), Observe(per_channel=True, skip=skip), Calibrate(data=calibration), FoldQDQ()]
+    graph = fxpress.optimize(graph, passes)
+    t1 = time.perf_counter()
+    compiled = fxpress.compile(graph, target="x86", num_threads=threads)
+    stats = graph.trace[-1].stats
+    info = {
+        "quantize_s": round(t1 - t0, 3),
+        "compile_s": round(time.perf_counter() - t1, 3),
+        "pipeline": graph.pipeline,
+        "int8_ops": stats.get("folded"),
+        "float_ops": len(stats.get("float", [])),
+        "num_threads": compiled.num_threads,
+    }
+    arrays = tuple(x.numpy() for x in inputs)
+
+    def call() -> Any:
+        return compiled(*arrays)
+
+    return Contender("fxpress-int8", call, _checked(info, call(), ref))
+
+
+def build_torch_int8(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int, ref: np.ndarray) -> Contender:
+    """PyTorch dynamic int8 (``quantize_dynamic`` of every Linear, per-tensor weights): what users reach for."""
+    from torch.ao.quantization import quantize_dynamic
+
+    quantized = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+    def call() -> torch.Tensor:
+        with torch.inference_mode():
+            return quantized(*inputs)
+
+    return Contender("torch-int8", call, _checked({"torch_threads": torch.get_num_threads()}, call(), ref))
 
 
 def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path) -> dict[str, Any]:
@@ -118,5 +179,15 @@ def build_ort(
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}
     info = {**export_info, "session_s": round(time.perf_counter() - t0, 3), "intra_op_num_threads": threads}
-    info["max_abs_diff_vs_eager"] = max_diff(session.run(None, feed), ref)
-    return Contender("ort", lambda: session.run(None, feed), info)
+    name = "ort-int8" if onnx_path.stem.endswith("-int8") else "ort"
+    return Contender(name, lambda: session.run(None, feed), _checked(info, session.run(None, feed), ref))
+
+
+def quantize_onnx(onnx_path: Path) -> Path:
+    """ONNX Runtime dynamic int8 of `onnx_path` (MatMul/Gemm weights int8, per-tensor), next to it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = onnx_path.with_name(f"{onnx_path.stem}-int8.onnx")
+    if not out.exists():
+        quantize_dynamic(str(onnx_path), str(out), weight_type=QuantType.QInt8)
+    return out

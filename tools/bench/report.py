@@ -15,21 +15,23 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 def _rows(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| model | shape | batch | threads | contender | median ms | ratio vs eager | CPU/wall | rounds | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | shape | batch | threads | contender | median ms | ratio vs eager | CPU/wall | rounds | max abs diff "
+        "| cosine vs eager |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
             lines.append(
                 f"| {r['model']} | {r['shape']} | {r['batch']} | {r['threads']} | {r['contender']} "
-                f"| error | | | | {r['error'][:120].replace('|', '/')} |"
+                f"| error | | | | {r['error'][:120].replace('|', '/')} | |"
             )
             continue
         diff = r.get("info", {}).get("max_abs_diff_vs_eager")
+        cos = r.get("info", {}).get("cosine_vs_eager")
         lines.append(
             f"| {r['model']} | {r['shape']} | {r['batch']} | {r['threads']} | {r['contender']} "
             f"| {_fmt(r.get('median_ms'), 3)} | {_fmt(r.get('ratio_vs_eager'))} | {_fmt(r.get('cpu_per_wall'))} "
-            f"| {r.get('rounds', 0)} | {'' if diff is None else f'{diff:.1e}'} |"
+            f"| {r.get('rounds', 0)} | {'' if diff is None else f'{diff:.1e}'} | {_fmt(cos, 4)} |"
         )
     return lines
 

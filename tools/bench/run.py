@@ -58,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[1])
     p.add_argument("--models", help=f"comma-separated cases from {', '.join(CASE_NAMES)} (default: all)")
     p.add_argument("--threads", help="comma-separated thread counts (default 1,2)")
-    p.add_argument("--contenders", default=",".join(ct.CONTENDERS), help="comma-separated, from eager,fxpress,ort")
+    p.add_argument(
+        "--contenders", default=",".join(ct.CONTENDERS), help=f"comma-separated, from {','.join(ct.CONTENDERS)}"
+    )
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 20)")
     p.add_argument("--warmup", type=int, help="warm-up calls per contender (default 3)")
     p.add_argument("--budget-s", type=float, help="seconds of timed calls a slow contender gets per case (default 60)")
@@ -104,14 +106,27 @@ def _error(exc: BaseException) -> str:
 
 
 def _build(
-    name: str, model: torch.nn.Module, inputs: tuple, threads: int, ref: np.ndarray, onnx: tuple[Path, dict] | None
+    name: str,
+    case: Case,
+    model: torch.nn.Module,
+    inputs: tuple,
+    threads: int,
+    ref: np.ndarray,
+    onnx: tuple[Path, dict] | None,
 ) -> ct.Contender:
     if name == "eager":
         return ct.build_eager(model, inputs, threads, ref)
     if name == "fxpress":
         return ct.build_fxpress(model, inputs, threads, ref)
+    if name == "fxpress-int8":
+        assert case.calibration is not None
+        return ct.build_fxpress_int8(model, inputs, threads, ref, case.calibration(), case.skip)
+    if name == "torch-int8":
+        return ct.build_torch_int8(model, inputs, threads, ref)
     if onnx is None:
         raise RuntimeError("no ONNX model (export failed: see the notes)")
+    if name == "ort-int8":
+        return ct.build_ort(ct.quantize_onnx(onnx[0]), inputs, threads, ref, onnx[1])
     return ct.build_ort(onnx[0], inputs, threads, ref, onnx[1])
 
 
@@ -128,9 +143,11 @@ def bench_threads(
     torch.set_num_threads(threads)
     rows, built = [], []
     for name in args.contenders:
+        if name in ct.INT8 and (case.calibration is None or (name != "fxpress-int8" and case.family != "minilm")):
+            continue  # fxpress int8 wherever there is calibration data; the dynamic int8 baselines on MiniLM
         log.info("%s threads=%d: building %s", case.name, threads, name)
         try:
-            built.append(_build(name, model, inputs, threads, ref, onnx))
+            built.append(_build(name, case, model, inputs, threads, ref, onnx))
         except Exception as exc:
             log.warning("%s threads=%d: %s failed to build: %s", case.name, threads, name, _error(exc))
             rows.append(_row(case, threads, name, error=_error(exc)))
@@ -171,7 +188,7 @@ def bench_case(case: Case, args: argparse.Namespace, tmp: Path, notes: list[str]
     with torch.inference_mode():
         ref = ct.first_output(model(*inputs)).astype(np.float64)
     onnx = None
-    if "ort" in args.contenders:
+    if "ort" in args.contenders or "ort-int8" in args.contenders:
         path = tmp / f"{case.name}.onnx"
         try:
             onnx = (path, ct.export_onnx(model, inputs, path))
