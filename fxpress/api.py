@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fxpress.errors import TargetError
 from fxpress.ir.graph import Graph
 
 
-def compile(graph: Graph, target: str = "x86", *, num_threads: int | None = None, cross: bool = False) -> Any:
-    """Compile `graph` for `target` (``eager`` or a TVM preset such as ``x86``)."""
+def compile(
+    graph: Graph,
+    target: str = "x86",
+    *,
+    num_threads: int | None = None,
+    cross: bool = False,
+    tuning: bool | str | os.PathLike[str] | None = "auto",
+) -> Any:
+    """Compile `graph` for `target` (``eager`` or a TVM preset such as ``x86``).
+
+    `tuning` (TVM targets): ``"auto"`` replays `fxpress tune`'s records for the
+    target from the default cache when there are any, a path names another
+    cache directory, False uses fxpress's schedule rules only.
+    """
     if not isinstance(target, str):
         raise TargetError(f"target must be a name such as 'x86', got {type(target).__name__}")
     if target == "eager":
@@ -22,4 +35,4 @@ def compile(graph: Graph, target: str = "x86", *, num_threads: int | None = None
         raise TargetError(f"unknown target {target!r}; valid targets: eager, {', '.join(TARGETS)}")
     from fxpress.backends.tvm.compile import compile_graph
 
-    return compile_graph(graph, target, num_threads=num_threads, cross=cross)
+    return compile_graph(graph, target, num_threads=num_threads, cross=cross, tuning=tuning)

@@ -1,6 +1,7 @@
 """The ``fxpress`` command line.
 
     fxpress compile MODULE:FACTORY --input-shape 1,3,224,224 --passes "fold-bn,dce" --target x86 -o DIR
+    fxpress tune MODULE:FACTORY --input-shape 1,3,224,224 --target x86 --budget-s 60 [--trials N] [--cache-dir DIR]
     fxpress run DIR --input x.npy [--output y.npy]
     fxpress inspect DIR
     fxpress prune-report MODULE:FACTORY --input-shape 1,3,224,224 --ratio 0.5
@@ -186,10 +187,43 @@ def cmd_compile(args: argparse.Namespace) -> int:
     graph = fxpress.optimize(graph, passes, instruments=instruments)
     _done(t)
     t = _progress(f"compiling for {args.target} through TVM")
-    compiled = fxpress.compile(graph, target=args.target, num_threads=args.threads, cross=args.cross)
+    compiled = fxpress.compile(
+        graph,
+        target=args.target,
+        num_threads=args.threads,
+        cross=args.cross,
+        tuning=False if args.no_tuning else "auto",
+    )
     _done(t)
     path = compiled.save(args.output)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import fxpress
+    from fxpress.backends.tvm.targets import resolve_target
+    from fxpress.backends.tvm.tune import tune
+    from fxpress.passes.pipeline import parse_pipeline
+
+    if args.budget_s <= 0:
+        raise UsageError(f"--budget-s must be a positive number of seconds, got {args.budget_s:g}")
+    if args.trials is not None and args.trials < 1:
+        raise UsageError(f"--trials must be at least 1 (trials per task), got {args.trials}")
+    passes = parse_pipeline(args.passes)  # bad pipeline text or target fails before any work
+    _check_calibration_flag(passes, args.calibration)
+    resolve_target(args.target)
+    graph = _capture_factory(args)
+    graph = fxpress.optimize(graph, _with_calibration(passes, args.calibration, graph))
+    report = tune(
+        graph,
+        args.target,
+        budget_s=args.budget_s,
+        trials=args.trials,
+        cache_dir=args.cache_dir,
+        only_faster=not args.keep_slower,
+    )
+    print(json.dumps(report.to_json(), indent=2) if args.json else report)
     return 0
 
 
@@ -303,7 +337,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timing", action="store_true", help="print a per-pass timing table")
     c.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     c.add_argument("--calibration", metavar="DATA", help="calibrate's data: a .npy/.npz directory or MODULE:FUNCTION")
+    c.add_argument("--no-tuning", action="store_true", help="ignore `fxpress tune` records; schedule rules only")
     c.set_defaults(func=cmd_compile)
+
+    tu = sub.add_parser("tune", help="search kernel schedules (MetaSchedule) for a model; compile replays the winners")
+    tu.add_argument("model", help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path)")
+    tu.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 1,3,224,224 (repeat per input)")
+    tu.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
+    tu.add_argument("--passes", default="default", help="the pipeline you will compile with (default: default)")
+    tu.add_argument("--calibration", metavar="DATA", help="calibrate's data: a .npy/.npz directory or MODULE:FUNCTION")
+    tu.add_argument("--target", default="x86", help="an x86 preset this machine can run (default x86)")
+    tu.add_argument("--budget-s", type=float, default=60.0, help="search time in seconds, shared by the tasks")
+    tu.add_argument("--trials", type=int, default=None, help="at most N trials per task (default: time decides)")
+    tu.add_argument("--cache-dir", help="records directory (default $FXPRESS_TUNING_CACHE or ~/.cache/fxpress/tuning)")
+    tu.add_argument("--keep-slower", action="store_true", help="cache the best record even if the rule is faster")
+    tu.add_argument("--json", action="store_true", help="print the report as JSON")
+    tu.set_defaults(func=cmd_tune)
 
     r = sub.add_parser("run", help="run an artifact on .npy inputs (TVM runtime only)")
     r.add_argument("artifact")

@@ -1,8 +1,11 @@
-"""Shared fixtures: the verifier is on for every `optimize` call, torch is seeded.
+"""Shared fixtures: the verifier is on for every `optimize` call, torch is seeded, no tuning records.
 
 Like TVM's autouse well-formed check, every pass run in the test suite is
 followed by the full verifier (``FXPRESS_VERIFY=1``), whatever the caller's
-environment says. Models here are small enough to capture in ~50 ms.
+environment says. ``fxpress.compile`` replays tuning records from the user's
+cache by default; tests point the cache at an empty directory so that what
+they measure is the schedule rules (tests/test_tune.py makes its own caches).
+Models here are small enough to capture in ~50 ms.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ from torch import nn
 @pytest.fixture(autouse=True)
 def _verify_every_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FXPRESS_VERIFY", "1")
+
+
+@pytest.fixture(autouse=True)
+def _no_tuning_records(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    monkeypatch.setenv("FXPRESS_TUNING_CACHE", str(tmp_path_factory.getbasetemp() / "empty-tuning-cache"))
 
 
 @pytest.fixture(autouse=True)

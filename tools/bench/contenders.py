@@ -82,7 +82,7 @@ def build_fxpress(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: i
     t1 = time.perf_counter()
     graph = fxpress.optimize(graph, "default")
     t2 = time.perf_counter()
-    compiled = fxpress.compile(graph, target="x86", num_threads=threads)
+    compiled = fxpress.compile(graph, target="x86", num_threads=threads, tuning=False)
     t3 = time.perf_counter()
     arrays = tuple(x.numpy() for x in inputs)
     info = {
@@ -117,7 +117,7 @@ def build_fxpress_int8(
     passes = [FoldBatchNorm(), Observe(per_channel=True, skip=skip), Calibrate(data=calibration), FoldQDQ()]
     graph = fxpress.optimize(graph, passes)
     t1 = time.perf_counter()
-    compiled = fxpress.compile(graph, target="x86", num_threads=threads)
+    compiled = fxpress.compile(graph, target="x86", num_threads=threads, tuning=False)
     stats = graph.trace[-1].stats
     info = {
         "quantize_s": round(t1 - t0, 3),

@@ -75,7 +75,7 @@ PAIRS: dict[str, tuple[Loader, str, str]] = {
 
 def _build(graph: fxpress.Graph, inputs: tuple[torch.Tensor, ...], threads: int) -> tuple[Callable[[], Any], dict]:
     t0 = time.perf_counter()
-    compiled = fxpress.compile(graph, target="x86", num_threads=threads)
+    compiled = fxpress.compile(graph, target="x86", num_threads=threads, tuning=False)
     arrays = tuple(x.numpy() for x in inputs)
     with torch.inference_mode():
         ref = graph.gm(*inputs)

@@ -8,7 +8,9 @@ Steps, each failing with a `BackendError` that names the step:
 2. `pack_weights` (x86): constant-weight matmuls read panel-packed weights;
    ``LiftTransformParams``: everything computed from weights alone moves to
    ``main_transform_params``, run once here so the saved weights are final;
-3. build with the ordered `lowering_stages` for the resolved target.
+3. build with the ordered `lowering_stages` for the resolved target; with
+   tuning records for it (tune.py), an ``apply-records`` stage gives the
+   functions that have one their tuned schedule before the rules run.
 
 Cross targets (arm, cuda) build for use elsewhere: their module is saved, not
 run; their parameter transform is built and run for the host.
@@ -16,6 +18,7 @@ run; their parameter transform is built and run for the host.
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 from typing import Any
@@ -32,6 +35,7 @@ from fxpress.backends.tvm.convert_map import converters
 from fxpress.backends.tvm.lower import as_pass, lowering_stages
 from fxpress.backends.tvm.pack_weights import pack_weights
 from fxpress.backends.tvm.targets import TargetSpec, resolve_target
+from fxpress.backends.tvm.tune import apply_records, open_records
 from fxpress.errors import BackendError
 from fxpress.ir.graph import Graph
 from fxpress.runtime.module import CompiledModule
@@ -70,10 +74,22 @@ def _import(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runt
     return relax.transform.LiftTransformParams()(mod), list(params.get("main", []))
 
 
-def _build(mod: tvm.IRModule, spec: TargetSpec, timings: dict[str, float]) -> tvm.runtime.Executable:
+def import_graph(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor], list[dict[str, Any]]]:
+    """Steps 1-2: the Relax module every build for `spec` starts from, its parameters, the block-sparse decisions.
+
+    Shared by compile and tune (tune.py), so tuned workloads are the functions compile schedules.
+    """
+    graph, sparse = lower_block_sparse(graph, spec)
+    mod, params = _import(graph, spec)
+    return mod, params, sparse
+
+
+def _build(
+    mod: tvm.IRModule, spec: TargetSpec, timings: dict[str, float], replay: tvm.transform.Pass | None = None
+) -> tvm.runtime.Executable:
     try:
         with spec.target:
-            return tvm.compile(mod, target=spec.target, relax_pipeline=as_pass(lowering_stages(spec), timings))
+            return tvm.compile(mod, target=spec.target, relax_pipeline=as_pass(lowering_stages(spec, replay), timings))
     except Exception as exc:
         raise BackendError(f"building for target {spec.name!r} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -90,15 +106,20 @@ def compile_graph(
     *,
     num_threads: int | None = None,
     cross: bool = False,
+    tuning: bool | str | os.PathLike[str] | None = "auto",
 ) -> CompiledModule:
-    """Compile `graph` for the named target preset (see targets.py)."""
+    """Compile `graph` for the named target preset (see targets.py).
+
+    `tuning`: ``"auto"`` replays the default cache's records for this target
+    when there are any, a path names another cache, False uses the rules only.
+    """
     if not isinstance(graph, Graph):
         raise BackendError(f"compile() takes an fxpress Graph (from fxpress.capture), got {type(graph).__name__}")
     spec = resolve_target(target, num_threads=num_threads, cross=cross)
-    graph, sparse = lower_block_sparse(graph, spec)
-    mod, params = _import(graph, spec)
+    mod, params, sparse = import_graph(graph, spec)
     timings: dict[str, float] = {}
-    exe = _build(mod, spec, timings)
+    records, applied = open_records(spec, tuning), []
+    exe = _build(mod, spec, timings, apply_records(records, applied) if records else None)
     host_exe = exe if spec.host_runnable else _build(mod, resolve_target("x86"), {})
     final = _transform_params(host_exe, params)
     names = [f"p{i}_{v.name}" for i, v in enumerate(mod["main"].params[int(mod["main"].attrs["num_input"]) :])]
@@ -109,6 +130,11 @@ def compile_graph(
         "num_threads": int(spec.target.attrs.get("num-cores", 0)) if spec.device == "cpu" else 0,
         "params": names,
         "block_sparse": sparse,
+        "tuning": {
+            "records": str(records.directory) if records else None,
+            "functions_from_records": len(applied),
+            "functions": applied,
+        },
         "pipeline": graph.pipeline,
         "trace": [r.to_json() for r in graph.trace],
         "lowering_s": {k: round(v, 4) for k, v in timings.items()},

@@ -49,8 +49,12 @@ def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
     ]
 
 
-def lowering_stages(spec: TargetSpec) -> list[tuple[str, tvm.transform.Pass]]:
-    """The ordered (name, pass) stages that take an imported module to VM code."""
+def lowering_stages(spec: TargetSpec, replay: tvm.transform.Pass | None = None) -> list[tuple[str, tvm.transform.Pass]]:
+    """The ordered (name, pass) stages that take an imported module to VM code.
+
+    `replay` (tune.py's `apply_records`) runs as ``apply-records`` right before
+    ``schedule``: functions it schedules from tuning records skip the rules.
+    """
     t = relax.transform
     return [
         ("decompose", t.DecomposeOpsForInference()),
@@ -60,6 +64,7 @@ def lowering_stages(spec: TargetSpec) -> list[tuple[str, tvm.transform.Pass]]:
         ("fold-constant", t.FoldConstant()),
         ("fuse-ops", t.FuseOps()),
         ("fuse-tir", t.FuseTIR()),
+        *([("apply-records", replay)] if replay is not None else []),
         ("schedule", dl.ApplyDefaultSchedule(*schedule_rules(spec))),
         (
             "dataflow-lower",
