@@ -138,6 +138,8 @@ def _replace(graph: Graph, node: torch.fx.Node, y: torch.fx.Node) -> None:
     """`y` (the dequantized integer result) takes `node`'s place, its output facts and source line."""
     y.meta[META_KEY] = dict(node.meta.get(META_KEY) or {})
     y.meta["stack_trace"] = node.meta.get("stack_trace")
+    if "val" in node.meta:  # later folds in the same run read their operands' shapes
+        y.meta["val"] = node.meta["val"]
     node.replace_all_uses_with(y)
     graph.fx.erase_node(node)
 
