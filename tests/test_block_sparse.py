@@ -50,17 +50,18 @@ def _linear(in_f: int, out_f: int, block: tuple[int, int], density: float, bias:
 
 def test_block_ell_round_trip_is_exact():
     w = _block_sparse(48, 40, (16, 2), 0.3)
-    data, cols = to_block_ell(w, (16, 2))
+    data, cols, counts = to_block_ell(w, (16, 2))
     assert data.shape[:3] == (3, cols.shape[1], 2) and data.shape[3] == 16
+    assert counts[0] == 0 and counts.max() == cols.shape[1]  # the empty block row, the longest one
     assert torch.equal(dense_weight(data, cols, 40), w)
 
 
 def test_reference_op_is_the_dense_linear():
     w = _block_sparse(32, 24, (8, 1), 0.4)
-    data, cols = to_block_ell(w, (8, 1))
+    data, cols, counts = to_block_ell(w, (8, 1))
     x, b = torch.randn(3, 5, 24), torch.randn(32)
-    torch.testing.assert_close(block_sparse_linear(x, data, cols, b), nn.functional.linear(x, w, b))
-    torch.testing.assert_close(block_sparse_linear(x, data, cols, None), nn.functional.linear(x, w))
+    torch.testing.assert_close(block_sparse_linear(x, data, cols, counts, b), nn.functional.linear(x, w, b))
+    torch.testing.assert_close(block_sparse_linear(x, data, cols, counts, None), nn.functional.linear(x, w))
 
 
 @pytest.mark.parametrize(

@@ -192,6 +192,19 @@ def test_zoo_is_exact(name, ratio):
     out.export()  # still a graph torch.export takes
 
 
+@pytest.mark.tvm
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_pruned_compiles_through_tvm(name):
+    """Every zoo model pruned at 50 % compiles for this CPU and computes what the pruned graph computes."""
+    _, x, graph = build(name)
+    text = "prune-channels{ratio=0.5" + (",protected=[patch]}" if name == "vit" else "}")
+    pruned = fxpress.optimize(graph, text)
+    compiled = fxpress.compile(pruned, target="x86", num_threads=1, tuning=False)
+    with torch.no_grad():
+        expected = pruned(x)
+    torch.testing.assert_close(torch.as_tensor(compiled(x.numpy())), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_vit_with_its_residual_pruned_is_approximate():
     model, x, graph = build("vit")
     out = fxpress.optimize(graph, "prune-channels{ratio=0.5}")
@@ -316,6 +329,8 @@ def test_minilm_heads_and_ffn():
         got, expected = out(*inputs), oracle(*inputs)
     assert got.shape == (2, 384)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    compiled = fxpress.compile(out, target="x86", tuning=False)
+    torch.testing.assert_close(torch.as_tensor(compiled(*(t.numpy() for t in inputs))), got, rtol=1e-4, atol=1e-4)
 
 
 # -- leave alone -------------------------------------------------------------------------------

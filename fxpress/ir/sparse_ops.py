@@ -3,6 +3,7 @@
     y = x @ W.T + bias,   W[n, k] given as block-ELL (see kernels/bsr.py):
         data[nb, L, C, R]  the kept blocks, each transposed
         cols[nb, L]        each block's column in units of C (padding blocks are zero)
+        counts[nb]         how many of a block row's L blocks are real (the kernel stops there)
 
 The TVM backend rewrites linear layers whose weights ``annotate-sparsity``
 found block sparse into this op (backends/tvm/block_sparse.py) and lowers it
@@ -33,12 +34,14 @@ def dense_weight(data: torch.Tensor, cols: torch.Tensor, in_features: int) -> to
 
 @torch.library.custom_op(f"{_LIB}::block_sparse_linear", mutates_args=())
 def block_sparse_linear(
-    x: torch.Tensor, data: torch.Tensor, cols: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, data: torch.Tensor, cols: torch.Tensor, counts: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     return torch.nn.functional.linear(x, dense_weight(data, cols, x.shape[-1]), bias)
 
 
 @block_sparse_linear.register_fake
-def _(x: torch.Tensor, data: torch.Tensor, cols: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _(
+    x: torch.Tensor, data: torch.Tensor, cols: torch.Tensor, counts: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
     nb, _, _, r = data.shape
     return x.new_empty((*x.shape[:-1], nb * r))

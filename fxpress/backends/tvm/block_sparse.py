@@ -36,8 +36,8 @@ MAX_DENSITY = 0.5
 _LINEAR = torch.ops.aten.linear.default
 
 
-def to_block_ell(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(data[nb, L, C, R], cols[nb, L])``: the nonzero R x C blocks of `weight`, every row padded to L."""
+def to_block_ell(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(data[nb, L, C, R], cols[nb, L], counts[nb])``: the nonzero R x C blocks of `weight`, rows padded to L."""
     r, c = block
     n, k = weight.shape
     blocks = weight.detach().reshape(n // r, r, k // c, c).permute(0, 2, 3, 1)  # [nb, K/C, C, R]
@@ -49,7 +49,7 @@ def to_block_ell(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Te
         (js,) = torch.nonzero(kept[i], as_tuple=True)
         cols[i, : len(js)] = js.to(torch.int32)
         data[i, : len(js)] = blocks[i, js]
-    return data.contiguous(), cols
+    return data.contiguous(), cols, kept.sum(dim=1).to(torch.int32)
 
 
 def _candidate(node: Any, lanes: int) -> tuple[Any, tuple[int, int]] | None:
@@ -81,7 +81,7 @@ def lower_block_sparse(graph: Graph, spec: TargetSpec) -> tuple[Graph, list[dict
         weight = graph.param(weight_node.target)
         if weight.dim() != 2 or weight.shape[0] % block[0] or weight.shape[1] % block[1]:
             continue
-        data, cols = to_block_ell(weight, block)
+        data, cols, counts = to_block_ell(weight, block)
         density = cols.shape[1] * block[1] / weight.shape[1]
         sparse = density <= MAX_DENSITY
         decisions.append(
@@ -95,8 +95,9 @@ def lower_block_sparse(graph: Graph, spec: TargetSpec) -> tuple[Graph, list[dict
         hint = str(weight_node.target)
         d = out.add_param(f"{hint}_bsr_data", data, before=target)
         k = out.add_param(f"{hint}_bsr_cols", cols, before=target)
+        n = out.add_param(f"{hint}_bsr_counts", counts, before=target)
         with out.fx.inserting_before(target):
-            new = out.fx.call_function(block_sparse_linear._opoverload, (x, d, k, bias))
+            new = out.fx.call_function(block_sparse_linear._opoverload, (x, d, k, n, bias))
         new.meta = dict(target.meta)
         target.replace_all_uses_with(new)
         out.fx.erase_node(target)
@@ -110,7 +111,7 @@ def convert_block_sparse_linear(spec: TargetSpec) -> Any:
     lanes = vector_lanes(spec.target) if spec.device == "cpu" else 8
 
     def convert(node: Any, importer: Any) -> relax.Expr:
-        x, data, cols, bias = importer.retrieve_args(node)
+        x, data, cols, counts, bias = importer.retrieve_args(node)
         bb = importer.block_builder
         *lead, k = x.ty.shape.values
         nb, width, c, r = (int(v) for v in data.ty.shape.values)
@@ -122,7 +123,7 @@ def convert_block_sparse_linear(spec: TargetSpec) -> Any:
         static = int(rows.value) if isinstance(rows, tirx.IntImm) else None
         func = bsr_linear_func(static, int(k), n, (r, c), width, lanes)
         gv = bb.add_func(func, "block_sparse_linear")
-        y = bb.emit(relax.call_tir(gv, [flat, data, cols, bias], relax.TensorType((rows, nb, r), "float32")))
+        y = bb.emit(relax.call_tir(gv, [flat, data, cols, counts, bias], relax.TensorType((rows, nb, r), "float32")))
         return bb.emit(relax.op.reshape(y, (*lead, n)))
 
     return convert

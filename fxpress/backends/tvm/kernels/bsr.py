@@ -8,6 +8,7 @@ are padded with zero blocks pointing at column 0), so the kernel is a regular
 reduction with an indirect column, which TensorIR schedules like a dense GEMM:
 
     cols[nb, L]          int32   the column (in units of C) of each kept block
+    counts[nb]           int32   how many of a row's L blocks are real
     data[nb, L, C, R]    fp32    each block transposed: the R outputs of one
                                  input column are contiguous (one vector load)
 
@@ -16,6 +17,11 @@ registers (R a multiple of the vector width), and for each kept block MR
 broadcasts of x against the block's R weights (``MR * R / lanes`` FMAs). Row
 tiles of x are the outer (parallel) loop, so a tile's rows stay in cache while
 the block rows stream by; the bias is added as the tile is written.
+
+The padding costs nothing: after scheduling, each block row's reduction loop
+is cut to ``counts[i]`` (a data-dependent extent TE cannot express, set on the
+scheduled TensorIR), so the kernel does the work of the real blocks only, as
+a CSR-style BSR kernel would, while keeping the regular layout's schedule.
 
 `bsr_linear_func` returns the scheduled PrimFunc (marked ``tir.is_scheduled``
 and opaque, so fusion and the dlight rules leave it alone).
@@ -58,6 +64,7 @@ def bsr_linear_func(rows: int | None, k: int, n: int, block: tuple[int, int], wi
     x = te.placeholder((rows, k), "float32", name="x")
     data = te.placeholder((nb, length, c, r), "float32", name="data")
     cols = te.placeholder((nb, length), "int32", name="cols")
+    counts = te.placeholder((nb,), "int32", name="counts")
     bias = te.placeholder((n,), "float32", name="bias")
     li = te.reduce_axis((0, length), name="l")
     ci = te.reduce_axis((0, c), name="c")
@@ -67,7 +74,7 @@ def bsr_linear_func(rows: int | None, k: int, n: int, block: tuple[int, int], wi
         name="bsr_acc",
     )
     y = te.compute((rows, nb, r), lambda m, i, b: acc[m, i, b] + bias[i * r + b], name="bsr_bias")
-    func = te.create_prim_func([x, data, cols, bias, y])
+    func = te.create_prim_func([x, data, cols, counts, bias, y])
 
     sch = s_tir.Schedule(func)
     main = sch.get_sblock("bsr_acc")
@@ -81,8 +88,22 @@ def bsr_linear_func(rows: int | None, k: int, n: int, block: tuple[int, int], wi
     sch.reverse_compute_at(local, i, preserve_unit_loops=True)
     for epilogue in attach_epilogue(sch, [main, local], [sch.get_sblock("bsr_bias")], i):
         sch.vectorize(sch.get_loops(epilogue)[-1])
-    sch.vectorize(sch.get_loops(local)[-1])
+    sch.compute_inline(local)  # the bias is added on the way out of the registers: no [rows, n] temporary
     sch.vectorize(b)
     sch.unroll(mi)
     sch.decompose_reduction(main, lo)
-    return sch.mod["main"].with_attr("tir.is_scheduled", True).with_attr("op_pattern", OPAQUE)
+    func = _variable_length(sch.mod["main"], length, c)
+    return func.with_attr("tir.is_scheduled", True).with_attr("op_pattern", OPAQUE)
+
+
+def _variable_length(func: tirx.PrimFunc, length: int, c: int) -> tirx.PrimFunc:
+    """Stop each block row's reduction at its own block count instead of the padded width."""
+    import re
+
+    from tvm.script import from_source
+
+    text = func.script()
+    pattern = rf"for l, c in T.grid\({length}, {c}\):"
+    if len(re.findall(pattern, text)) != 1:
+        return func
+    return from_source(re.sub(pattern, f"for l, c in T.grid(counts[i], {c}):", text))
