@@ -18,16 +18,14 @@ purpose is printed as ``error: ...`` with exit status 2, never as a traceback;
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from fxpress.errors import FxpressError
+from fxpress.loading import import_module_or_file
 
 
 class UsageError(FxpressError):
@@ -50,19 +48,12 @@ def _load_factory(spec: str) -> Any:
     if ":" not in spec:
         raise UsageError(f"model {spec!r} must be MODULE:FACTORY, e.g. mypkg.models:build or ./model.py:build")
     module_name, _, attr = spec.rpartition(":")
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise UsageError(f"model file {path} does not exist")
-        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert mod_spec is not None and mod_spec.loader is not None
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        module = import_module_or_file(module_name)
+    except FileNotFoundError:
+        raise UsageError(f"model file {module_name} does not exist") from None
+    except ImportError as exc:
+        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UsageError(f"{module_name} has no callable {attr!r}")

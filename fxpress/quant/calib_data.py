@@ -27,8 +27,6 @@ that names the file or the factory.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import torch
 
 from fxpress.errors import InputError
 from fxpress.ir.graph import Graph
+from fxpress.loading import import_module_or_file
 from fxpress.passes.calibrate import Calibrate
 
 _FORMS = "a directory of .npy / .npz batches, one .npy / .npz file, or MODULE:FUNCTION returning input tuples"
@@ -109,22 +108,15 @@ def _npz_batch(path: Path, graph: Graph) -> tuple[torch.Tensor, ...]:
 
 def _import_callable(spec: str) -> Any:
     module_name, _, attr = spec.rpartition(":")
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise InputError(f"calibration factory {spec!r}: file {path} does not exist; give {_FORMS}")
-        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert mod_spec is not None and mod_spec.loader is not None
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise InputError(
-                f"calibration data {spec!r}: not a path, and module {module_name!r} cannot be imported ({exc}); "
-                f"give {_FORMS}"
-            ) from None
+    try:
+        module = import_module_or_file(module_name)
+    except FileNotFoundError:
+        raise InputError(f"calibration factory {spec!r}: file {module_name} does not exist; give {_FORMS}") from None
+    except ImportError as exc:
+        raise InputError(
+            f"calibration data {spec!r}: not a path, and module {module_name!r} cannot be imported ({exc}); "
+            f"give {_FORMS}"
+        ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise InputError(f"calibration factory {spec!r}: {module_name} has no callable {attr!r}")
