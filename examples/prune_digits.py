@@ -16,7 +16,6 @@ parameter counts. Deterministic (seeded). tests/test_prune_accuracy.py runs
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,24 +23,7 @@ import torch
 import fxpress
 from fxpress.demo import Digits, load_digits, train
 from fxpress.passes.prune import PruneChannels
-from fxpress.train import fine_tune
-
-
-class Shuffled:
-    """Mini-batches ``(x, y)`` of the training split, in a new seeded order on every pass."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int = 64, seed: int = 0) -> None:
-        self.x, self.y, self.batch = x, y, batch
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return (len(self.x) + self.batch - 1) // self.batch
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.x), generator=self.gen)
-        for i in range(0, len(order), self.batch):
-            idx = order[i : i + self.batch]
-            yield self.x[idx], self.y[idx]
+from fxpress.train import ShuffledBatches, fine_tune
 
 
 def accuracy(graph: fxpress.Graph, data: Digits) -> float:
@@ -67,10 +49,10 @@ def run(
     model = train(data, epochs=train_epochs, progress=verbose)
     batch = torch.export.Dim("batch", min=1, max=4096)
     dense = fxpress.optimize(fxpress.capture(model, (data.x_test[:8],), dynamic_shapes=({0: batch},)), "fold-bn")
-    batches = list(Shuffled(data.x_train, data.y_train, batch=128))  # for taylor: (inputs, target) tuples
+    batches = list(ShuffledBatches(data.x_train, data.y_train, batch=128))  # for taylor: (inputs, target) tuples
     prune = PruneChannels(ratio=ratio, importance=importance, data=batches if importance == "taylor" else None)
     pruned = fxpress.optimize(dense, prune)
-    train_batches = Shuffled(data.x_train, data.y_train, seed=1)
+    train_batches = ShuffledBatches(data.x_train, data.y_train, seed=1)
     tuned = fine_tune(pruned, train_batches, epochs=tune_epochs, lr=lr, schedule="cosine", progress=verbose)
     rows = {
         "unpruned": (accuracy(dense, data), parameters(dense)),

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,27 +47,10 @@ from fxpress.data.mnist import mnist
 from fxpress.models.mnist_cnn import predict, preprocess
 from fxpress.passes.sparsify import Sparsify
 from fxpress.sparse.pattern import weight_sites
-from fxpress.train import fine_tune, schedule_lr
+from fxpress.train import ShuffledBatches, fine_tune, schedule_lr
 
 OUT = Path(__file__).parent.parent / "bench" / "mnist_mlp_prune.json"
 HOLDOUT = 5_000
-
-
-class Shuffled:
-    """Mini-batches ``(x, y)`` of the training split, in a new seeded order on every pass."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int = 128, seed: int = 0) -> None:
-        self.x, self.y, self.batch = x, y, batch
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __len__(self) -> int:
-        return (len(self.x) + self.batch - 1) // self.batch
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.x), generator=self.gen)
-        for i in range(0, len(order), self.batch):
-            idx = order[i : i + self.batch]
-            yield self.x[idx], self.y[idx]
 
 
 def lenet_300_100() -> nn.Module:
@@ -78,7 +60,7 @@ def lenet_300_100() -> nn.Module:
     )
 
 
-def train_dense(data: Shuffled, *, epochs: int, lr: float) -> nn.Module:
+def train_dense(data: ShuffledBatches, *, epochs: int, lr: float) -> nn.Module:
     """A freshly initialised (seeded) `lenet_300_100` trained with Adam and a cosine-decayed learning rate."""
     torch.manual_seed(0)
     model = lenet_300_100()
@@ -146,14 +128,14 @@ def run(
     order = order[:subset] if subset is not None else order
     x, y = preprocess(train_images[order]), train_labels[order]
 
-    model = train_dense(Shuffled(x, y, batch), epochs=train_epochs, lr=train_lr)
+    model = train_dense(ShuffledBatches(x, y, batch), epochs=train_epochs, lr=train_lr)
     dims = torch.export.Dim("batch", min=1, max=1 << 16)
     dense = fxpress.capture(model, (x[:8],), dynamic_shapes=({0: dims},))
     prune = Sparsify(density=density, scope=scope)
     one_shot = fxpress.optimize(dense, prune)
     tuned = fine_tune(
         dense,
-        Shuffled(x, y, batch, seed=1),
+        ShuffledBatches(x, y, batch, seed=1),
         epochs=tune_epochs,
         lr=tune_lr,
         schedule="cosine",
