@@ -202,3 +202,18 @@ def test_bad_data_and_options(graph):
     for text in ("fine-tune{epochs=0}", "fine-tune{lr=-1}", "fine-tune{optimizer=rmsprop}", "fine-tune{schedule=step}"):
         with pytest.raises(PipelineError):
             parse_pipeline(text)
+
+
+def test_shuffled_batches_cover_every_sample_in_a_new_seeded_order():
+    from fxpress.train import ShuffledBatches
+
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    first, again = ShuffledBatches(x, y, batch=4, seed=3), ShuffledBatches(x, y, batch=4, seed=3)
+    epoch1, epoch2 = [b[1].tolist() for b in first], [b[1].tolist() for b in first]
+    assert len(first) == 3 and [len(b) for b in epoch1] == [4, 4, 2]
+    assert sorted(i for b in epoch1 for i in b) == list(range(10)) and epoch1 != epoch2
+    assert [b[1].tolist() for b in again] == epoch1  # the same seed, the same orders
+    for xb, yb in first:
+        assert torch.equal(xb[:, 0].long(), yb)  # inputs stay with their labels
+    with pytest.raises(ValueError, match="x has 10 samples but y has 9"):
+        ShuffledBatches(x, y[:9])
