@@ -193,11 +193,12 @@ def test_zoo_is_exact(name, ratio):
 
 
 @pytest.mark.tvm
+@pytest.mark.parametrize("ratio", [0.3, 0.5])
 @pytest.mark.parametrize("name", list(ZOO))
-def test_zoo_pruned_compiles_through_tvm(name):
-    """Every zoo model pruned at 50 % compiles for this CPU and computes what the pruned graph computes."""
+def test_zoo_pruned_compiles_through_tvm(name, ratio):
+    """Every zoo model pruned at 30 and 50 % compiles for this CPU and computes what the pruned graph computes."""
     _, x, graph = build(name)
-    text = "prune-channels{ratio=0.5" + (",protected=[patch]}" if name == "vit" else "}")
+    text = f"prune-channels{{ratio={ratio}" + (",protected=[patch]}" if name == "vit" else "}")
     pruned = fxpress.optimize(graph, text)
     compiled = fxpress.compile(pruned, target="x86", num_threads=1, tuning=False)
     with torch.no_grad():
