@@ -56,6 +56,14 @@ def test_block_ell_round_trip_is_exact():
     assert torch.equal(dense_weight(data, cols, 40), w)
 
 
+def test_the_kernel_stops_each_row_at_its_own_block_count():
+    from fxpress.backends.tvm.kernels.bsr import bsr_linear_func
+
+    for rows, block in ((128, (16, 1)), (None, (8, 2))):  # static and dynamic rows
+        text = bsr_linear_func(rows, 64, 32, block, width=5, lanes=8).script()
+        assert f"T.grid(counts[i], {block[1]})" in text and f"T.grid(5, {block[1]})" not in text
+
+
 def test_reference_op_is_the_dense_linear():
     w = _block_sparse(32, 24, (8, 1), 0.4)
     data, cols, counts = to_block_ell(w, (8, 1))

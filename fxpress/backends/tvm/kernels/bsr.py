@@ -29,9 +29,15 @@ and opaque, so fusion and the dlight rules leave it alone).
 
 from __future__ import annotations
 
+import logging
+import re
+
 from tvm import s_tir, te, tirx
+from tvm.script import from_source
 
 from fxpress.backends.tvm.kernels.base import PARALLEL_MIN_MACS, attach_epilogue
+
+log = logging.getLogger(__name__)
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: never fused with neighbours
 
@@ -97,13 +103,15 @@ def bsr_linear_func(rows: int | None, k: int, n: int, block: tuple[int, int], wi
 
 
 def _variable_length(func: tirx.PrimFunc, length: int, c: int) -> tirx.PrimFunc:
-    """Stop each block row's reduction at its own block count instead of the padded width."""
-    import re
+    """Stop each block row's reduction at its own block count instead of the padded width.
 
-    from tvm.script import from_source
-
+    Done on the printed TensorIR (TVM 0.27's Python API has no statement
+    mutator). If the loop is not found as expected, the padded kernel is kept:
+    still exact (padding blocks are zero), only slower, and a warning says so.
+    """
     text = func.script()
     pattern = rf"for l, c in T.grid\({length}, {c}\):"
     if len(re.findall(pattern, text)) != 1:
+        log.warning("block-sparse kernel: the reduction loop was not found; running the padded block-ELL width")
         return func
     return from_source(re.sub(pattern, f"for l, c in T.grid(counts[i], {c}):", text))
