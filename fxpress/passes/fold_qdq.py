@@ -192,7 +192,8 @@ class FoldQDQ(Pass):
         if bool(((real < 2.0**-32) | (real >= 2.0**30)).any()):
             return "requantization multiplier outside the fixed-point range"
         mult, shift = ops.requantize_params(real)
-        wq = torch.round(weight / sw_rows.reshape(-1, *[1] * (weight.dim() - 1))).clamp(-128, 127).to(torch.int8)
+        wmin, wmax = pw.scheme.qrange  # [-128, 127], or [-64, 63] with weight-reduce-range
+        wq = torch.round(weight / sw_rows.reshape(-1, *[1] * (weight.dim() - 1))).clamp(wmin, wmax).to(torch.int8)
         bias = (
             graph.param(b).double()
             if isinstance(b, torch.fx.Node)

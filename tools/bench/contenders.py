@@ -108,13 +108,17 @@ def build_fxpress_int8(
     calibration: list[tuple[torch.Tensor, ...]],
     skip: tuple[str, ...],
 ) -> Contender:
-    """Static int8: ``fold-bn, observe{per-channel}, calibrate, fold-qdq`` on the case's calibration batches."""
+    """Static int8: ``fold-bn, observe{per-channel, weight-reduce-range}, calibrate, fold-qdq`` on the case's batches.
+
+    7-bit weights let every layer take the AVX2 u8s8 kernel (kernels/int8_avx2.py).
+    """
     import fxpress
     from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
 
     t0 = time.perf_counter()
     graph = fxpress.capture(model, inputs)
-    passes = [FoldBatchNorm(), Observe(per_channel=True, skip=skip), Calibrate(data=calibration), FoldQDQ()]
+    observe = Observe(per_channel=True, weight_reduce_range=True, skip=skip)
+    passes = [FoldBatchNorm(), observe, Calibrate(data=calibration), FoldQDQ()]
     graph = fxpress.optimize(graph, passes)
     t1 = time.perf_counter()
     compiled = fxpress.compile(graph, target="x86", num_threads=threads, tuning=False)

@@ -56,13 +56,24 @@ def _signature(graph: Graph) -> dict[str, Any]:
     return {"inputs": inputs, "outputs": outputs, "single_output": single}
 
 
+def _constants(ep: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:
+    """The exported program's weight placeholders by name, with their values (converters inspect int8 weights)."""
+    out = {}
+    for s in ep.graph_signature.input_specs:
+        value = ep.state_dict.get(s.target) if s.target in ep.state_dict else ep.constants.get(s.target)
+        if isinstance(value, torch.Tensor) and hasattr(s.arg, "name"):
+            out[s.arg.name] = value
+    return out
+
+
 def _import(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor]]:
     try:
         ep = graph.export()
     except Exception as exc:
         raise BackendError(f"re-exporting the graph for TVM failed: {type(exc).__name__}: {exc}") from exc
     try:
-        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=converters(spec))
+        convert = converters(spec, _constants(ep))
+        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=convert)
     except Exception as exc:
         raise BackendError(
             f"TVM's PyTorch importer rejected the graph: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "

@@ -11,15 +11,18 @@ weights (packed into the matmul rule's panels by a ``layout_transform`` that
 ``LiftTransformParams`` moves to compile time), int32 bias and per-channel
 fixed-point requantization, int8 out. The int32 accumulation block has the
 multiply-accumulate shape the CPU matmul rule schedules; the requantization
-is its fused epilogue. On AVX2 CPUs the converter emits the vpmaddwd form
-instead (int16-widened operands, see kernels/int8_avx2.py), which is exact and
-about 4x faster.
+is its fused epilogue. On AVX2 CPUs the converter emits one of the two exact
+forms of kernels/int8_avx2.py instead: u8s8 (``vpmaddubsw``: uint8 ``x + 128``
+in groups of 4, int8 weight panels, the shift undone through the bias) when
+the layer's actual weights cannot saturate it (`u8s8_safe`, checked here on
+the values), else s16 (``vpmaddwd``: int16-widened operands in pairs).
 
 ``quantized_conv2d`` (NCHW int8 in and out): on AVX2, groups=1 convs become a
-direct vpmaddwd convolution (kernels/int8_conv_avx2.py): a prologue widens
-``x - x_zp`` into padded NHWC channel pairs, the weights are packed once at
-compile time as ``[O/8, KH, KW, C/2, 8, 2]`` int16, and the requantization
-writes NCHW int8 from each register tile. Depthwise and grouped convs, and
+direct convolution (kernels/int8_conv_avx2.py), u8s8 or s16 by the same test:
+a prologue shifts (``x + 128``, padding ``x_zp + 128``) or widens
+(``x - x_zp``, padding 0) the input into padded NHWC channel groups, the
+weights are packed once at compile time as ``[O/8, KH, KW, C/V, 8, V]``, and
+the requantization writes NCHW int8 from each register tile. Depthwise and grouped convs, and
 CPUs without AVX2, take the generic form: ``pad(x - x_zp)`` as int16 and an
 int32-accumulating NCHW conv (weights in the conv rule's panels when
 groups=1) that the CPU conv rule schedules, requantization fused.
@@ -32,17 +35,20 @@ flattened rows; otherwise a generic int32 batch matmul for the matmul rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from tvm import relax, te, tirx
 
 from fxpress.backends.tvm.block_sparse import convert_block_sparse_linear
-from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2
+from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2, u8s8_safe
 from fxpress.backends.tvm.kernels.matmul import register_tile
 from fxpress.backends.tvm.targets import TargetSpec
 
 Converter = Callable[[Any, Any], relax.Expr]
+
+U8S8 = True  # take the vpmaddubsw kernels where the weights allow (tests switch it off to cover vpmaddwd)
 
 
 def _i32(v: int) -> tirx.PrimExpr:
@@ -101,6 +107,19 @@ def _te_widen(x: te.Tensor, x_zero_point: int, k2: int) -> te.Tensor:
     return te.compute([*x.shape[:-1], k2, 2], body, name="widen")
 
 
+def _te_shift_u8(x: te.Tensor, k4: int) -> te.Tensor:
+    """A8[.., k4, 4] = x[.., 4*k4 + j] + 128 as uint8, zero past K (the vpmaddubsw prologue)."""
+    kdim = x.shape[-1]
+
+    def body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *rest, kp, j = idx
+        k = kp * 4 + j
+        value = (x[(*rest, tirx.min(k, kdim - 1))].astype("int16") + tirx.const(128, "int16")).astype("uint8")
+        return tirx.if_then_else(k < kdim, value, tirx.const(0, "uint8"))
+
+    return te.compute([*x.shape[:-1], k4, 4], body, name="shift_u8")
+
+
 def _te_quantized_linear_pmadd(
     a16: te.Tensor,
     b16: te.Tensor,
@@ -109,18 +128,27 @@ def _te_quantized_linear_pmadd(
     shift: te.Tensor,
     out_zero_point: int,
     n: int,
+    narrow: bool = False,
 ) -> te.Tensor:
-    groups, k2 = int(b16.shape[0]), int(b16.shape[1])
+    """The vpmaddwd (int16 pairs) or vpmaddubsw (uint8 x int8 quads) GEMM, by the operands' layout.
+
+    `narrow`: `bias` is ``[N/8, 8]`` int32 (`_bias_panels`), added to the
+    accumulators in int32, and the requantization runs in int32 (see `_requantize`).
+    """
+    groups, k2, v = int(b16.shape[0]), int(b16.shape[1]), int(b16.shape[3])
     kp = te.reduce_axis((0, k2), name="k2")
-    kk = te.reduce_axis((0, 2), name="kk")
+    kk = te.reduce_axis((0, v), name="kk")
     lead = list(a16.shape[:-2])
 
     def acc_body(*idx: tirx.Var) -> tirx.PrimExpr:
         *rest, g, lane = idx
-        return te.sum(a16[(*rest, kp, kk)].astype("int32") * b16[g, kp, lane, kk].astype("int32"), axis=[kp, kk])
+        product = a16[(*rest, kp, kk)].astype("int32") * b16[g, kp, lane, kk].astype("int32")
+        return te.sum(product, axis=[kp, kk])
 
     acc = te.compute([*lead, groups, 8], acc_body, name="qmatmul_acc")
-    return _requantize(bias, multiplier, shift, out_zero_point, lead, n, lambda rest, j: acc[(*rest, j // 8, j % 8)])
+    acc = _add_bias_panels(acc, bias) if narrow else acc
+    read = lambda rest, j: acc[(*rest, j // 8, j % 8)]  # noqa: E731
+    return _requantize(None if narrow else bias, multiplier, shift, out_zero_point, lead, n, read, narrow=narrow)
 
 
 def _te_quantized_matmul(
@@ -197,7 +225,14 @@ def _unflatten(flat: tirx.PrimExpr, dims: list[Any]) -> list[tirx.PrimExpr]:
 
 
 def _te_quantized_matmul_pmadd(
-    a16: te.Tensor, b16: te.Tensor, multiplier: int, shift: int, out_zero_point: int, m: int, n: int
+    a16: te.Tensor,
+    b16: te.Tensor,
+    multiplier: int,
+    shift: int,
+    out_zero_point: int,
+    m: int,
+    n: int,
+    narrow: bool = False,
 ) -> te.Tensor:
     """vpmaddwd GEMM over rows (batch, i) (kernels/int8_avx2.py; B panels per batch), requantized per tensor.
 
@@ -214,7 +249,8 @@ def _te_quantized_matmul_pmadd(
         return te.sum(a * b16[row // m * n8 + g, kp, lane, kk].astype("int32"), axis=[kp, kk])
 
     acc = te.compute([rows, n8, 8], acc_body, name="qmatmul_acc")
-    return _requantize(None, multiplier, shift, out_zero_point, [rows], n, lambda rest, j: acc[rest[0], j // 8, j % 8])
+    read = lambda rest, j: acc[rest[0], j // 8, j % 8]  # noqa: E731
+    return _requantize(None, multiplier, shift, out_zero_point, [rows], n, read, narrow=narrow)
 
 
 def _at(v: te.Tensor | int | None, j: tirx.Var) -> tirx.PrimExpr:
@@ -233,10 +269,19 @@ def _requantize(
     n: int,
     read: Callable[[list[tirx.Var], tirx.Var], tirx.PrimExpr],
     channels_first: bool = False,
+    narrow: bool = False,
 ) -> te.Tensor:
     """int8 output ``[*lead, n]`` requantized from the int32 accumulator that `read` indexes.
 
     With `channels_first` (NCHW), the output is ``[lead[0], n, *lead[1:]]``.
+
+    `narrow` (the converter proved ``acc + bias`` fits int32 and every total
+    shift ``31 + shift`` is at least 32) computes the same value with
+    AVX2-friendly operations: ``acc + bias`` in int32, one int32 x int32 ->
+    int64 product (``vpmuldq``), the rounding add in int64, then the high half
+    shifted by ``total - 32`` in int32 (``vpsravd``); floor(floor(v / 2^32) /
+    2^(t-32)) = floor(v / 2^t), so it is bit-identical to the int64 form, which
+    needs an emulated 64 x 64 multiply and 64-bit arithmetic shift per lane.
     """
 
     def requant(*idx: tirx.Var) -> tirx.PrimExpr:
@@ -246,8 +291,14 @@ def _requantize(
         else:
             *rest, j = idx
         total = _at(shift, j) + tirx.const(31, "int64")
+        half = tirx.const(1, "int64") << (total - tirx.const(1, "int64"))
+        if narrow:
+            acc = read(rest, j) + (_at(bias, j).astype("int32") if bias is not None else tirx.const(0, "int32"))
+            high = ((acc.astype("int64") * _at(multiplier, j) + half) >> tirx.const(32, "int64")).astype("int32")
+            y32 = (high >> (total - tirx.const(32, "int64")).astype("int32")) + _i32(out_zero_point)
+            return tirx.max(tirx.min(y32, _i32(127)), _i32(-128)).astype("int8")
         wide = (read(rest, j).astype("int64") + _at(bias, j)) * _at(multiplier, j)
-        rounded = (wide + (tirx.const(1, "int64") << (total - tirx.const(1, "int64")))) >> total
+        rounded = (wide + half) >> total
         y = rounded + tirx.const(out_zero_point, "int64")
         return tirx.max(tirx.min(y, tirx.const(127, "int64")), tirx.const(-128, "int64")).astype("int8")
 
@@ -322,6 +373,22 @@ def _te_conv_widen(x: te.Tensor, x_zero_point: int, padding: tuple[int, ...]) ->
     return te.compute((n, h + top + bottom, wd + left + right, c2, 2), body, name="conv_widen")
 
 
+def _te_conv_shift_u8(x: te.Tensor, x_zero_point: int, padding: tuple[int, ...]) -> te.Tensor:
+    """P8[n, y, x, c/4, 4] = x + 128 as uint8, NHWC channel quads; x_zp + 128 in the padding, zero past C."""
+    n, c, h, wd = x.shape
+    top, left, bottom, right = padding
+    c4 = (int(c) + 3) // 4
+
+    def body(b: tirx.Var, yy: tirx.Var, xx: tirx.Var, cp: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        ci = cp * 4 + j
+        inside = tirx.all(yy >= top, yy < h + top, xx >= left, xx < wd + left)
+        read = x[b, tirx.min(ci, c - 1), yy - top, xx - left].astype("int16")
+        value = tirx.if_then_else(inside, read, tirx.const(x_zero_point, "int16")) + tirx.const(128, "int16")
+        return tirx.if_then_else(ci < c, value.astype("uint8"), tirx.const(0, "uint8"))
+
+    return te.compute((n, h + top + bottom, wd + left + right, c4, 4), body, name="conv_shift_u8")
+
+
 def _te_quantized_conv2d_pmadd(
     p16: te.Tensor,
     b16: te.Tensor,
@@ -331,13 +398,14 @@ def _te_quantized_conv2d_pmadd(
     out_zero_point: int,
     attrs: tuple[tuple[int, ...], ...],
     out_channels: int,
+    narrow: bool = False,
 ) -> te.Tensor:
-    """NHWC-pair direct conv for vpmaddwd (kernels/int8_conv_avx2.py), requantized into NCHW int8."""
+    """NHWC-group direct conv for vpmaddwd / vpmaddubsw (kernels/int8_conv_avx2.py), requantized into NCHW int8."""
     (sh, sw), _, (dh, dw), _ = attrs
     n, hp, wp = p16.shape[:3]
     o8, kh, kw, c2 = (int(d) for d in b16.shape[:4])
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
-    cp, kk = te.reduce_axis((0, c2), name="c2"), te.reduce_axis((0, 2), name="kk")
+    cp, kk = te.reduce_axis((0, c2), name="c2"), te.reduce_axis((0, int(b16.shape[5])), name="kk")
 
     def acc_body(b: tirx.Var, yy: tirx.Var, xx: tirx.Var, g: tirx.Var, lane: tirx.Var) -> tirx.PrimExpr:
         a = p16[b, yy * sh + ry * dh, xx * sw + rx * dw, cp, kk].astype("int32")
@@ -345,19 +413,21 @@ def _te_quantized_conv2d_pmadd(
 
     shape = (n, _conv_out(hp, 0, 0, kh, sh, dh), _conv_out(wp, 0, 0, kw, sw, dw), o8, 8)
     acc = te.compute(shape, acc_body, name="qconv_acc")
-    return _requantize_nchw(
-        acc, bias, multiplier, shift, out_zero_point, lambda b, f, yy, xx: acc[b, yy, xx, f // 8, f % 8], out_channels
-    )
+    acc = _add_bias_panels(acc, bias) if narrow else acc
+    read = lambda b, f, yy, xx: acc[b, yy, xx, f // 8, f % 8]  # noqa: E731
+    bias_after = None if narrow else bias
+    return _requantize_nchw(acc, bias_after, multiplier, shift, out_zero_point, read, out_channels, narrow)
 
 
 def _requantize_nchw(
     acc: te.Tensor,
-    bias: te.Tensor,
+    bias: te.Tensor | None,
     multiplier: te.Tensor,
     shift: te.Tensor,
     out_zero_point: int,
     read: Callable[..., tirx.PrimExpr],
     out_channels: int | None = None,
+    narrow: bool = False,
 ) -> te.Tensor:
     """int8 NCHW output requantized per channel from the accumulator `read` indexes."""
     if out_channels is None:
@@ -373,17 +443,67 @@ def _requantize_nchw(
         out_channels,
         lambda r, f: read(r[0], f, r[1], r[2]),
         channels_first=True,
+        narrow=narrow,
     )
 
 
-def converters(spec: TargetSpec) -> dict[str, Converter]:
-    """The custom_convert_map for `spec` (panel widths depend on the target)."""
+def _add_bias_panels(acc: te.Tensor, bias: te.Tensor) -> te.Tensor:
+    """``acc[.., g, lane] + bias[g, lane]`` in int32, as its own stage (a narrow kernel's first epilogue).
+
+    Stored, the sum reaches the requantization as a plain int32 load, which LLVM
+    multiplies with ``vpmuldq``; written inline, TVM's simplifier widens the
+    sum's operands to int64 and LLVM emits an emulated 64 x 64 multiply.
+    """
+    return te.compute(acc.shape, lambda *i: acc[i] + bias[i[-2], i[-1]], name="add_bias")
+
+
+def _bias_panels(bb: Any, bias: relax.Expr) -> relax.Expr:
+    """int32 ``[N/8, 8]`` (zero-padded) bias, laid out like the accumulators of a narrow kernel."""
+    bias32 = bb.emit(relax.op.astype(bias, "int32"))
+    return bb.emit(relax.op.layout_transform(bias32, lambda j: (j // 8, j % 8), pad_value=0))
+
+
+def _u8s8_bias(bb: Any, w: relax.Expr, bias: relax.Expr, x_zero_point: int, narrow: bool) -> relax.Expr:
+    """``bias - (128 + x_zp) * colsum(w)``: undoes the u8s8 kernels' ``x + 128`` (weights only: lifted).
+
+    int64, or int32 when `narrow` (the converter proved it fits).
+    """
+    axes = list(range(1, len(w.ty.shape.values)))
+    colsum = bb.emit(relax.op.sum(relax.op.astype(w, "int64"), axis=axes))
+    offset = relax.const(128 + x_zero_point, "int64")
+    shifted = bb.emit(relax.op.subtract(relax.op.astype(bias, "int64"), relax.op.multiply(colsum, offset)))
+    return bb.emit(relax.op.astype(shifted, "int32")) if narrow else shifted
+
+
+def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = None) -> dict[str, Converter]:
+    """The custom_convert_map for `spec` (panel widths depend on the target).
+
+    `constants` maps the exported program's placeholder names to their values
+    (weights); with them, int8 layers whose weights cannot saturate it take the
+    u8s8 kernels on AVX2.
+    """
     panel = 16
     pmadd = False
     if spec.device == "cpu":
         _, nr, lanes = register_tile(spec.target)
         panel = nr * lanes
         pmadd = has_avx2(spec.target)
+
+    def u8s8(node: Any) -> bool:
+        """The int8 weight operand of `node` (args[2]) is known and safe for vpmaddubsw."""
+        arg = node.args[2]
+        value = constants.get(arg.name) if constants and hasattr(arg, "name") else None
+        return pmadd and U8S8 and value is not None and u8s8_safe(value)
+
+    def narrow(node: Any) -> bool:
+        """`node`'s requantization may run in int32 (see `_requantize`): proven on its constant operands."""
+        names = [getattr(node.args[i], "name", None) for i in (2, 3, 5)]
+        values = [constants.get(n) if constants and n else None for n in names]
+        if not pmadd or any(v is None for v in values):
+            return False
+        weight, bias, shift = (v.to(torch.int64) for v in values)  # type: ignore[union-attr]
+        reach = 255 * int(weight.abs().flatten(1).sum(1).max()) if weight.dim() > 1 else 1 << 31
+        return int(shift.min()) >= 1 and int(bias.abs().max()) + 2 * reach < (1 << 31)
 
     def quantize(node: Any, importer: Any) -> relax.Expr:
         x, scale, zero_point, qmin, qmax = importer.retrieve_args(node)
@@ -404,15 +524,34 @@ def converters(spec: TargetSpec) -> dict[str, Converter]:
         bb = importer.block_builder
         n = int(w.ty.shape.values[0])
         *lead, k = x.ty.shape.values
+        fast, narrow32 = u8s8(node), narrow(node)
         if len(lead) > 1:  # rows flattened, so the GEMM rules see one row loop (they fuse none)
-            y = quantized_linear_2d(bb, bb.emit(relax.op.reshape(x, (-1, k))), x_zp, w, bias, multiplier, shift, out_zp)
+            x2 = bb.emit(relax.op.reshape(x, (-1, k)))
+            y = quantized_linear_2d(bb, x2, x_zp, w, bias, multiplier, shift, out_zp, fast, narrow32)
             return bb.emit(relax.op.reshape(y, (*lead, n)))
-        return quantized_linear_2d(bb, x, x_zp, w, bias, multiplier, shift, out_zp)
+        return quantized_linear_2d(bb, x, x_zp, w, bias, multiplier, shift, out_zp, fast, narrow32)
 
     def quantized_linear_2d(
-        bb: Any, x: relax.Expr, x_zp: Any, w: relax.Expr, bias: Any, multiplier: Any, shift: Any, out_zp: Any
+        bb: Any,
+        x: relax.Expr,
+        x_zp: Any,
+        w: relax.Expr,
+        bias: Any,
+        multiplier: Any,
+        shift: Any,
+        out_zp: Any,
+        fast: bool,
+        narrow32: bool,
     ) -> relax.Expr:
         n = int(w.ty.shape.values[0])
+        if fast:
+            k4 = (int(w.ty.shape.values[1]) + 3) // 4
+            b8 = bb.emit(relax.op.layout_transform(w, lambda o, i: (o // 8, i // 4, o % 8, i % 4), pad_value=0))
+            a8 = bb.emit(bb.call_te(_te_shift_u8, x, k4, primfunc_name_hint="shift_u8"))
+            shifted = _u8s8_bias(bb, w, bias, int(x_zp), narrow32)
+            shifted = _bias_panels(bb, shifted) if narrow32 else shifted
+            args = (a8, b8, shifted, multiplier, shift, int(out_zp), n, narrow32)
+            return bb.emit(bb.call_te(_te_quantized_linear_pmadd, *args, primfunc_name_hint="quantized_linear"))
         if pmadd:
             k2 = (int(w.ty.shape.values[1]) + 1) // 2
             b8 = bb.emit(relax.op.layout_transform(w, lambda o, i: (o // 8, i // 2, o % 8, i % 2), pad_value=0))
@@ -423,11 +562,12 @@ def converters(spec: TargetSpec) -> dict[str, Converter]:
                     _te_quantized_linear_pmadd,
                     a16,
                     b16,
-                    bias,
+                    _bias_panels(bb, bias) if narrow32 else bias,
                     multiplier,
                     shift,
                     int(out_zp),
                     n,
+                    narrow32,
                     primfunc_name_hint="quantized_linear",
                 )
             )
@@ -452,13 +592,26 @@ def converters(spec: TargetSpec) -> dict[str, Converter]:
         bb = importer.block_builder
         attrs = (tuple(stride), tuple(padding), tuple(dilation), (int(groups),))
         out_channels = int(w.ty.shape.values[0])
+        narrow32 = narrow(node)
+        if groups == 1 and u8s8(node):
+            b8 = bb.emit(
+                relax.op.layout_transform(w, lambda o, i, h, k: (o // 8, h, k, i // 4, o % 8, i % 4), pad_value=0)
+            )
+            p8 = bb.emit(
+                bb.call_te(_te_conv_shift_u8, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_shift_u8")
+            )
+            shifted = _u8s8_bias(bb, w, bias, int(x_zp), narrow32)
+            shifted = _bias_panels(bb, shifted) if narrow32 else shifted
+            args = (p8, b8, shifted, multiplier, shift, int(out_zp), attrs, out_channels, narrow32)
+            return bb.emit(bb.call_te(_te_quantized_conv2d_pmadd, *args, primfunc_name_hint="quantized_conv2d"))
         if pmadd and groups == 1:
             b8 = bb.emit(
                 relax.op.layout_transform(w, lambda o, i, h, k: (o // 8, h, k, i // 2, o % 8, i % 2), pad_value=0)
             )
             b16 = bb.emit(relax.op.astype(b8, "int16"))  # widened and packed once, at compile time
             p16 = bb.emit(bb.call_te(_te_conv_widen, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_widen"))
-            args = (p16, b16, bias, multiplier, shift, int(out_zp), attrs, out_channels)
+            bias16 = _bias_panels(bb, bias) if narrow32 else bias
+            args = (p16, b16, bias16, multiplier, shift, int(out_zp), attrs, out_channels, narrow32)
             return bb.emit(bb.call_te(_te_quantized_conv2d_pmadd, *args, primfunc_name_hint="quantized_conv2d"))
         if groups == 1 and spec.device == "cpu":  # panels: the conv rule vectorizes over output channels
             w = bb.emit(relax.op.layout_transform(w, lambda o, i, h, k: (o // panel, i, h, k, o % panel), pad_value=0))
@@ -476,7 +629,8 @@ def converters(spec: TargetSpec) -> dict[str, Converter]:
             k2, n = (int(kdim) + 1) // 2, int(b.ty.shape.values[-1])
             a16 = bb.emit(bb.call_te(_te_widen_rows, a, int(a_zp), k2, primfunc_name_hint="widen"))
             b16 = bb.emit(bb.call_te(_te_pack_activation, b, int(b_zp), k2, primfunc_name_hint="pack_activation"))
-            args = (a16, b16, *scalars, m, n)
+            narrow32 = int(shift) >= 1 and 2 * 255 * 255 * int(kdim) < (1 << 31)
+            args = (a16, b16, *scalars, m, n, narrow32)
             rows = bb.emit(bb.call_te(_te_quantized_matmul_pmadd, *args, primfunc_name_hint="quantized_matmul"))
             return bb.emit(relax.op.reshape(rows, [*batch, m, n]))
         args = (a, b, int(a_zp), int(b_zp), *scalars)

@@ -1,10 +1,12 @@
-"""int8 conv2d on AVX2 with ``vpmaddwd``: a direct convolution, exact, no im2col.
+"""int8 conv2d on AVX2 with ``vpmaddubsw`` or ``vpmaddwd``: a direct convolution, exact, no im2col.
 
-The ``quantized_conv2d`` converter (groups == 1) emits this data layout:
+The ``quantized_conv2d`` converter (groups == 1) emits this data layout, with
+V = 4 for the u8s8 micro-kernel and V = 2 for the s16 one (int8_avx2.py says
+which a layer gets):
 
-    P16[n, Hp, Wp, C2, 2]            int16  x - x_zp, padded, NHWC channel pairs (a cheap prologue)
-    B16[O8, KH, KW, C2, 8, 2]        int16  weights packed at compile time: B16[o/8, ky, kx, c/2, o%8, c%2]
-    acc[n, y, x, O8, 8]              int32  sum over (ky, kx, c2, c%2) of P16 * B16
+    P[n, Hp, Wp, C/V, V]             uint8 x + 128 | int16 x - x_zp, padded, NHWC channel groups (a prologue)
+    B[O8, KH, KW, C/V, 8, V]         int8 | int16  weights packed at compile time: B[o/8, ky, kx, c/V, o%8, c%V]
+    acc[n, y, x, O8, 8]              int32  sum over (ky, kx, c/V, c%V) of P * B
     out[n, o, y, x]                  int8   requantized per channel (the fused epilogue)
 
 Schedule (the int8 GEMM micro-kernel of int8_avx2.py, with output pixels as rows):
@@ -13,7 +15,7 @@ Schedule (the int8 GEMM micro-kernel of int8_avx2.py, with output pixels as rows
       for x-block:
         acc[XR, NR, 8] = 0                           # registers
         for ky, kx, c2: for xi in XR: for g in NR:   # unrolled
-          acc[xi, g] += pmaddwd(broadcast P16[n, y*s+ky, (x+xi)*s+kx, c2, 0:2], B16[o+g, ky, kx, c2])
+          acc[xi, g] += micro(broadcast P[n, y*s+ky, (x+xi)*s+kx, cv, 0:V], B[o+g, ky, kx, cv])
         requantize the XR x NR*8 tile into NCHW int8
 
 Padding is materialized by the prologue, so the inner loop has no bounds
@@ -36,7 +38,7 @@ from fxpress.backends.tvm.kernels.base import (
     parallel_if_worth_it,
     work,
 )
-from fxpress.backends.tvm.kernels.int8_avx2 import INTRIN, has_avx2
+from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2, micro_kernel
 
 # Output columns per tile, tried in order: the first that divides the width.
 # XR x NR = 6 x 2 accumulators + 2 weight vectors + 1 broadcast fit 16 ymm registers.
@@ -44,7 +46,7 @@ XR_ORDER = (6, 4, 7, 5, 3, 2)
 
 
 def _is_pmadd_conv(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
-    """``acc[n, y, x, o/8, o%8] += P16[n, .., .., c2, k] * B16[o/8, ky, kx, c2, o%8, k]`` in int16 -> int32."""
+    """``acc[n, y, x, o/8, o%8] += P[n, .., .., c/V, k] * B[o/8, ky, kx, c/V, o%8, k]`` (a micro-kernel's dtypes)."""
     stmt = sch.get(block)
     kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars)
     return (
@@ -52,8 +54,7 @@ def _is_pmadd_conv(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
         and kinds.rstrip("R").count("R") == 0
         and stmt.writes[0].source.dtype == "int32"
         and len(stmt.writes[0].source.shape) == 5
-        and len(stmt.reads) == 2
-        and all(r.source.dtype == "int16" for r in stmt.reads)
+        and micro_kernel(stmt) is not None
         and sorted(len(r.source.shape) for r in stmt.reads) == [5, 6]
     )
 
@@ -78,7 +79,7 @@ def _roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> dict[str, s_t
 
 
 class CPUInt8Conv2dAVX2(FxpressCPURule):
-    """Tensorized vpmaddwd direct conv2d for `quantized_conv2d` (see module docstring)."""
+    """Tensorized vpmaddubsw / vpmaddwd direct conv2d for `quantized_conv2d` (see module docstring)."""
 
     def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
         if not has_avx2(target):
@@ -87,6 +88,7 @@ class CPUInt8Conv2dAVX2(FxpressCPURule):
         if kernel is None:
             return None
         sch, main = kernel.sch, kernel.main
+        intrin = micro_kernel(sch.get(main))
         macs = work(sch, main)
         loop = _roles(sch, main)
         reduction = [loop[r] for r in ("ky", "kx", "c2") if loop[r] is not None]
@@ -115,7 +117,7 @@ class CPUInt8Conv2dAVX2(FxpressCPURule):
         for block in kernel.before:  # a prologue fused in: inlined into the kernel
             sch.compute_inline(block)
         sch.decompose_reduction(main, reduction[0])
-        sch.tensorize(loop["lane"], INTRIN)
+        sch.tensorize(loop["lane"], intrin)
         for lp in (xi, gi):
             if lp is not None:
                 sch.unroll(lp)
