@@ -27,6 +27,15 @@ Integer conventions (those of gemmlowp / TFLite, spelled out):
   ``acc[.., i, j] = sum_k (a[.., i, k] - a_zp) * (b[.., k, j] - b_zp)`` (batch
   dimensions broadcast like ``torch.matmul``), requantized with one
   per-tensor ``multiplier`` and ``shift``.
+- ``dynamic_quantized_linear``: float in, float out; each row of ``x`` is
+  quantized at run time to uint8 with its own affine parameters
+  (``lo = min(min_k x, 0)``, ``hi = max(max_k x, 0)``, ``scale = max((hi - lo)
+  / 255, eps)``, ``zp = clamp(nearbyint(-lo / scale), 0, 255)``, ``u =
+  clamp(nearbyint(x / scale) + zp, 0, 255)``, all float32), then
+  ``acc[.., n] = sum_k (u - zp) * w[n, k]`` exactly and ``y = float(acc) *
+  (scale * w_scale[n]) + bias[n]`` in float32. Per-row ranges follow each
+  token's own range, which a static per-tensor range cannot (a transformer's
+  FFN down-projection input).
 """
 
 from __future__ import annotations
@@ -222,3 +231,24 @@ def requantize_params(real_multiplier: torch.Tensor) -> tuple[torch.Tensor, torc
         torch.tensor(mults, dtype=torch.int32).reshape(shape),
         torch.tensor(shifts, dtype=torch.int32).reshape(shape),
     )
+
+
+@torch.library.custom_op(f"{_LIB}::dynamic_quantized_linear", mutates_args=())
+def dynamic_quantized_linear(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """float32 [.., K] -> per-row uint8 at run time -> int8 weights [N, K] -> float32 [.., N] (see module doc)."""
+    x = x.float()
+    lo = torch.clamp(x.amin(-1, keepdim=True), max=0.0)
+    hi = torch.clamp(x.amax(-1, keepdim=True), min=0.0)
+    scale = torch.clamp((hi - lo) / torch.tensor(255.0), min=torch.finfo(torch.float32).eps)
+    zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+    u = torch.clamp(torch.round(x / scale) + zp, 0, 255)
+    # a float64 matmul of integers whose partial sums stay below 2^53 is exact
+    acc = torch.matmul(u.double() - zp.double(), weight.double().t())
+    return acc.float() * (scale * weight_scale.float()) + bias.float()
+
+
+@dynamic_quantized_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)

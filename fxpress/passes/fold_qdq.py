@@ -8,6 +8,8 @@
       -> the same with fxpress.quantized_conv2d(%xq, zx, ..., zy, stride, [t, l, b, r], dilation, groups)
     %y = aten.matmul(%a, %b)            # two activations: attention's Q·Kᵀ and P·V (also aten.bmm)
       -> fxpress.quantized_matmul(quantize(%a), za, quantize(%b), zb, mult, shift, zy), dequantized
+    %y = aten.linear(%x, %w, %b)        # marked dynamic by observe{dynamic=[..]}: weight params only
+      -> %y = fxpress.dynamic_quantized_linear(%x, %w_i8, %w_scale, %b_f32)   # per-row uint8 at run time
     q(dq(t, s, z), s, z) -> t           # back-to-back boundaries with equal params cancel
     two equal quantize(%x, ...)  -> one  # Q, K and V share one quantized input
 
@@ -176,7 +178,30 @@ class FoldQDQ(Pass):
             return conv
         if not (isinstance(w, torch.fx.Node) and w.op == "get_attr"):
             return "weight is not a parameter"
+        if get(node, "dynamic") is not None:
+            return self._fold_dynamic(graph, node, x, w, b)
         return _why_not(x, w, node) or self._fold(graph, node, x, w, b, conv)
+
+    def _fold_dynamic(self, graph: Graph, node: torch.fx.Node, x: Any, w: torch.fx.Node, b: Any) -> str | None:
+        """linear(x, w, b) marked dynamic -> dynamic_quantized_linear(x, w_i8, w_scale, b): float in and out."""
+        pw = get(w, "qparams")
+        if not isinstance(pw, QuantParams) or not pw.scheme.symmetric or bool((pw.zero_point != 0).any()):
+            return "dynamic linear without symmetric weight parameters"
+        weight = graph.param(w).double()
+        sw = pw.scale.double().reshape(-1).expand(weight.shape[0])
+        wmin, wmax = pw.scheme.qrange
+        wq = torch.round(weight / sw[:, None]).clamp(wmin, wmax).to(torch.int8)
+        bias = graph.param(b).float() if isinstance(b, torch.fx.Node) else torch.zeros(weight.shape[0])
+        hint = str(w.target).removesuffix(".weight")
+        params = [
+            graph.add_param(f"{hint}.{k}", v, before=node)
+            for k, v in (("weight_i8", wq), ("weight_scale", sw.float().contiguous()), ("bias_f32", bias))
+        ]
+        with graph.fx.inserting_before(node):
+            y = graph.fx.call_function(fx_ops.dynamic_quantized_linear.default, (x, *params))
+        _replace(graph, node, y)
+        y.meta[META_KEY].pop("dynamic", None)  # done: the op itself is dynamic
+        return None
 
     def _fold(
         self, graph: Graph, node: torch.fx.Node, x: torch.fx.Node, w: torch.fx.Node, b: Any, conv: tuple[Any, ...]

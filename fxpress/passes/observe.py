@@ -30,6 +30,13 @@ chain conv -> relu -> max-pool -> flatten -> linear stays quantized:
 permutes, transposes, slices and max-pool output some of their input's values,
 so they get a *shared* slot (the input's parameters, exactly).
 
+``dynamic=[regex]`` picks linears whose input is quantized at run time, per
+row (each token its own uint8 range: ``fxpress.dynamic_quantized_linear``,
+float in and out): only their weight is observed here, nothing is calibrated.
+It is for a layer whose input range varies from token to token so much that
+one static range fails it: all-MiniLM-L6-v2's FFN down-projections (GELU
+outputs) lose cosine 0.99 -> 0.95 with a static range, and keep 0.999 per row.
+
 Nodes are selected by op kind (``ops``), and by regexes searched in the node's
 name and its module path (``only`` picks roots, ``skip`` any node):
 ``observe{skip=[fc2]}`` keeps the module ``fc2`` in float. Observers are recorded as configuration (annotations),
@@ -58,7 +65,7 @@ from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
 from fxpress.ir.printer import locate
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
-from fxpress.quant.annotations import ObserverSlot, QuantParams
+from fxpress.quant.annotations import DynamicQuant, ObserverSlot, QuantParams
 from fxpress.quant.observers import OBSERVERS, ObserverSpec
 from fxpress.quant.scheme import QScheme
 
@@ -120,12 +127,13 @@ class Observe(Pass):
     ops: tuple[str, ...] = ()
     skip: tuple[str, ...] = ()
     only: tuple[str, ...] = ()
+    dynamic: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.ops) - set(_ROOTS.values()))
         if unknown:
             raise ValueError(f"ops {unknown} are not quantizable; valid: {', '.join(sorted(set(_ROOTS.values())))}")
-        for pattern in (*self.skip, *self.only):
+        for pattern in (*self.skip, *self.only, *self.dynamic):
             try:
                 re.compile(pattern)
             except re.error as exc:
@@ -144,6 +152,11 @@ class Observe(Pass):
     def weight_spec(self, axis: int | None) -> ObserverSpec:
         scheme = QScheme("int8", True, axis if self.per_channel else None, self.power_of_two, self.weight_reduce_range)
         return ObserverSpec(self.weight_observer, scheme)
+
+    @staticmethod
+    def _matches(node: torch.fx.Node, patterns: tuple[str, ...]) -> bool:
+        names = [s for s in (node.name, _module_path(node)) if s]
+        return any(re.search(p, s) for p in patterns for s in names)
 
     def _selected(self, node: torch.fx.Node, root: bool) -> bool:
         """Not skipped; and for a root, matched by `only` when given (preserving ops follow their input)."""
@@ -172,7 +185,16 @@ class Observe(Pass):
         act = self.activation_spec()
         slots: dict[torch.fx.Node, ObserverSlot] = {}
         weights: dict[torch.fx.Node, QuantParams] = {}
+        dynamic: set[torch.fx.Node] = set()
         for node, kind in self._roots(graph):
+            if kind == "linear" and self._matches(node, self.dynamic):
+                weight = node.args[1]
+                if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
+                    spec = self.weight_spec(_WEIGHT_AXIS[kind])
+                    slots[weight] = ObserverSlot("weight", spec)
+                    weights[weight] = self._weight_params(graph, weight, spec)
+                    dynamic.add(node)
+                continue
             for operand, axis in self._operands(node, kind):
                 if operand.op == "get_attr":
                     spec = self.weight_spec(axis)
@@ -191,9 +213,11 @@ class Observe(Pass):
                 slots[node] = ObserverSlot("activation", shared=True)
             elif node.target in _OWN_RANGE:
                 slots[node] = ObserverSlot("activation", act)
-        modified = self._apply(graph, slots, weights)
+        modified = self._apply(graph, slots, weights, dynamic)
         shared = sum(1 for s in slots.values() if s.shared)
         stats = {"activations": len(slots) - len(weights) - shared, "shared": shared, "weights": len(weights)}
+        if dynamic:
+            stats["dynamic"] = len(dynamic)
         return PassResult(graph, modified=modified, stats=stats)
 
     def _roots(self, graph: Graph) -> list[tuple[torch.fx.Node, str]]:
@@ -221,13 +245,21 @@ class Observe(Pass):
         return observer.qparams()
 
     def _apply(
-        self, graph: Graph, slots: dict[torch.fx.Node, ObserverSlot], weights: dict[torch.fx.Node, QuantParams]
+        self,
+        graph: Graph,
+        slots: dict[torch.fx.Node, ObserverSlot],
+        weights: dict[torch.fx.Node, QuantParams],
+        dynamic: set[torch.fx.Node],
     ) -> bool:
-        """Write the slots and weight parameters; drop stale ones. True if anything changed."""
+        """Write the slots, weight parameters and dynamic marks; drop stale ones. True if anything changed."""
         modified = False
         for node in graph.nodes():
             mine = notes.annotations(node) if notes.META_KEY in node.meta else {}
-            wanted = {ObserverSlot.key: slots.get(node), QuantParams.key: weights.get(node)}
+            wanted = {
+                ObserverSlot.key: slots.get(node),
+                QuantParams.key: weights.get(node),
+                DynamicQuant.key: DynamicQuant() if node in dynamic else None,
+            }
             for key, value in wanted.items():
                 if mine.get(key) == value:
                     continue

@@ -145,3 +145,22 @@ class QuantParams(Annotation):
 
     def text(self) -> str:
         return f"qparams {self.scheme.text()} scale={_span(self.scale)} zp={_span(self.zero_point, str)}"
+
+
+@dataclass(frozen=True)
+class DynamicQuant(Annotation):
+    """This linear quantizes its input at run time, per row (``fxpress.dynamic_quantized_linear``).
+
+    Its weight carries a weight `ObserverSlot` and `QuantParams` as usual; its
+    input and output carry none (nothing to calibrate).
+    """
+
+    key = "dynamic"
+
+    def check(self, node: torch.fx.Node) -> str | None:
+        if node.op != "call_function" or node.target is not torch.ops.aten.linear.default:
+            return "dynamic quantization on a node that is not aten.linear"
+        return None
+
+    def text(self) -> str:
+        return "quantize act dynamic per-row u8"

@@ -33,7 +33,7 @@ class Case:
     load: Callable[[], tuple[nn.Module, Inputs]]
     # batches shaped like the case's inputs, to calibrate int8 contenders on (None: no int8 contenders)
     calibration: Callable[[], list[Inputs]] | None = None
-    skip: tuple[str, ...] = ()  # layers the fxpress int8 contender keeps in float (by name regex)
+    dynamic: tuple[str, ...] = ()  # layers the fxpress int8 contender quantizes per row at run time (regexes)
 
 
 class CaseUnavailable(RuntimeError):
@@ -88,7 +88,7 @@ def _minilm_calibration(batch: int, seq_len: int) -> list[Inputs]:
     return [tokenize(calib[i : i + batch], seq_len) for i in range(0, len(calib), batch)]
 
 
-FFN_OUT = r"layer\.\d+\.output\.dense"  # MiniLM's FFN down-projections: int8 hurts them most (quant-report)
+FFN_OUT = r"layer\.\d+\.output\.dense"  # MiniLM FFN down-projections: no static range serves them (quant-report)
 
 
 def make_cases(*, image_size: int = 224, seq_len: int = 128, attn: str = "eager") -> dict[str, Case]:

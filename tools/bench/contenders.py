@@ -106,18 +106,20 @@ def build_fxpress_int8(
     threads: int,
     ref: np.ndarray,
     calibration: list[tuple[torch.Tensor, ...]],
-    skip: tuple[str, ...],
+    dynamic: tuple[str, ...],
 ) -> Contender:
-    """Static int8: ``fold-bn, observe{per-channel, weight-reduce-range}, calibrate, fold-qdq`` on the case's batches.
+    """Static int8: ``fold-bn, observe{per-channel, weight-reduce-range, dynamic}, calibrate, fold-qdq``.
 
-    7-bit weights let every layer take the AVX2 u8s8 kernel (kernels/int8_avx2.py).
+    Calibrated on the case's batches; 7-bit weights let every layer take the
+    AVX2 u8s8 kernel (kernels/int8_avx2.py); the case's `dynamic` layers
+    (MiniLM's FFN down-projections) quantize their input per row at run time.
     """
     import fxpress
     from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
 
     t0 = time.perf_counter()
     graph = fxpress.capture(model, inputs)
-    observe = Observe(per_channel=True, weight_reduce_range=True, skip=skip)
+    observe = Observe(per_channel=True, weight_reduce_range=True, dynamic=dynamic)
     passes = [FoldBatchNorm(), observe, Calibrate(data=calibration), FoldQDQ()]
     graph = fxpress.optimize(graph, passes)
     t1 = time.perf_counter()

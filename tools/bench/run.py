@@ -120,7 +120,7 @@ def _build(
         return ct.build_fxpress(model, inputs, threads, ref)
     if name == "fxpress-int8":
         assert case.calibration is not None
-        return ct.build_fxpress_int8(model, inputs, threads, ref, case.calibration(), case.skip)
+        return ct.build_fxpress_int8(model, inputs, threads, ref, case.calibration(), case.dynamic)
     if name == "torch-int8":
         return ct.build_torch_int8(model, inputs, threads, ref)
     if onnx is None:

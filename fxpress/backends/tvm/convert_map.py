@@ -253,6 +253,86 @@ def _te_quantized_matmul_pmadd(
     return _requantize(None, multiplier, shift, out_zero_point, [rows], n, read, narrow=narrow)
 
 
+def _te_row_params(x: te.Tensor) -> te.Tensor:
+    """``[M, 2]`` float32: each row's uint8 ``scale`` and ``zero point`` (``dynamic_quantized_linear``'s rule)."""
+    m, kdim = x.shape
+    k1, k2 = te.reduce_axis((0, kdim), name="k"), te.reduce_axis((0, kdim), name="k")
+    lo = te.compute((m,), lambda r: te.min(x[r, k1], axis=k1), name="row_min")
+    hi = te.compute((m,), lambda r: te.max(x[r, k2], axis=k2), name="row_max")
+    zero, eps = tirx.const(0.0, "float32"), tirx.const(float(torch.finfo(torch.float32).eps), "float32")
+
+    def body(r: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        low = tirx.min(lo[r], zero)
+        scale = tirx.max((tirx.max(hi[r], zero) - low) / tirx.const(255.0, "float32"), eps)
+        zp = tirx.min(tirx.max(tirx.nearbyint(-low / scale), zero), tirx.const(255.0, "float32"))
+        return tirx.if_then_else(j == 0, scale, zp)
+
+    return te.compute((m, 2), body, name="row_params")
+
+
+def _te_row_quantize(x: te.Tensor, params: te.Tensor, v: int, u8: bool) -> te.Tensor:
+    """``[M, K/V, V]``: uint8 ``u`` (u8s8) or int16 ``u - zp`` (s16) of each row, zero past K."""
+    m, kdim = x.shape
+    groups = (int(kdim) + v - 1) // v
+
+    def body(r: tirx.Var, kp: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        k = kp * v + j
+        q = tirx.nearbyint(x[r, tirx.min(k, kdim - 1)] / params[r, 0]) + params[r, 1]
+        u = tirx.min(tirx.max(q, tirx.const(0.0, "float32")), tirx.const(255.0, "float32"))
+        dtype = "uint8" if u8 else "int16"
+        value = u.astype(dtype) if u8 else (u - params[r, 1]).astype(dtype)
+        return tirx.if_then_else(k < kdim, value, tirx.const(0, dtype))
+
+    return te.compute((m, groups, v), body, name="row_quantize")
+
+
+def _te_dynamic_linear(
+    a: te.Tensor,
+    b: te.Tensor,
+    params: te.Tensor,
+    colsum: te.Tensor | None,
+    weight_scale: te.Tensor,
+    bias: te.Tensor,
+    n: int,
+) -> te.Tensor:
+    """The u8s8 / s16 GEMM of row-quantized activations, dequantized per row and column into float32.
+
+    ``y = float(acc - zp * colsum) * (scale * w_scale) + bias`` (u8s8: ``acc`` is
+    of ``u``; s16 reads ``u - zp`` and has no ``colsum`` term).
+    """
+    rows, groups, v = a.shape[0], int(b.shape[0]), int(b.shape[3])
+    kp, kk = te.reduce_axis((0, b.shape[1]), name="k2"), te.reduce_axis((0, v), name="kk")
+
+    def acc_body(r: tirx.Var, g: tirx.Var, lane: tirx.Var) -> tirx.PrimExpr:
+        return te.sum(a[r, kp, kk].astype("int32") * b[g, kp, lane, kk].astype("int32"), axis=[kp, kk])
+
+    acc = te.compute((rows, groups, 8), acc_body, name="qmatmul_acc")
+
+    def out(r: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        total = acc[r, j // 8, j % 8]
+        if colsum is not None:
+            total = total - params[r, 1].astype("int32") * colsum[j]
+        return total.astype("float32") * (params[r, 0] * weight_scale[j]) + bias[j]
+
+    return te.compute((rows, n), out, name="dynamic_dequantize")
+
+
+def _te_dynamic_linear_generic(
+    a: te.Tensor, w: te.Tensor, weight_scale: te.Tensor, bias: te.Tensor, params: te.Tensor
+) -> te.Tensor:
+    """Without AVX2: ``a`` is int16 ``u - zp`` [M, K/1, 1]; int32 accumulation over plain int8 weights."""
+    rows, n, kdim = a.shape[0], w.shape[0], w.shape[1]
+    k = te.reduce_axis((0, kdim), name="k")
+    acc = te.compute(
+        (rows, n), lambda r, j: te.sum(a[r, k, 0].astype("int32") * w[j, k].astype("int32"), axis=k), name="acc"
+    )
+    return te.compute(
+        (rows, n),
+        lambda r, j: acc[r, j].astype("float32") * (params[r, 0] * weight_scale[j]) + bias[j],
+        name="dynamic_dequantize",
+    )
+
+
 def _at(v: te.Tensor | int | None, j: tirx.Var) -> tirx.PrimExpr:
     """A per-channel parameter's entry `j` (a tensor), or a per-tensor one (an int), as int64."""
     if isinstance(v, te.Tensor):
@@ -490,8 +570,8 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         pmadd = has_avx2(spec.target)
 
     def u8s8(node: Any) -> bool:
-        """The int8 weight operand of `node` (args[2]) is known and safe for vpmaddubsw."""
-        arg = node.args[2]
+        """The int8 weight operand of `node` (args[2]; args[1] of a dynamic linear) is known and safe for vpmaddubsw."""
+        arg = node.args[1 if "dynamic" in str(node.target) else 2]
         value = constants.get(arg.name) if constants and hasattr(arg, "name") else None
         return pmadd and U8S8 and value is not None and u8s8_safe(value)
 
@@ -636,7 +716,31 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         args = (a, b, int(a_zp), int(b_zp), *scalars)
         return bb.emit(bb.call_te(_te_quantized_matmul, *args, primfunc_name_hint="quantized_matmul"))
 
+    def dynamic_quantized_linear(node: Any, importer: Any) -> relax.Expr:
+        x, w, weight_scale, bias = importer.retrieve_args(node)
+        bb = importer.block_builder
+        n = int(w.ty.shape.values[0])
+        *lead, k = x.ty.shape.values
+        x2 = bb.emit(relax.op.reshape(x, (-1, k))) if len(lead) != 1 else x
+        params = bb.emit(bb.call_te(_te_row_params, x2, primfunc_name_hint="row_params"))
+        fast = u8s8(node)
+        if fast or pmadd:
+            v = 4 if fast else 2
+            layout = lambda o, i: (o // 8, i // v, o % 8, i % v)  # noqa: E731
+            b = bb.emit(relax.op.layout_transform(w, layout, pad_value=0))
+            b = b if fast else bb.emit(relax.op.astype(b, "int16"))
+            a = bb.emit(bb.call_te(_te_row_quantize, x2, params, v, fast, primfunc_name_hint="row_quantize"))
+            colsum = bb.emit(relax.op.sum(relax.op.astype(w, "int32"), axis=[1])) if fast else None
+            args = (a, b, params, colsum, weight_scale, bias, n)
+            y = bb.emit(bb.call_te(_te_dynamic_linear, *args, primfunc_name_hint="dynamic_quantized_linear"))
+        else:
+            a = bb.emit(bb.call_te(_te_row_quantize, x2, params, 1, False, primfunc_name_hint="row_quantize"))
+            args = (a, w, weight_scale, bias, params)
+            y = bb.emit(bb.call_te(_te_dynamic_linear_generic, *args, primfunc_name_hint="dynamic_quantized_linear"))
+        return bb.emit(relax.op.reshape(y, (*lead, n))) if len(lead) != 1 else y
+
     return {
+        "dynamic_quantized_linear.default": dynamic_quantized_linear,
         "quantize.default": quantize,
         "dequantize.default": dequantize,
         "quantized_linear.default": quantized_linear,

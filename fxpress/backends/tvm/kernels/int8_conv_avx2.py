@@ -38,11 +38,19 @@ from fxpress.backends.tvm.kernels.base import (
     parallel_if_worth_it,
     work,
 )
-from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2, micro_kernel
+from fxpress.backends.tvm.kernels.int8_avx2 import INTRIN_U8S8, has_avx2, micro_kernel
 
-# Output columns per tile, tried in order: the first that divides the width.
-# XR x NR = 6 x 2 accumulators + 2 weight vectors + 1 broadcast fit 16 ymm registers.
-XR_ORDER = (6, 4, 7, 5, 3, 2)
+# Output columns per tile, tried in order: the first that divides the width (a
+# predicated tail is many times slower than a narrow tile). NR = 2 vectors of
+# output channels where the tile still fits the registers (`_fits`), else 1.
+XR_ORDER = (6, 4, 7, 5, 3, 2, 1)
+
+
+def _fits(xr: int, nr: int, intrin: str | None) -> bool:
+    """An XR x NR tile's accumulators, its NR weight vectors, the broadcast and the
+    temporaries (a product; u8s8 also its vector of ones) fit AVX2's 16 ymm registers."""
+    spare = 3 if intrin == INTRIN_U8S8 else 2
+    return xr * nr + nr + spare <= 16
 
 
 def _is_pmadd_conv(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
@@ -95,13 +103,15 @@ class CPUInt8Conv2dAVX2(FxpressCPURule):
         if loop["lane"] is None or loop["kk"] is None or not reduction:
             return None
         xo = xi = go = gi = None
+        xr = 1
         if loop["x"] is not None:
             width = get_extent(sch, loop["x"])
             xr = next((r for r in XR_ORDER if isinstance(width, int) and width % r == 0), 4)
             xo, xi = sch.split(loop["x"], factors=[None, xr])
         if loop["g"] is not None:
             groups = get_extent(sch, loop["g"])
-            go, gi = sch.split(loop["g"], factors=[None, 2 if isinstance(groups, int) and groups % 2 == 0 else 1])
+            nr = 2 if isinstance(groups, int) and groups % 2 == 0 and _fits(xr, 2, intrin) else 1
+            go, gi = sch.split(loop["g"], factors=[None, nr])
         outer_loops = [lp for lp in (loop["n"], go, loop["y"]) if lp is not None]
         order = [*outer_loops, xo, *reduction, xi, gi, loop["lane"], loop["kk"]]
         sch.reorder(*[lp for lp in order if lp is not None])
