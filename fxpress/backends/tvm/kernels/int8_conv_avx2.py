@@ -38,7 +38,7 @@ from fxpress.backends.tvm.kernels.base import (
     parallel_if_worth_it,
     work,
 )
-from fxpress.backends.tvm.kernels.int8_avx2 import INTRIN_U8S8, has_avx2, micro_kernel
+from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2, micro_kernel
 
 # Output columns per tile, tried in order: the first that divides the width (a
 # predicated tail is many times slower than a narrow tile). NR = 2 vectors of
@@ -46,11 +46,14 @@ from fxpress.backends.tvm.kernels.int8_avx2 import INTRIN_U8S8, has_avx2, micro_
 XR_ORDER = (6, 4, 7, 5, 3, 2, 1)
 
 
-def _fits(xr: int, nr: int, intrin: str | None) -> bool:
-    """An XR x NR tile's accumulators, its NR weight vectors, the broadcast and the
-    temporaries (a product; u8s8 also its vector of ones) fit AVX2's 16 ymm registers."""
-    spare = 3 if intrin == INTRIN_U8S8 else 2
-    return xr * nr + nr + spare <= 16
+def _fits(xr: int, nr: int) -> bool:
+    """An XR x NR tile's accumulators and its NR weight vectors fit AVX2's 16 ymm registers.
+
+    The broadcast, the product and u8s8's vector of ones may spill to memory
+    operands: measured, XR=7 x NR=2 (ResNet's 7- and 14-wide stages) is a
+    little faster than XR=7 x NR=1, so only the accumulators and weights count.
+    """
+    return xr * nr + nr <= 16
 
 
 def _is_pmadd_conv(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
@@ -110,7 +113,7 @@ class CPUInt8Conv2dAVX2(FxpressCPURule):
             xo, xi = sch.split(loop["x"], factors=[None, xr])
         if loop["g"] is not None:
             groups = get_extent(sch, loop["g"])
-            nr = 2 if isinstance(groups, int) and groups % 2 == 0 and _fits(xr, 2, intrin) else 1
+            nr = 2 if isinstance(groups, int) and groups % 2 == 0 and _fits(xr, 2) else 1
             go, gi = sch.split(loop["g"], factors=[None, nr])
         outer_loops = [lp for lp in (loop["n"], go, loop["y"]) if lp is not None]
         order = [*outer_loops, xo, *reduction, xi, gi, loop["lane"], loop["kk"]]
