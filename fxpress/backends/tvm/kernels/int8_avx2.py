@@ -50,20 +50,25 @@ INTRIN = "fx_avx2_pmaddwd_8x2"
 INTRIN_U8S8 = "fx_avx2_pmaddubsw_8x4"
 
 
-@T.prim_func(s_tir=True)
-def _desc(
-    A: T.Buffer((2,), "int16", offset_factor=1),
-    B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 2):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+def _description(a_dtype: str, b_dtype: str, v: int) -> tirx.PrimFunc:
+    """``C[i] += sum_k A[k] * B[i, k]`` over 8 int32 lanes and `v` values per lane: what a micro-kernel computes."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((v,), a_dtype, offset_factor=1),
+        B: T.Buffer((8, v), b_dtype, offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:v], B[0:8, 0:v])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, v):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -84,23 +89,7 @@ def _impl(
         )
 
 
-TensorIntrin.register(INTRIN, _desc, _impl, override=True)
-
-
-@T.prim_func(s_tir=True)
-def _desc_u8s8(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        for i in T.serial(0, 8):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+TensorIntrin.register(INTRIN, _description("int16", "int16", 2), _impl, override=True)
 
 
 @T.prim_func(s_tir=True)
@@ -127,7 +116,7 @@ def _impl_u8s8(
         )
 
 
-TensorIntrin.register(INTRIN_U8S8, _desc_u8s8, _impl_u8s8, override=True)
+TensorIntrin.register(INTRIN_U8S8, _description("uint8", "int8", 4), _impl_u8s8, override=True)
 
 # The operand dtypes of each micro-kernel: (activation, weight) -> (intrinsic, values per int32 broadcast).
 MICRO_KERNELS = {("int16", "int16"): (INTRIN, 2), ("uint8", "int8"): (INTRIN_U8S8, 4)}

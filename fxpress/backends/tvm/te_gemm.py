@@ -1,0 +1,197 @@
+"""TE builders of the int8 GEMMs: `quantized_linear` and `quantized_matmul`, generic and AVX2 forms.
+
+The AVX2 forms lay their operands out for the micro-kernels of
+kernels/int8_avx2.py: int16 pairs for ``vpmaddwd`` (s16), uint8 / int8 quads
+for ``vpmaddubsw`` (u8s8); the accumulation block has the shape the
+CPUInt8MatmulAVX2 rule tensorizes, the requantization is its epilogue.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import te, tirx
+
+from fxpress.backends.tvm.te_requant import add_bias_panels, i32, requantize
+
+
+def te_quantized_linear(
+    x: te.Tensor,
+    wp: te.Tensor,
+    bias: te.Tensor,
+    multiplier: te.Tensor,
+    shift: te.Tensor,
+    x_zero_point: int,
+    out_zero_point: int,
+    n: int,
+) -> te.Tensor:
+    panel = int(wp.shape[2])
+    k = te.reduce_axis((0, x.shape[-1]), name="k")
+    lead = list(x.shape[:-1])
+
+    def acc_body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *rest, j = idx
+        a = x[(*rest, k)].astype("int32") - i32(x_zero_point)
+        return te.sum(a * wp[j // panel, k, j % panel].astype("int32"), axis=k)
+
+    acc = te.compute([*lead, n], acc_body, name="qmatmul_acc")
+    return requantize(bias, multiplier, shift, out_zero_point, lead, n, lambda rest, j: acc[(*rest, j)])
+
+
+def te_widen(x: te.Tensor, x_zero_point: int, k2: int) -> te.Tensor:
+    """A16[.., k2, 2] = x[.., 2*k2 + j] - x_zp as int16, zero past K (the vpmaddwd prologue)."""
+    kdim = x.shape[-1]
+
+    def body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *rest, kp, j = idx
+        k = kp * 2 + j
+        value = x[(*rest, tirx.min(k, kdim - 1))].astype("int16") - tirx.const(x_zero_point, "int16")
+        return tirx.if_then_else(k < kdim, value, tirx.const(0, "int16"))
+
+    return te.compute([*x.shape[:-1], k2, 2], body, name="widen")
+
+
+def te_shift_u8(x: te.Tensor, k4: int) -> te.Tensor:
+    """A8[.., k4, 4] = x[.., 4*k4 + j] + 128 as uint8, zero past K (the vpmaddubsw prologue)."""
+    kdim = x.shape[-1]
+
+    def body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *rest, kp, j = idx
+        k = kp * 4 + j
+        value = (x[(*rest, tirx.min(k, kdim - 1))].astype("int16") + tirx.const(128, "int16")).astype("uint8")
+        return tirx.if_then_else(k < kdim, value, tirx.const(0, "uint8"))
+
+    return te.compute([*x.shape[:-1], k4, 4], body, name="shift_u8")
+
+
+def te_quantized_linear_pmadd(
+    a16: te.Tensor,
+    b16: te.Tensor,
+    bias: te.Tensor,
+    multiplier: te.Tensor,
+    shift: te.Tensor,
+    out_zero_point: int,
+    n: int,
+    narrow: bool = False,
+) -> te.Tensor:
+    """The vpmaddwd (int16 pairs) or vpmaddubsw (uint8 x int8 quads) GEMM, by the operands' layout.
+
+    `narrow`: `bias` is ``[N/8, 8]`` int32 (`_bias_panels`), added to the
+    accumulators in int32, and the requantization runs in int32 (see `requantize`).
+    """
+    groups, k2, v = int(b16.shape[0]), int(b16.shape[1]), int(b16.shape[3])
+    kp = te.reduce_axis((0, k2), name="k2")
+    kk = te.reduce_axis((0, v), name="kk")
+    lead = list(a16.shape[:-2])
+
+    def acc_body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *rest, g, lane = idx
+        product = a16[(*rest, kp, kk)].astype("int32") * b16[g, kp, lane, kk].astype("int32")
+        return te.sum(product, axis=[kp, kk])
+
+    acc = te.compute([*lead, groups, 8], acc_body, name="qmatmul_acc")
+    acc = add_bias_panels(acc, bias) if narrow else acc
+    read = lambda rest, j: acc[(*rest, j // 8, j % 8)]  # noqa: E731
+    return requantize(None if narrow else bias, multiplier, shift, out_zero_point, lead, n, read, narrow=narrow)
+
+
+def te_quantized_matmul(
+    a: te.Tensor, b: te.Tensor, a_zero_point: int, b_zero_point: int, multiplier: int, shift: int, out_zero_point: int
+) -> te.Tensor:
+    """Generic int32 batch matmul of two int8 activations (batch dims broadcast), requantized per tensor."""
+    *batch_a, m, kdim = a.shape
+    *batch_b, _, n = b.shape
+    batch = _broadcast_dims(list(batch_a), list(batch_b))
+    r = te.reduce_axis((0, kdim), name="k")
+
+    def acc_body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *bi, i, j = idx
+        x = a[(*_bcast_index(batch_a, bi), i, r)].astype("int32") - i32(a_zero_point)
+        y = b[(*_bcast_index(batch_b, bi), r, j)].astype("int32") - i32(b_zero_point)
+        return te.sum(x * y, axis=r)
+
+    acc = te.compute([*batch, m, n], acc_body, name="qmatmul_acc")
+    return requantize(None, multiplier, shift, out_zero_point, [*batch, m], n, lambda rest, j: acc[(*rest, j)])
+
+
+def _broadcast_dims(x: list[Any], y: list[Any]) -> list[Any]:
+    x, y = [1] * (len(y) - len(x)) + x, [1] * (len(x) - len(y)) + y
+    return [q if isinstance(p, int | tirx.IntImm) and int(p) == 1 else p for p, q in zip(x, y, strict=True)]
+
+
+def _bcast_index(dims: list[Any], index: list[tirx.Var]) -> list[Any]:
+    """`index` over the broadcast batch dims, restricted to `dims` (size-1 dims read element 0)."""
+    index = index[len(index) - len(dims) :]
+    return [0 if isinstance(d, int | tirx.IntImm) and int(d) == 1 else i for d, i in zip(dims, index, strict=True)]
+
+
+def te_pack_activation(b: te.Tensor, b_zero_point: int, k2: int) -> te.Tensor:
+    """B16[f * N8 + g, k/2, n%8, k%2] = b[batch f, k, n] - b_zp as int16, zero past K and N (per call)."""
+    *batch, kdim, n = b.shape
+    n8 = (int(n) + 7) // 8
+
+    def body(row: tirx.Var, kp: tirx.Var, lane: tirx.Var, kk: tirx.Var) -> tirx.PrimExpr:
+        index, g = _unflatten(row // n8, batch), row % n8
+        k, j = kp * 2 + kk, g * 8 + lane
+        value = b[(*index, tirx.min(k, kdim - 1), tirx.min(j, n - 1))].astype("int16")
+        inside = tirx.all(k < kdim, j < n)
+        return tirx.if_then_else(inside, value - tirx.const(b_zero_point, "int16"), tirx.const(0, "int16"))
+
+    return te.compute([_product(batch) * n8, k2, 8, 2], body, name="pack_activation")
+
+
+def te_widen_rows(a: te.Tensor, a_zero_point: int, k2: int) -> te.Tensor:
+    """A16[f * M + i, k/2, k%2] = a[batch f, i, k] - a_zp as int16, zero past K: one row dim for the GEMM rule."""
+    *batch, m, kdim = a.shape
+
+    def body(row: tirx.Var, kp: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        k = kp * 2 + j
+        index = _unflatten(row // m, batch)
+        value = a[(*index, row % m, tirx.min(k, kdim - 1))].astype("int16") - tirx.const(a_zero_point, "int16")
+        return tirx.if_then_else(k < kdim, value, tirx.const(0, "int16"))
+
+    return te.compute([_product(batch) * m, k2, 2], body, name="widen_rows")
+
+
+def _product(dims: list[Any]) -> Any:
+    out = 1
+    for d in dims:
+        out = out * d
+    return out
+
+
+def _unflatten(flat: tirx.PrimExpr, dims: list[Any]) -> list[tirx.PrimExpr]:
+    index = []
+    for d in reversed(dims):
+        index.insert(0, flat % d)
+        flat = flat // d
+    return index
+
+
+def te_quantized_matmul_pmadd(
+    a16: te.Tensor,
+    b16: te.Tensor,
+    multiplier: int,
+    shift: int,
+    out_zero_point: int,
+    m: int,
+    n: int,
+    narrow: bool = False,
+) -> te.Tensor:
+    """vpmaddwd GEMM over rows (batch, i) (kernels/int8_avx2.py; B panels per batch), requantized per tensor.
+
+    The rows are one dimension: the GEMM rule fuses several leading loops, and
+    tensorizing under a fused loop fails in TVM 0.27 (an int32/int64 iterator).
+    """
+    rows, k2 = a16.shape[0], a16.shape[1]
+    n8 = tirx.const((n + 7) // 8, "int64")
+    kp = te.reduce_axis((0, k2), name="k2")
+    kk = te.reduce_axis((0, 2), name="kk")
+
+    def acc_body(row: tirx.Var, g: tirx.Var, lane: tirx.Var) -> tirx.PrimExpr:
+        a = a16[row, kp, kk].astype("int32")
+        return te.sum(a * b16[row // m * n8 + g, kp, lane, kk].astype("int32"), axis=[kp, kk])
+
+    acc = te.compute([rows, n8, 8], acc_body, name="qmatmul_acc")
+    read = lambda rest, j: acc[rest[0], j // 8, j % 8]  # noqa: E731
+    return requantize(None, multiplier, shift, out_zero_point, [rows], n, read, narrow=narrow)
