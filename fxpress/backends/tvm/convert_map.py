@@ -101,9 +101,9 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         panel = nr * lanes
         pmadd = has_avx2(spec.target)
 
-    def u8s8(node: Any) -> bool:
-        """The int8 weight operand of `node` (args[2]; args[1] of a dynamic linear) is known and safe for vpmaddubsw."""
-        arg = node.args[1 if "dynamic" in str(node.target) else 2]
+    def u8s8(node: Any, weight_arg: int = 2) -> bool:
+        """`node`'s int8 weight (``args[weight_arg]``) is known and safe for vpmaddubsw."""
+        arg = node.args[weight_arg]
         value = constants.get(arg.name) if constants and hasattr(arg, "name") else None
         return pmadd and U8S8 and value is not None and u8s8_safe(value)
 
@@ -253,7 +253,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         *lead, k = x.ty.shape.values
         x2 = bb.emit(relax.op.reshape(x, (-1, k))) if len(lead) != 1 else x
         params = bb.emit(bb.call_te(te_row_params, x2, primfunc_name_hint="row_params"))
-        fast = u8s8(node)
+        fast = u8s8(node, weight_arg=1)
         if fast or pmadd:
             v = 4 if fast else 2
             layout = lambda o, i: (o // 8, i // v, o % 8, i % v)  # noqa: E731
