@@ -136,6 +136,13 @@ def _conv_attrs(node: torch.fx.Node, args: dict[str, Any]) -> tuple[Any, ...] | 
     return stride, pads, dilation, int(args["groups"])
 
 
+def _quantize_weight(weight: torch.Tensor, row_scales: torch.Tensor, pw: QuantParams) -> torch.Tensor:
+    """int8 weights: ``round(w / scale[o])`` clamped to the scheme's range ([-128, 127], [-64, 63] reduced)."""
+    wmin, wmax = pw.scheme.qrange
+    scales = row_scales.reshape(-1, *[1] * (weight.dim() - 1))
+    return torch.round(weight / scales).clamp(wmin, wmax).to(torch.int8)
+
+
 def _replace(graph: Graph, node: torch.fx.Node, y: torch.fx.Node) -> None:
     """`y` (the dequantized integer result) takes `node`'s place, its output facts and source line."""
     y.meta[META_KEY] = dict(node.meta.get(META_KEY) or {})
@@ -189,8 +196,7 @@ class FoldQDQ(Pass):
             return "dynamic linear without symmetric weight parameters"
         weight = graph.param(w).double()
         sw = pw.scale.double().reshape(-1).expand(weight.shape[0])
-        wmin, wmax = pw.scheme.qrange
-        wq = torch.round(weight / sw[:, None]).clamp(wmin, wmax).to(torch.int8)
+        wq = _quantize_weight(weight, sw, pw)
         bias = graph.param(b).float() if isinstance(b, torch.fx.Node) else torch.zeros(weight.shape[0])
         hint = str(w.target).removesuffix(".weight")
         params = [
@@ -217,8 +223,7 @@ class FoldQDQ(Pass):
         if bool(((real < 2.0**-32) | (real >= 2.0**30)).any()):
             return "requantization multiplier outside the fixed-point range"
         mult, shift = ops.requantize_params(real)
-        wmin, wmax = pw.scheme.qrange  # [-128, 127], or [-64, 63] with weight-reduce-range
-        wq = torch.round(weight / sw_rows.reshape(-1, *[1] * (weight.dim() - 1))).clamp(wmin, wmax).to(torch.int8)
+        wq = _quantize_weight(weight, sw_rows, pw)
         bias = (
             graph.param(b).double()
             if isinstance(b, torch.fx.Node)

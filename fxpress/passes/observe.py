@@ -155,15 +155,15 @@ class Observe(Pass):
 
     @staticmethod
     def _matches(node: torch.fx.Node, patterns: tuple[str, ...]) -> bool:
+        """Some regex of `patterns` is found in the node's name or its module path."""
         names = [s for s in (node.name, _module_path(node)) if s]
         return any(re.search(p, s) for p in patterns for s in names)
 
     def _selected(self, node: torch.fx.Node, root: bool) -> bool:
         """Not skipped; and for a root, matched by `only` when given (preserving ops follow their input)."""
-        names = [s for s in (node.name, _module_path(node)) if s]
-        if root and self.only and not any(re.search(p, s) for p in self.only for s in names):
+        if root and self.only and not self._matches(node, self.only):
             return False
-        return not any(re.search(p, s) for p in self.skip for s in names)
+        return not self._matches(node, self.skip)
 
     def _operands(self, node: torch.fx.Node, kind: str) -> list[tuple[torch.fx.Node, int | None]]:
         """(operand, weight axis or None) for the float tensor inputs of a root."""
@@ -187,22 +187,18 @@ class Observe(Pass):
         weights: dict[torch.fx.Node, QuantParams] = {}
         dynamic: set[torch.fx.Node] = set()
         for node, kind in self._roots(graph):
-            if kind == "linear" and self._matches(node, self.dynamic):
-                weight = node.args[1]
-                if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
-                    spec = self.weight_spec(_WEIGHT_AXIS[kind])
-                    slots[weight] = ObserverSlot("weight", spec)
-                    weights[weight] = self._weight_params(graph, weight, spec)
-                    dynamic.add(node)
-                continue
+            runtime = kind == "linear" and self._matches(node, self.dynamic)  # its activations: ranged per row
             for operand, axis in self._operands(node, kind):
                 if operand.op == "get_attr":
                     spec = self.weight_spec(axis)
                     slots[operand] = ObserverSlot("weight", spec)
                     weights[operand] = self._weight_params(graph, operand, spec)
-                else:
+                elif not runtime:
                     slots.setdefault(operand, ObserverSlot("activation", act))
-            slots[node] = ObserverSlot("activation", act)
+            if runtime:
+                dynamic.add(node)
+            else:
+                slots[node] = ObserverSlot("activation", act)
         for node in graph.nodes("call_function"):  # then forward through preserving ops, in order
             src = node.args[0] if node.args else None
             if not isinstance(src, torch.fx.Node) or src not in slots or slots[src].role != "activation":

@@ -75,6 +75,22 @@ def _bias_panels(bb: Any, bias: relax.Expr) -> relax.Expr:
     return bb.emit(relax.op.layout_transform(bias32, lambda j: (j // 8, j % 8), pad_value=0))
 
 
+def _pack_linear(bb: Any, w: relax.Expr, v: int) -> relax.Expr:
+    """Weights ``[N, K]`` as the AVX2 GEMM's panels ``[N/8, K/V, 8, V]``: int8 for u8s8 (V=4), int16 for s16 (V=2).
+
+    Computed from weights alone, so ``LiftTransformParams`` runs it once, at compile time.
+    """
+    packed = bb.emit(relax.op.layout_transform(w, lambda o, i: (o // 8, i // v, o % 8, i % v), pad_value=0))
+    return packed if v == 4 else bb.emit(relax.op.astype(packed, "int16"))
+
+
+def _pack_conv(bb: Any, w: relax.Expr, v: int) -> relax.Expr:
+    """OIHW weights as the AVX2 direct conv's ``[O/8, KH, KW, C/V, 8, V]`` (int8 for V=4, int16 for V=2)."""
+    layout = lambda o, i, h, k: (o // 8, h, k, i // v, o % 8, i % v)  # noqa: E731
+    packed = bb.emit(relax.op.layout_transform(w, layout, pad_value=0))
+    return packed if v == 4 else bb.emit(relax.op.astype(packed, "int16"))
+
+
 def _u8s8_bias(bb: Any, w: relax.Expr, bias: relax.Expr, x_zero_point: int, narrow: bool) -> relax.Expr:
     """``bias - (128 + x_zp) * colsum(w)``: undoes the u8s8 kernels' ``x + 128`` (weights only: lifted).
 
@@ -156,33 +172,17 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         narrow32: bool,
     ) -> relax.Expr:
         n = int(w.ty.shape.values[0])
-        if fast:
-            k4 = (int(w.ty.shape.values[1]) + 3) // 4
-            b8 = bb.emit(relax.op.layout_transform(w, lambda o, i: (o // 8, i // 4, o % 8, i % 4), pad_value=0))
-            a8 = bb.emit(bb.call_te(te_shift_u8, x, k4, primfunc_name_hint="shift_u8"))
-            shifted = _u8s8_bias(bb, w, bias, int(x_zp), narrow32)
-            shifted = _bias_panels(bb, shifted) if narrow32 else shifted
-            args = (a8, b8, shifted, multiplier, shift, int(out_zp), n, narrow32)
-            return bb.emit(bb.call_te(te_quantized_linear_pmadd, *args, primfunc_name_hint="quantized_linear"))
         if pmadd:
-            k2 = (int(w.ty.shape.values[1]) + 1) // 2
-            b8 = bb.emit(relax.op.layout_transform(w, lambda o, i: (o // 8, i // 2, o % 8, i % 2), pad_value=0))
-            b16 = bb.emit(relax.op.astype(b8, "int16"))  # widened once, at compile time
-            a16 = bb.emit(bb.call_te(te_widen, x, int(x_zp), k2, primfunc_name_hint="widen"))
-            return bb.emit(
-                bb.call_te(
-                    te_quantized_linear_pmadd,
-                    a16,
-                    b16,
-                    _bias_panels(bb, bias) if narrow32 else bias,
-                    multiplier,
-                    shift,
-                    int(out_zp),
-                    n,
-                    narrow32,
-                    primfunc_name_hint="quantized_linear",
-                )
-            )
+            v, kdim = (4 if fast else 2), int(w.ty.shape.values[1])
+            b = _pack_linear(bb, w, v)
+            if fast:
+                a = bb.emit(bb.call_te(te_shift_u8, x, (kdim + 3) // 4, primfunc_name_hint="shift_u8"))
+                bias = _u8s8_bias(bb, w, bias, int(x_zp), narrow32)
+            else:
+                a = bb.emit(bb.call_te(te_widen, x, int(x_zp), (kdim + 1) // 2, primfunc_name_hint="widen"))
+            bias = _bias_panels(bb, bias) if narrow32 else bias
+            args = (a, b, bias, multiplier, shift, int(out_zp), n, narrow32)
+            return bb.emit(bb.call_te(te_quantized_linear_pmadd, *args, primfunc_name_hint="quantized_linear"))
         wp = bb.emit(relax.op.layout_transform(w, lambda o, i: (o // panel, i, o % panel), pad_value=0))
         return bb.emit(
             bb.call_te(
@@ -205,23 +205,16 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         attrs = (tuple(stride), tuple(padding), tuple(dilation), (int(groups),))
         out_channels = int(w.ty.shape.values[0])
         narrow32 = narrow(node)
-        if groups == 1 and u8s8(node):
-            b8 = bb.emit(
-                relax.op.layout_transform(w, lambda o, i, h, k: (o // 8, h, k, i // 4, o % 8, i % 4), pad_value=0)
-            )
-            p8 = bb.emit(bb.call_te(te_conv_shift_u8, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_shift_u8"))
-            shifted = _u8s8_bias(bb, w, bias, int(x_zp), narrow32)
-            shifted = _bias_panels(bb, shifted) if narrow32 else shifted
-            args = (p8, b8, shifted, multiplier, shift, int(out_zp), attrs, out_channels, narrow32)
-            return bb.emit(bb.call_te(te_quantized_conv2d_pmadd, *args, primfunc_name_hint="quantized_conv2d"))
         if pmadd and groups == 1:
-            b8 = bb.emit(
-                relax.op.layout_transform(w, lambda o, i, h, k: (o // 8, h, k, i // 2, o % 8, i % 2), pad_value=0)
-            )
-            b16 = bb.emit(relax.op.astype(b8, "int16"))  # widened and packed once, at compile time
-            p16 = bb.emit(bb.call_te(te_conv_widen, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_widen"))
-            bias16 = _bias_panels(bb, bias) if narrow32 else bias
-            args = (p16, b16, bias16, multiplier, shift, int(out_zp), attrs, out_channels, narrow32)
+            fast = u8s8(node)
+            b = _pack_conv(bb, w, 4 if fast else 2)
+            if fast:
+                pad = bb.call_te(te_conv_shift_u8, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_shift_u8")
+                bias = _u8s8_bias(bb, w, bias, int(x_zp), narrow32)
+            else:
+                pad = bb.call_te(te_conv_widen, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_widen")
+            bias = _bias_panels(bb, bias) if narrow32 else bias
+            args = (bb.emit(pad), b, bias, multiplier, shift, int(out_zp), attrs, out_channels, narrow32)
             return bb.emit(bb.call_te(te_quantized_conv2d_pmadd, *args, primfunc_name_hint="quantized_conv2d"))
         if groups == 1 and spec.device == "cpu":  # panels: the conv rule vectorizes over output channels
             w = bb.emit(relax.op.layout_transform(w, lambda o, i, h, k: (o // panel, i, h, k, o % panel), pad_value=0))
@@ -254,11 +247,9 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         x2 = bb.emit(relax.op.reshape(x, (-1, k))) if len(lead) != 1 else x
         params = bb.emit(bb.call_te(te_row_params, x2, primfunc_name_hint="row_params"))
         fast = u8s8(node, weight_arg=1)
-        if fast or pmadd:
+        if pmadd:
             v = 4 if fast else 2
-            layout = lambda o, i: (o // 8, i // v, o % 8, i % v)  # noqa: E731
-            b = bb.emit(relax.op.layout_transform(w, layout, pad_value=0))
-            b = b if fast else bb.emit(relax.op.astype(b, "int16"))
+            b = _pack_linear(bb, w, v)
             a = bb.emit(bb.call_te(te_row_quantize, x2, params, v, fast, primfunc_name_hint="row_quantize"))
             colsum = bb.emit(relax.op.sum(relax.op.astype(w, "int32"), axis=[1])) if fast else None
             args = (a, b, params, colsum, weight_scale, bias, n)

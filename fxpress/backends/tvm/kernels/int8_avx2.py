@@ -118,8 +118,8 @@ def _impl_u8s8(
 
 TensorIntrin.register(INTRIN_U8S8, _description("uint8", "int8", 4), _impl_u8s8, override=True)
 
-# The operand dtypes of each micro-kernel: (activation, weight) -> (intrinsic, values per int32 broadcast).
-MICRO_KERNELS = {("int16", "int16"): (INTRIN, 2), ("uint8", "int8"): (INTRIN_U8S8, 4)}
+# The operand dtypes of each micro-kernel: (activation, weight) -> intrinsic.
+MICRO_KERNELS = {("int16", "int16"): INTRIN, ("uint8", "int8"): INTRIN_U8S8}
 
 
 def micro_kernel(stmt: tirx.Stmt) -> str | None:
@@ -127,8 +127,7 @@ def micro_kernel(stmt: tirx.Stmt) -> str | None:
     dtypes = tuple(str(r.source.dtype) for r in stmt.reads)
     if len(dtypes) != 2:
         return None
-    found = MICRO_KERNELS.get(dtypes) or MICRO_KERNELS.get(dtypes[::-1])  # type: ignore[arg-type]
-    return found[0] if found else None
+    return MICRO_KERNELS.get(dtypes) or MICRO_KERNELS.get(dtypes[::-1])  # type: ignore[arg-type]
 
 
 def u8s8_safe(weight: torch.Tensor) -> bool:

@@ -109,7 +109,7 @@ class CPUInt8Conv2dAVX2(FxpressCPURule):
         xr = 1
         if loop["x"] is not None:
             width = get_extent(sch, loop["x"])
-            xr = next((r for r in XR_ORDER if isinstance(width, int) and width % r == 0), 4)
+            xr = next((r for r in XR_ORDER if isinstance(width, int) and width % r == 0), 1)
             xo, xi = sch.split(loop["x"], factors=[None, xr])
         if loop["g"] is not None:
             groups = get_extent(sch, loop["g"])
