@@ -10,6 +10,7 @@
       -> fxpress.quantized_matmul(quantize(%a), za, quantize(%b), zb, mult, shift, zy), dequantized
     %y = aten.linear(%x, %w, %b)        # marked dynamic by observe{dynamic=[..]}: weight params only
       -> %y = fxpress.dynamic_quantized_linear(%x, %w_i8, %w_scale, %b_f32)   # per-row uint8 at run time
+    q(S(t), s, z) -> S(q(t, s, z))      # S only moves or maxes values (max-pool, view, permute, ...)
     q(dq(t, s, z), s, z) -> t           # back-to-back boundaries with equal params cancel
     two equal quantize(%x, ...)  -> one  # Q, K and V share one quantized input
 
@@ -48,6 +49,7 @@ from fxpress.ir import ops
 from fxpress.ir.annotations import META_KEY, get
 from fxpress.ir.graph import Graph
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
+from fxpress.passes.observe import SHARED_PARAMS
 from fxpress.quant.annotations import QuantParams
 
 aten = torch.ops.aten
@@ -151,6 +153,48 @@ def _replace(graph: Graph, node: torch.fx.Node, y: torch.fx.Node) -> None:
         y.meta["val"] = node.meta["val"]
     node.replace_all_uses_with(y)
     graph.fx.erase_node(node)
+
+
+def _hoist_quantizes(graph: Graph) -> int:
+    """``q(S(t)) -> S(q(t))`` for ops S whose outputs are some of their input's values (max-pool, reshapes).
+
+    Exact for the quantize's users: quantize is monotone and elementwise, so it
+    commutes with taking, moving and maxing values (a max-pool window always
+    holds a real value, so the int8 padding never wins). Other float users of
+    S read ``dequantize(S(q(t)))``: S shares its input's parameters (observe),
+    so that is the value the observed model gives them. The int8 value then
+    flows from the op that made it: ``q(dq(t))`` cancels and the int8 tensor is
+    what gets pooled or permuted.
+    """
+    hoisted = 0
+    for q in list(graph.nodes("call_function")):
+        if q.target != fx_ops.quantize.default:
+            continue
+        while _is_shared(q.args[0]):
+            shared, qargs = q.args[0], q.args[1:]
+            with graph.fx.inserting_before(shared):
+                inner = graph.fx.call_function(fx_ops.quantize.default, (shared.args[0], *qargs))
+                moved = graph.fx.call_function(shared.target, (inner, *shared.args[1:]), dict(shared.kwargs))
+                floats = [u for u in shared.users if u is not q]
+                if floats:
+                    back = graph.fx.call_function(fx_ops.dequantize.default, (moved, *qargs[:2]))
+                    for user in floats:
+                        user.replace_input_with(shared, back)
+            q.replace_all_uses_with(moved)
+            graph.fx.erase_node(q)
+            graph.fx.erase_node(shared)
+            q, hoisted = inner, hoisted + 1
+    return hoisted
+
+
+def _is_shared(node: Any) -> bool:
+    """A float op taking its outputs from its first argument's values (observe's shared-parameter ops)."""
+    return (
+        isinstance(node, torch.fx.Node)
+        and node.target in SHARED_PARAMS
+        and isinstance(node.args[0], torch.fx.Node)
+        and not any(isinstance(a, torch.fx.Node) for a in [*node.args[1:], *node.kwargs.values()])
+    )
 
 
 @dataclass(frozen=True)
@@ -260,7 +304,7 @@ class FoldQDQ(Pass):
 
     @staticmethod
     def _cleanup(graph: Graph) -> int:
-        changed = 0
+        changed = _hoist_quantizes(graph)
         seen: dict[tuple[Any, ...], torch.fx.Node] = {}
         for node in list(graph.nodes("call_function")):
             if node.target != fx_ops.quantize.default:

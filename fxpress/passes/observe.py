@@ -82,7 +82,7 @@ _ROOTS = {
 }
 _WEIGHT_AXIS = {"linear": 0, "conv2d": 0}  # kind -> per-channel axis of args[1]; matmul/bmm: its last axis
 _OWN_RANGE = {aten.relu.default, aten.relu_.default}
-_SHARED = {  # outputs are some of the input's values: the input's parameters hold exactly
+SHARED_PARAMS = {  # outputs are some of the input's values: the input's parameters hold exactly
     aten.max_pool2d.default,
     aten.reshape.default,
     aten.view.default,
@@ -205,7 +205,7 @@ class Observe(Pass):
                 continue
             if not _is_float(node) or not self._selected(node, root=False):
                 continue
-            if node.target in _SHARED:
+            if node.target in SHARED_PARAMS:
                 slots[node] = ObserverSlot("activation", shared=True)
             elif node.target in _OWN_RANGE:
                 slots[node] = ObserverSlot("activation", act)

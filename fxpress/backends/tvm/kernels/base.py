@@ -67,7 +67,28 @@ def find_kernel(
         return None
     blocks = [b.block_rv for b in infos]
     position = blocks.index(reductions[0].block_rv)
-    return Kernel(sch, blocks[position], blocks[:position], blocks[position + 1 :])
+    before = _inline_side_inputs(sch, blocks[:position], blocks[position])
+    return Kernel(sch, blocks[position], before, blocks[position + 1 :])
+
+
+def _inline_side_inputs(
+    sch: s_tir.Schedule, before: list[s_tir.schedule.SBlockRV], main: s_tir.schedule.SBlockRV
+) -> list[s_tir.schedule.SBlockRV]:
+    """Inline the blocks before the kernel that only its epilogue reads; return the kernel's own prologue.
+
+    (A residual's dequantize fused ahead of a conv + add: left in place, it would
+    keep the add from moving under the kernel's tile.)
+    """
+    needed = {r.source.name for r in sch.get(main).reads}
+    prologue = []
+    for block in reversed(before):
+        writes = {w.source.name for w in sch.get(block).writes}
+        if writes & needed:
+            needed |= {r.source.name for r in sch.get(block).reads}
+            prologue.append(block)
+        else:
+            sch.compute_inline(block)
+    return prologue[::-1]
 
 
 def vector_lanes(target: Target, bits: int = 32) -> int:
