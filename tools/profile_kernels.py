@@ -1,6 +1,6 @@
 """Per-kernel time of a compiled fxpress module, from the Relax VM's instrument hook.
 
-    python tools/profile_kernels.py resnet18|minilm-b1|minilm-b8 [--threads N]
+    python -m tools.profile_kernels resnet18|minilm-b1|minilm-b8 [--threads N] [--int8]
 
 Prints the kernels sorted by total time, with call counts and share, so kernel
 work goes where the time is. Timings include the VM's per-call overhead.
@@ -44,22 +44,27 @@ def profile(compiled, inputs, repeats: int = 3) -> list[tuple[str, float, int]]:
 
 def main() -> None:
     import fxpress
-    from fxpress.models import minilm, resnet
+    from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
+    from tools.bench.cases import make_cases
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("model", choices=["resnet18", "minilm-b1", "minilm-b8"])
+    parser.add_argument("model", choices=["resnet18", "minilm-b1", "minilm-b8", "digits-cnn"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--int8", action="store_true", help="the benchmark's fxpress-int8 pipeline instead of fp32")
     args = parser.parse_args()
-    if args.model == "resnet18":
-        model, inputs = resnet.resnet18(), (resnet.example_input(1, 224),)
+    case = make_cases()[args.model]
+    model, inputs = case.load()
+    if args.int8:
+        observe = Observe(per_channel=True, weight_reduce_range=True, dynamic=case.dynamic)
+        passes = [FoldBatchNorm(), observe, Calibrate(data=case.calibration()), FoldQDQ()]
+        graph = fxpress.optimize(fxpress.capture(model, inputs), passes)
     else:
-        model, inputs = minilm.sentence_encoder(), minilm.example_inputs(1 if args.model == "minilm-b1" else 8, 128)
-    graph = fxpress.optimize(fxpress.capture(model, inputs), "default")
+        graph = fxpress.optimize(fxpress.capture(model, inputs), "default")
     compiled = fxpress.compile(graph, target="x86", num_threads=args.threads)
     rows = profile(compiled, inputs)
     total = sum(r[1] for r in rows)
     print(f"total {total * 1e3:.2f} ms")
-    for name, secs, n in rows[:25]:
+    for name, secs, n in rows[:60]:
         print(f"{secs * 1e3:9.3f} ms {100 * secs / total:5.1f}% x{n:<3} {name}")
 
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from tvm import relax, tirx
+from tvm import relax, te, tirx
 
 from fxpress.backends.tvm.block_sparse import convert_block_sparse_linear
 from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2, u8s8_safe
@@ -62,6 +62,7 @@ from fxpress.backends.tvm.te_gemm import (
     te_widen,
     te_widen_rows,
 )
+from fxpress.backends.tvm.te_pool import te_max_pool2d_separable
 from fxpress.backends.tvm.te_requant import te_dequantize, te_quantize
 
 Converter = Callable[[Any, Any], relax.Expr]
@@ -260,7 +261,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
             y = bb.emit(bb.call_te(te_dynamic_linear_generic, *args, primfunc_name_hint="dynamic_quantized_linear"))
         return bb.emit(relax.op.reshape(y, (*lead, n))) if len(lead) != 1 else y
 
-    return {
+    table = {
         "dynamic_quantized_linear.default": dynamic_quantized_linear,
         "quantize.default": quantize,
         "dequantize.default": dequantize,
@@ -269,3 +270,55 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         "quantized_matmul.default": quantized_matmul,
         "block_sparse_linear.default": convert_block_sparse_linear(spec),
     }
+    if spec.device == "cpu":
+        table["max_pool2d.default"] = max_pool2d
+        table["max_pool2d_with_indices.default"] = max_pool2d_with_indices
+    return table
+
+
+OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the function alone
+
+
+def _pair_of(v: Any) -> tuple[int, int]:
+    v = [int(i) for i in ([v] if isinstance(v, int) else v)]
+    return (v[0], v[-1])
+
+
+def _separable_pool(node: Any, importer: Any) -> relax.Expr | None:
+    """te_pool's separable two passes for a max-pool `node`, or None where they do not apply.
+
+    Emitted unfused (opaque), so kernels/pool.py schedules exactly its two
+    passes. Ceil mode, 3-D input and symbolic shapes are left to the importer.
+    """
+    args = importer.retrieve_args(node)
+    x, kernel = args[0], _pair_of(args[1])
+    stride = _pair_of(args[2]) if len(args) > 2 and args[2] else kernel
+    padding = _pair_of(args[3]) if len(args) > 3 else (0, 0)
+    dilation = _pair_of(args[4]) if len(args) > 4 else (1, 1)
+    ceil_mode = bool(args[5]) if len(args) > 5 else False
+    shape = x.ty.shape
+    static = shape is not None and all(isinstance(d, tirx.IntImm) for d in shape.values)
+    if ceil_mode or x.ty.ndim != 4 or not static:
+        return None
+    x_te = te.placeholder([int(d) for d in shape.values], str(x.ty.dtype), name="x")
+    y_te = te_max_pool2d_separable(x_te, kernel, stride, padding, dilation)
+    func = te.create_prim_func([x_te, y_te]).with_attr("op_pattern", OPAQUE)
+    bb = importer.block_builder
+    gv = bb.add_func(func, "max_pool2d_separable")
+    out = relax.TensorType([int(d) for d in y_te.shape], str(x.ty.dtype))
+    return bb.emit(relax.call_tir(gv, (x,), out))
+
+
+def max_pool2d(node: Any, importer: Any) -> relax.Expr:
+    """``aten.max_pool2d`` on CPU (any dtype; int8 after fold-qdq): `_separable_pool` where it applies."""
+    out = _separable_pool(node, importer)
+    return importer._max_pool2d(node) if out is None else out
+
+
+def max_pool2d_with_indices(node: Any, importer: Any) -> relax.Expr:
+    """The decomposed form (what ``run_decompositions`` leaves): separable when nothing reads the indices."""
+    indices_used = any(u.args[1] != 0 for u in node.users)
+    out = None if indices_used else _separable_pool(node, importer)
+    if out is None:
+        return importer._max_pool2d_with_indices(node)
+    return importer.block_builder.emit(relax.Tuple([out, relax.op.zeros_like(out)]))

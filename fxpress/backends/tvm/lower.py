@@ -30,7 +30,15 @@ import tvm.s_tir.dlight as dl
 from tvm import relax
 
 from fxpress.backends.tvm.fast_math import FastMath
-from fxpress.backends.tvm.kernels import CPUConv2d, CPUInjective, CPUInt8Conv2dAVX2, CPUInt8MatmulAVX2, CPUMatmul
+from fxpress.backends.tvm.kernels import (
+    CPUConv2d,
+    CPUConvStemPrologue,
+    CPUInjective,
+    CPUInt8Conv2dAVX2,
+    CPUInt8MatmulAVX2,
+    CPUMatmul,
+    CPUSeparablePool,
+)
 from fxpress.backends.tvm.targets import TargetSpec
 
 
@@ -45,6 +53,8 @@ def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
         CPUMatmul(),
         dl.cpu.GEMV(),
         dl.cpu.Reduction(),
+        CPUSeparablePool(),  # before the injective rule, which would inline its row pass
+        CPUConvStemPrologue(),  # before the injective rule, whose vectors gather here
         CPUInjective(),
     ]
 

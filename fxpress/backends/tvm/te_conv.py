@@ -14,6 +14,8 @@ from tvm import te, tirx
 
 from fxpress.backends.tvm.te_requant import add_bias_panels, requantize_nchw
 
+PROLOGUES = ("conv_widen", "conv_shift_u8")  # block names of the NHWC-group prologues (kernels/conv_prologue.py)
+
 
 def _conv_out(size: Any, before: int, after: int, kernel: int, stride: int, dilation: int) -> Any:
     return (size + before + after - (kernel - 1) * dilation - 1) // stride + 1
