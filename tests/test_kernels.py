@@ -17,7 +17,14 @@ from tvm import relax
 
 import fxpress
 from fxpress.backends.tvm.compile import _import
-from fxpress.backends.tvm.kernels import CPUConv2d, CPUInjective, CPUInt8MatmulAVX2, CPUMatmul
+from fxpress.backends.tvm.kernels import (
+    CPUConv2d,
+    CPUInjective,
+    CPUInt8MatmulAVX2,
+    CPUMatmul,
+    CPURowReduction,
+    CPUSeparablePool,
+)
 from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2
 from fxpress.backends.tvm.kernels.matmul import _rows_per_tile, register_tile
 from fxpress.backends.tvm.targets import resolve_target
@@ -141,7 +148,15 @@ def _scheduled_functions(model: torch.nn.Module, *inputs: torch.Tensor) -> dict[
         for gv, func in mod.functions.items():
             if not isinstance(func, tvm.tirx.PrimFunc) or "transform" in gv.name_hint:
                 continue
-            for rule in (CPUInt8MatmulAVX2(), CPUMatmul(), CPUConv2d(), CPUInjective()):
+            rules = (
+                CPUInt8MatmulAVX2(),
+                CPUMatmul(),
+                CPUConv2d(),
+                CPURowReduction(),
+                CPUSeparablePool(),
+                CPUInjective(),
+            )
+            for rule in rules:
                 if rule.apply(func, spec.target, False) is not None:
                     found[gv.name_hint] = type(rule).__name__
                     break
@@ -153,6 +168,43 @@ def test_rules_apply_to_the_functions_they_target() -> None:
     assert any("matmul_packed" in name and rule == "CPUMatmul" for name, rule in found.items()), found
     found = _scheduled_functions(ConvBlock(16, 32, 3, 1, 1), torch.randn(1, 16, 28, 28), torch.randn(1, 32, 28, 28))
     assert "CPUConv2d" in found.values(), found
+
+
+def test_row_and_pool_rules_apply() -> None:
+    """Softmax and layer norm get the row rule (not dlight's scalar reduction), max-pool the separable one."""
+
+    class M(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln = torch.nn.LayerNorm(64)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.ln(x), dim=-1)
+
+    found = _scheduled_functions(M(), torch.randn(2, 16, 64))
+    assert [n for n, r in found.items() if "layer_norm" in n and r == "CPURowReduction"], found
+    assert [n for n, r in found.items() if "softmax" in n and r == "CPURowReduction"], found
+
+    class Pool(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.max_pool2d(x, 3, 2, 1)
+
+    found = _scheduled_functions(Pool(), torch.randn(1, 8, 32, 32))
+    assert found.get("max_pool2d_separable") == "CPUSeparablePool", found
+
+
+@pytest.mark.parametrize("length", [64, 100, 1536])  # vector partials; a row length no vector divides; dynamic's K
+def test_row_rule_softmax_and_layer_norm(length: int) -> None:
+    class M(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln = torch.nn.LayerNorm(length)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.softmax(self.ln(x) * 4.0, dim=-1) + self.ln(x)
+
+    torch.manual_seed(length)
+    _check(M(), torch.randn(3, 7, length) * 5)
 
 
 def test_int8_rule_applies_to_quantized_linear() -> None:

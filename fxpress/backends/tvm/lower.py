@@ -37,6 +37,7 @@ from fxpress.backends.tvm.kernels import (
     CPUInt8Conv2dAVX2,
     CPUInt8MatmulAVX2,
     CPUMatmul,
+    CPURowReduction,
     CPUSeparablePool,
 )
 from fxpress.backends.tvm.targets import TargetSpec
@@ -51,6 +52,7 @@ def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
         CPUInt8Conv2dAVX2(),
         CPUConv2d(),  # before the matmul rule: a 1x1 conv's block also looks like a batched matmul
         CPUMatmul(),
+        CPURowReduction(),  # softmax, layer norm: before dlight's reduction rules, which leave them scalar
         dl.cpu.GEMV(),
         dl.cpu.Reduction(),
         CPUSeparablePool(),  # before the injective rule, which would inline its row pass

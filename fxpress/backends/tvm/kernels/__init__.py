@@ -7,6 +7,7 @@ from fxpress.backends.tvm.kernels.int8_avx2 import CPUInt8MatmulAVX2
 from fxpress.backends.tvm.kernels.int8_conv_avx2 import CPUInt8Conv2dAVX2
 from fxpress.backends.tvm.kernels.matmul import CPUMatmul
 from fxpress.backends.tvm.kernels.pool import CPUSeparablePool
+from fxpress.backends.tvm.kernels.rows import CPURowReduction
 
 __all__ = [
     "CPUConv2d",
@@ -15,5 +16,6 @@ __all__ = [
     "CPUInt8Conv2dAVX2",
     "CPUInt8MatmulAVX2",
     "CPUMatmul",
+    "CPURowReduction",
     "CPUSeparablePool",
 ]
