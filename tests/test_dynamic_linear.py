@@ -62,7 +62,7 @@ def test_observe_marks_dynamic_linears_and_fold_qdq_makes_the_op() -> None:
     x = torch.randn(8, 96)
     q = _quantize(model, x, dynamic=(r"^2$",))
     text = str(q)
-    assert "fxpress.dynamic_quantized_linear(%" in text and text.count("fxpress.quantized_linear(") == 1
+    assert "fxpress.dynamic_quantized_linear(%" in text and text.count("fxpress.quantized_linear_float(") == 1
     assert "param f32[40]" in text and "param i8[40,64]" in text
     assert q.trace[-3].stats["dynamic"] == 1 and q.trace[-1].stats == {"folded": 2, "float": {}}
     assert "dynamic=[^2$]" in q.pipeline

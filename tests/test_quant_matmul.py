@@ -61,7 +61,7 @@ def int8_path(request, monkeypatch) -> str:
 
 
 class QMatmuls(nn.Module):
-    """quantize both operands -> quantized_matmul -> dequantize, once per entry of `SHAPES`."""
+    """quantize both operands -> quantized_matmul -> dequantize (and the float-out form), once per `SHAPES` entry."""
 
     def forward(self, *xs: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -70,7 +70,7 @@ class QMatmuls(nn.Module):
             b = ops.quantize(xs[i + 1], 0.04, -11, -128, 127)
             mult, shift = _requant(0.05 * 0.04 / (0.02 * xs[i].shape[-1] ** 0.5))
             y = ops.quantized_matmul(a, 3, b, -11, mult, shift, -2)
-            out += [y, ops.dequantize(y, 0.02, -2)]
+            out += [y, ops.dequantize(y, 0.02, -2), ops.quantized_matmul_float(a, 3, b, -11, 0.05 * 0.04)]
         return out
 
 
@@ -82,10 +82,13 @@ def test_quantized_matmul_tvm_bit_exact(int8_path: str) -> None:
     compiled = fxpress.compile(fxpress.capture(model, tuple(xs)), target="x86", num_threads=1)
     got, want = compiled(*[x.numpy() for x in xs]), model(*xs)
     for i, shapes in enumerate(SHAPES):
-        assert got[2 * i].dtype == np.int8
-        np.testing.assert_array_equal(got[2 * i], want[2 * i].numpy(), err_msg=str(shapes))
-        np.testing.assert_array_equal(got[2 * i + 1], want[2 * i + 1].numpy(), err_msg=str(shapes))
-        assert len(np.unique(got[2 * i])) > 20, shapes
+        assert got[3 * i].dtype == np.int8
+        np.testing.assert_array_equal(got[3 * i], want[3 * i].numpy(), err_msg=str(shapes))
+        np.testing.assert_array_equal(got[3 * i + 1], want[3 * i + 1].numpy(), err_msg=str(shapes))
+        assert len(np.unique(got[3 * i])) > 20, shapes
+        # the float-out form: float32(exact int32 accumulator) * scale, bit for bit
+        assert got[3 * i + 2].dtype == np.float32
+        np.testing.assert_array_equal(got[3 * i + 2], want[3 * i + 2].numpy(), err_msg=str(shapes))
 
 
 class Attention(nn.Module):
@@ -120,24 +123,26 @@ def test_golden_attention_block() -> None:
     # fmt: off
     # Kᵀ is transposed in int8 and P·V's int8 result flows through its transpose and reshape into proj:
     # fold-qdq moves each quantize above the ops that only move values, then q(dq(t)) cancels
+    # qkv, Q·Kᵀ and proj are read by float ops only (unbind, softmax, the output): float-out forms
     assert _ops(q) == [
-        "fxpress.quantize", "fxpress.quantized_linear", "fxpress.dequantize",  # qkv
+        "fxpress.quantize", "fxpress.quantized_linear_float",  # qkv
         "aten.view", "aten.permute", "aten.unbind.int",
         "fxpress.quantize", "aten.transpose.int",  # Kᵀ
-        "fxpress.quantize", "fxpress.quantized_matmul", "fxpress.dequantize",  # Q·Kᵀ
+        "fxpress.quantize", "fxpress.quantized_matmul_float",  # Q·Kᵀ: only the softmax reads it, in float
         "aten.mul.Tensor", "aten.softmax.int",
         "fxpress.quantize", "fxpress.quantize", "fxpress.quantized_matmul",  # P·V
         "aten.transpose.int", "aten.reshape",
-        "fxpress.quantized_linear", "fxpress.dequantize",  # proj
+        "fxpress.quantized_linear_float",  # proj
     ]
     # fmt: on
     text = str(q)
-    scores, context = re.findall(r"fxpress\.quantized_matmul\((.*)\) : (\S+)", text)
-    assert scores[1] == "i8[2,4,10,10]" and context[1] == "i8[2,4,10,8]"
+    ((scores, scores_type),) = re.findall(r"fxpress\.quantized_matmul_float\((.*)\) : (\S+)", text)
+    ((context, context_type),) = re.findall(r"fxpress\.quantized_matmul\((.*)\) : (\S+)", text)
+    assert scores_type == "f32[2,4,10,10]" and context_type == "i8[2,4,10,8]"
+    assert 0 < float(scores.split(", ")[4]) < 1e-2  # a_scale * b_scale
     # per-tensor requantization inline: (a, a_zp, b, b_zp, Q31 multiplier, shift, out_zp)
-    for args, _ in (scores, context):
-        mult, shift = (int(v) for v in args.split(", ")[4:6])
-        assert 2**30 <= mult < 2**31 and -30 <= shift <= 30
+    mult, shift = (int(v) for v in context.split(", ")[4:6])
+    assert 2**30 <= mult < 2**31 and -30 <= shift <= 30
     # softmax output is in [0, 1]: its int8 zero point is the bottom of the range
     assert re.search(r"fxpress\.quantize\(%\d+, [0-9.e-]+, -128, -128, 127\) : i8\[2,4,10,10\]", text)
     assert q.trace[-1].stats == {"folded": 4, "float": {}}

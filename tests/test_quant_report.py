@@ -94,10 +94,11 @@ def test_single_linear_matches_hand_quantization() -> None:
     # one layer: its output is the model's, and nothing else is quantized
     assert row.model_sqnr_db == pytest.approx(row.sqnr_db, abs=1e-9)
     assert row.cumulative_sqnr_db == pytest.approx(row.sqnr_db, abs=1e-9)
-    # the model's numbers are the folded int8 graph's, which agree with fake quantization to about a step
+    # the model's numbers are the folded int8 graph's: its float-out linear skips the output rounding
+    # that fake quantization (the layer's row) applies, so it is at least as close to float
     _, ref, out = _int8_output(model, data, Observe())
     assert report.model_sqnr_db == pytest.approx(_sqnr(ref, out), abs=1e-6)
-    assert abs(report.model_sqnr_db - row.sqnr_db) < 0.5
+    assert row.sqnr_db - 0.5 < report.model_sqnr_db < row.sqnr_db + 6
 
 
 def test_rows_are_sorted_worst_first_and_the_worst_layer_is_the_outlier() -> None:

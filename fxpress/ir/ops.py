@@ -18,6 +18,11 @@ Integer conventions (those of gemmlowp / TFLite, spelled out):
   ``y = (acc * multiplier + 2^(30 + shift)) >> (31 + shift)`` in int64 (round
   half up), ``clamp(y + out_zp, -128, 127)`` as int8. `requantize_params`
   turns real multipliers ``x_scale * w_scale[n] / out_scale`` into that form.
+- ``quantized_linear_float``: the same accumulation, float32 out:
+  ``y[.., n] = float32(acc[.., n]) * scale[n]`` (``scale = x_scale *
+  w_scale[n]``), for a layer that only float ops read (a transformer's FFN
+  up-projection before its GELU, the attention output before the residual
+  add): no output requantization to round to a calibrated grid and undo.
 - ``quantized_conv2d``: the same per output channel ``o`` of an NCHW
   convolution, ``acc[n, o, y, x] = sum (x_pad - x_zp) * w[o, c, ky, kx] + bias[o]``,
   where the input is padded with ``x_zp`` (so padding adds zero),
@@ -27,6 +32,11 @@ Integer conventions (those of gemmlowp / TFLite, spelled out):
   ``acc[.., i, j] = sum_k (a[.., i, k] - a_zp) * (b[.., k, j] - b_zp)`` (batch
   dimensions broadcast like ``torch.matmul``), requantized with one
   per-tensor ``multiplier`` and ``shift``.
+- ``quantized_matmul_float``: the same accumulation, float32 out:
+  ``y = float32(acc) * scale`` (``scale = a_scale * b_scale``, one float32
+  rounding of an exact integer), for a product that only float ops read
+  (attention's Q·Kᵀ before its softmax): no output requantization to round
+  to a calibrated grid and dequantize again.
 - ``dynamic_quantized_linear``: float in, float out; each row of ``x`` is
   quantized at run time to uint8 with its own affine parameters
   (``lo = min(min_k x, 0)``, ``hi = max(max_k x, 0)``, ``scale = max((hi - lo)
@@ -83,6 +93,22 @@ def quantized_linear(
     """int8 x int8 -> int32 accumulate -> fixed-point requantize -> int8 (see module doc)."""
     acc = torch.matmul(x.to(torch.int64) - x_zero_point, weight.to(torch.int64).t()) + bias.to(torch.int64)
     return _requantize(acc, multiplier, shift, out_zero_point)
+
+
+@torch.library.custom_op(f"{_LIB}::quantized_linear_float", mutates_args=())
+def quantized_linear_float(
+    x: torch.Tensor, x_zero_point: int, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """int8 x int8 -> exact accumulation + int32 bias -> float32 times `scale` per channel (see module doc)."""
+    acc = torch.matmul(x.to(torch.int64) - x_zero_point, weight.to(torch.int64).t()) + bias.to(torch.int64)
+    return acc.to(torch.float32) * scale.to(torch.float32)
+
+
+@quantized_linear_float.register_fake
+def _(
+    x: torch.Tensor, x_zero_point: int, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
 
 
 def _requantize(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor, out_zero_point: int) -> torch.Tensor:
@@ -205,6 +231,23 @@ def _(
 ) -> torch.Tensor:
     batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     return a.new_empty((*batch, a.shape[-2], b.shape[-1]), dtype=torch.int8)
+
+
+@torch.library.custom_op(f"{_LIB}::quantized_matmul_float", mutates_args=())
+def quantized_matmul_float(
+    a: torch.Tensor, a_zero_point: int, b: torch.Tensor, b_zero_point: int, scale: float
+) -> torch.Tensor:
+    """int8 [.., M, K] x int8 [.., K, N] -> exact int32 accumulation -> float32 times `scale` (see module doc)."""
+    if a.shape[-1] * 255 * 255 >= 2**31:
+        raise ValueError(f"quantized_matmul_float: K = {a.shape[-1]} overflows the int32 accumulator")
+    acc = torch.matmul(a.double() - a_zero_point, b.double() - b_zero_point).to(torch.int64)
+    return acc.to(torch.float32) * torch.tensor(scale, dtype=torch.float32)
+
+
+@quantized_matmul_float.register_fake
+def _(a: torch.Tensor, a_zero_point: int, b: torch.Tensor, b_zero_point: int, scale: float) -> torch.Tensor:
+    batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    return a.new_empty((*batch, a.shape[-2], b.shape[-1]), dtype=torch.float32)
 
 
 def requantize_params(real_multiplier: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

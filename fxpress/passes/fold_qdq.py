@@ -12,6 +12,8 @@
       -> %y = fxpress.dynamic_quantized_linear(%x, %w_i8, %w_scale, %b_f32)   # per-row uint8 at run time
     q(S(t), s, z) -> S(q(t, s, z))      # S only moves or maxes values (max-pool, view, permute, ...)
     q(dq(t, s, z), s, z) -> t           # back-to-back boundaries with equal params cancel
+    dq(quantized_matmul(a, b)) -> quantized_matmul_float(a, b)   # when only float ops read it (Q·Kᵀ)
+    dq(quantized_linear(x, ..)) -> quantized_linear_float(x, ..)  # likewise (FFN up, attention output)
     two equal quantize(%x, ...)  -> one  # Q, K and V share one quantized input
 
 Convolutions are NCHW 2-D ones (``aten.conv2d``, its ``padding="same"``
@@ -187,6 +189,44 @@ def _hoist_quantizes(graph: Graph) -> int:
     return hoisted
 
 
+_ACC_SCALE = "fxpress_acc_scale"  # transient node meta: x_scale * w_scale (linear, per row) or a_scale * b_scale
+
+
+def _float_products(graph: Graph) -> int:
+    """``dq(quantized_matmul | quantized_linear)`` read only by float ops -> their ``_float`` forms.
+
+    Requantizing a product to its calibrated int8 grid only to dequantize it
+    again costs a rounding (and the epilogue's time) for nothing when no
+    integer op reads it: attention's Q·Kᵀ (read by the softmax), a
+    transformer's FFN up-projection (GELU) and attention output (residual add).
+    """
+    changed = 0
+    products = {fx_ops.quantized_matmul.default, fx_ops.quantized_linear.default}
+    for dq in list(graph.nodes("call_function")):
+        if dq.target != fx_ops.dequantize.default:
+            continue
+        yq = dq.args[0]
+        if not (isinstance(yq, torch.fx.Node) and yq.target in products and len(yq.users) == 1):
+            continue
+        if any(u.target == fx_ops.quantize.default for u in dq.users) or _ACC_SCALE not in yq.meta:
+            continue
+        scale = yq.meta[_ACC_SCALE]
+        with graph.fx.inserting_before(dq):
+            if yq.target == fx_ops.quantized_matmul.default:
+                y = graph.fx.call_function(fx_ops.quantized_matmul_float.default, (*yq.args[:4], scale))
+            else:
+                x, zx, w, b = yq.args[:4]
+                hint = str(w.target).removesuffix("_weight_i8")
+                scale_node = graph.add_param(f"{hint}.out_scale", scale, before=dq)
+                y = graph.fx.call_function(fx_ops.quantized_linear_float.default, (x, zx, w, b, scale_node))
+        _replace(graph, dq, y)
+        graph.fx.erase_node(yq)
+        changed += 1
+    for node in graph.nodes("call_function"):
+        node.meta.pop(_ACC_SCALE, None)
+    return changed
+
+
 def _is_shared(node: Any) -> bool:
     """A float op taking its outputs from its first argument's values (observe's shared-parameter ops)."""
     return (
@@ -283,6 +323,8 @@ class FoldQDQ(Pass):
         with graph.fx.inserting_before(node):
             xq = graph.fx.call_function(fx_ops.quantize.default, (x, sx, zx, qmin, qmax))
             yq = graph.fx.call_function(op, (xq, zx, *params, zy, *conv))
+            if not conv:  # for `_float_products`, should only float ops read the result
+                yq.meta[_ACC_SCALE] = (sx * sw_rows).float().contiguous()
             _replace(graph, node, graph.fx.call_function(fx_ops.dequantize.default, (yq, sy, zy)))
         return None
 
@@ -299,12 +341,18 @@ class FoldQDQ(Pass):
             aq = graph.fx.call_function(fx_ops.quantize.default, (a, sa, za, *arange))
             bq = graph.fx.call_function(fx_ops.quantize.default, (b, sb, zb, *brange))
             yq = graph.fx.call_function(fx_ops.quantized_matmul.default, (aq, za, bq, zb, mult, shift, zy))
+            yq.meta[_ACC_SCALE] = sa * sb  # for `_float_products`, should only float ops read the product
             _replace(graph, node, graph.fx.call_function(fx_ops.dequantize.default, (yq, sy, zy)))
         return None
 
     @staticmethod
     def _cleanup(graph: Graph) -> int:
-        changed = _hoist_quantizes(graph)
+        changed = _hoist_quantizes(graph) + FoldQDQ._cancel(graph)
+        return changed + _float_products(graph)
+
+    @staticmethod
+    def _cancel(graph: Graph) -> int:
+        changed = 0
         seen: dict[tuple[Any, ...], torch.fx.Node] = {}
         for node in list(graph.nodes("call_function")):
             if node.target != fx_ops.quantize.default:

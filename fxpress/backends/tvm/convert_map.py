@@ -124,15 +124,18 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         value = constants.get(arg.name) if constants and hasattr(arg, "name") else None
         return pmadd and U8S8 and value is not None and u8s8_safe(value)
 
-    def narrow(node: Any) -> bool:
-        """`node`'s requantization may run in int32 (see `requantize`): proven on its constant operands."""
-        names = [getattr(node.args[i], "name", None) for i in (2, 3, 5)]
+    def narrow(node: Any, shifts: bool = True) -> bool:
+        """`node`'s requantization may run in int32 (see `requantize`): proven on its constant operands.
+
+        `shifts` False (a float-out op): only that ``acc + bias`` fits int32.
+        """
+        names = [getattr(node.args[i], "name", None) for i in ((2, 3, 5) if shifts else (2, 3))]
         values = [constants.get(n) if constants and n else None for n in names]
         if not pmadd or any(v is None for v in values):
             return False
-        weight, bias, shift = (v.to(torch.int64) for v in values)  # type: ignore[union-attr]
+        weight, bias, *shift = (v.to(torch.int64) for v in values)  # type: ignore[union-attr]
         reach = 255 * int(weight.abs().flatten(1).sum(1).max()) if weight.dim() > 1 else 1 << 31
-        return int(shift.min()) >= 1 and int(bias.abs().max()) + 2 * reach < (1 << 31)
+        return (not shift or int(shift[0].min()) >= 1) and int(bias.abs().max()) + 2 * reach < (1 << 31)
 
     def quantize(node: Any, importer: Any) -> relax.Expr:
         x, scale, zero_point, qmin, qmax = importer.retrieve_args(node)
@@ -150,15 +153,24 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
 
     def quantized_linear(node: Any, importer: Any) -> relax.Expr:
         x, x_zp, w, bias, multiplier, shift, out_zp = importer.retrieve_args(node)
+        return _linear(importer, x, x_zp, w, bias, (multiplier, shift, out_zp), None, u8s8(node), narrow(node))
+
+    def quantized_linear_float(node: Any, importer: Any) -> relax.Expr:
+        x, x_zp, w, bias, scale = importer.retrieve_args(node)
+        return _linear(importer, x, x_zp, w, bias, (None, None, 0), scale, u8s8(node), narrow(node, shifts=False))
+
+    def _linear(
+        importer: Any, x: Any, x_zp: Any, w: Any, bias: Any, requant: tuple, scale: Any, fast: bool, narrow32: bool
+    ) -> relax.Expr:
+        """Both linear ops: requantized by `requant` (multiplier, shift, out_zp), or float32 times `scale`."""
         bb = importer.block_builder
         n = int(w.ty.shape.values[0])
         *lead, k = x.ty.shape.values
-        fast, narrow32 = u8s8(node), narrow(node)
         if len(lead) > 1:  # rows flattened, so the GEMM rules see one row loop (they fuse none)
             x2 = bb.emit(relax.op.reshape(x, (-1, k)))
-            y = quantized_linear_2d(bb, x2, x_zp, w, bias, multiplier, shift, out_zp, fast, narrow32)
+            y = quantized_linear_2d(bb, x2, x_zp, w, bias, *requant, fast, narrow32, scale)
             return bb.emit(relax.op.reshape(y, (*lead, n)))
-        return quantized_linear_2d(bb, x, x_zp, w, bias, multiplier, shift, out_zp, fast, narrow32)
+        return quantized_linear_2d(bb, x, x_zp, w, bias, *requant, fast, narrow32, scale)
 
     def quantized_linear_2d(
         bb: Any,
@@ -171,6 +183,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         out_zp: Any,
         fast: bool,
         narrow32: bool,
+        scale: Any = None,
     ) -> relax.Expr:
         n = int(w.ty.shape.values[0])
         if pmadd:
@@ -182,7 +195,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
             else:
                 a = bb.emit(bb.call_te(te_widen, x, int(x_zp), (kdim + 1) // 2, primfunc_name_hint="widen"))
             bias = _bias_panels(bb, bias) if narrow32 else bias
-            args = (a, b, bias, multiplier, shift, int(out_zp), n, narrow32)
+            args = (a, b, bias, multiplier, shift, int(out_zp), n, narrow32, scale)
             return bb.emit(bb.call_te(te_quantized_linear_pmadd, *args, primfunc_name_hint="quantized_linear"))
         wp = bb.emit(relax.op.layout_transform(w, lambda o, i: (o // panel, i, o % panel), pad_value=0))
         return bb.emit(
@@ -196,6 +209,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
                 int(x_zp),
                 int(out_zp),
                 n,
+                scale,
                 primfunc_name_hint="quantized_linear",
             )
         )
@@ -224,8 +238,16 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
 
     def quantized_matmul(node: Any, importer: Any) -> relax.Expr:
         a, a_zp, b, b_zp, multiplier, shift, out_zp = importer.retrieve_args(node)
+        return _matmul(importer, a, a_zp, b, b_zp, (int(multiplier), int(shift), int(out_zp)), None)
+
+    def quantized_matmul_float(node: Any, importer: Any) -> relax.Expr:
+        a, a_zp, b, b_zp, scale = importer.retrieve_args(node)
+        return _matmul(importer, a, a_zp, b, b_zp, (0, 0, 0), float(scale))
+
+    def _matmul(importer: Any, a: Any, a_zp: Any, b: Any, b_zp: Any, scalars: tuple, scale: float | None) -> Any:
+        """Both matmul ops: requantized by `scalars` (multiplier, shift, out_zp), or float32 times `scale`."""
         bb = importer.block_builder
-        scalars = (int(multiplier), int(shift), int(out_zp))
+        shift = scalars[1]
         same_batch = [str(d) for d in a.ty.shape.values[:-2]] == [str(d) for d in b.ty.shape.values[:-2]]
         static = all(isinstance(d, tirx.IntImm) for d in (a.ty.shape.values[-1], b.ty.shape.values[-1]))
         if pmadd and same_batch and static:
@@ -234,10 +256,10 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
             a16 = bb.emit(bb.call_te(te_widen_rows, a, int(a_zp), k2, primfunc_name_hint="widen"))
             b16 = bb.emit(bb.call_te(te_pack_activation, b, int(b_zp), k2, primfunc_name_hint="pack_activation"))
             narrow32 = int(shift) >= 1 and 2 * 255 * 255 * int(kdim) < (1 << 31)
-            args = (a16, b16, *scalars, m, n, narrow32)
+            args = (a16, b16, *scalars, m, n, narrow32, scale)
             rows = bb.emit(bb.call_te(te_quantized_matmul_pmadd, *args, primfunc_name_hint="quantized_matmul"))
             return bb.emit(relax.op.reshape(rows, [*batch, m, n]))
-        args = (a, b, int(a_zp), int(b_zp), *scalars)
+        args = (a, b, int(a_zp), int(b_zp), *scalars, scale)
         return bb.emit(bb.call_te(te_quantized_matmul, *args, primfunc_name_hint="quantized_matmul"))
 
     def dynamic_quantized_linear(node: Any, importer: Any) -> relax.Expr:
@@ -266,8 +288,10 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         "quantize.default": quantize,
         "dequantize.default": dequantize,
         "quantized_linear.default": quantized_linear,
+        "quantized_linear_float.default": quantized_linear_float,
         "quantized_conv2d.default": quantized_conv2d,
         "quantized_matmul.default": quantized_matmul,
+        "quantized_matmul_float.default": quantized_matmul_float,
         "block_sparse_linear.default": convert_block_sparse_linear(spec),
     }
     if spec.device == "cpu":

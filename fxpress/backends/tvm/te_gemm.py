@@ -24,7 +24,9 @@ def te_quantized_linear(
     x_zero_point: int,
     out_zero_point: int,
     n: int,
+    scale: te.Tensor | None = None,
 ) -> te.Tensor:
+    """Generic int32 GEMM over the conv/matmul rule's weight panels, requantized (or, with `scale`, float out)."""
     panel = int(wp.shape[2])
     k = te.reduce_axis((0, x.shape[-1]), name="k")
     lead = list(x.shape[:-1])
@@ -35,7 +37,18 @@ def te_quantized_linear(
         return te.sum(a * wp[j // panel, k, j % panel].astype("int32"), axis=k)
 
     acc = te.compute([*lead, n], acc_body, name="qmatmul_acc")
+    if scale is not None:
+        return scaled_channels(
+            lead, n, lambda rest, j: acc[(*rest, j)].astype("int64") + bias[j].astype("int64"), scale
+        )
     return requantize(bias, multiplier, shift, out_zero_point, lead, n, lambda rest, j: acc[(*rest, j)])
+
+
+def scaled_channels(lead: list[Any], n: int, read: Any, scale: te.Tensor) -> te.Tensor:
+    """float32 ``[*lead, n]``: ``float32(read(rest, j)) * scale[j]`` (``quantized_linear_float``'s epilogue)."""
+    return te.compute(
+        [*lead, n], lambda *i: read(list(i[:-1]), i[-1]).astype("float32") * scale[i[-1]], name="qlinear_scaled"
+    )
 
 
 def te_widen(x: te.Tensor, x_zero_point: int, k2: int) -> te.Tensor:
@@ -73,11 +86,13 @@ def te_quantized_linear_pmadd(
     out_zero_point: int,
     n: int,
     narrow: bool = False,
+    scale: te.Tensor | None = None,
 ) -> te.Tensor:
     """The vpmaddwd (int16 pairs) or vpmaddubsw (uint8 x int8 quads) GEMM, by the operands' layout.
 
     `narrow`: `bias` is ``[N/8, 8]`` int32 (`_bias_panels`), added to the
     accumulators in int32, and the requantization runs in int32 (see `requantize`).
+    `scale` (float32 ``[N]``): float out, ``float32(acc + bias) * scale`` (quantized_linear_float).
     """
     groups, k2, v = int(b16.shape[0]), int(b16.shape[1]), int(b16.shape[3])
     kp = te.reduce_axis((0, k2), name="k2")
@@ -92,13 +107,26 @@ def te_quantized_linear_pmadd(
     acc = te.compute([*lead, groups, 8], acc_body, name="qmatmul_acc")
     acc = add_bias_panels(acc, bias) if narrow else acc
     read = lambda rest, j: acc[(*rest, j // 8, j % 8)]  # noqa: E731
+    if scale is not None:
+        with_bias = read if narrow else lambda rest, j: read(rest, j).astype("int64") + bias[j].astype("int64")
+        return scaled_channels(lead, n, with_bias, scale)
     return requantize(None if narrow else bias, multiplier, shift, out_zero_point, lead, n, read, narrow=narrow)
 
 
 def te_quantized_matmul(
-    a: te.Tensor, b: te.Tensor, a_zero_point: int, b_zero_point: int, multiplier: int, shift: int, out_zero_point: int
+    a: te.Tensor,
+    b: te.Tensor,
+    a_zero_point: int,
+    b_zero_point: int,
+    multiplier: int,
+    shift: int,
+    out_zero_point: int,
+    scale: float | None = None,
 ) -> te.Tensor:
-    """Generic int32 batch matmul of two int8 activations (batch dims broadcast), requantized per tensor."""
+    """Generic int32 batch matmul of two int8 activations (batch dims broadcast), requantized per tensor.
+
+    With `scale`: float32 out, ``float32(acc) * scale`` (quantized_matmul_float).
+    """
     *batch_a, m, kdim = a.shape
     *batch_b, _, n = b.shape
     batch = _broadcast_dims(list(batch_a), list(batch_b))
@@ -111,7 +139,17 @@ def te_quantized_matmul(
         return te.sum(x * y, axis=r)
 
     acc = te.compute([*batch, m, n], acc_body, name="qmatmul_acc")
+    if scale is not None:
+        return scaled(acc, [*batch, m], n, lambda rest, j: acc[(*rest, j)], scale)
     return requantize(None, multiplier, shift, out_zero_point, [*batch, m], n, lambda rest, j: acc[(*rest, j)])
+
+
+def scaled(acc: te.Tensor, lead: list[Any], n: int, read: Any, scale: float) -> te.Tensor:
+    """float32 ``[*lead, n]``: ``float32(acc) * scale`` (``quantized_matmul_float``'s epilogue)."""
+    factor = tirx.const(scale, "float32")
+    return te.compute(
+        [*lead, n], lambda *i: read(list(i[:-1]), i[-1]).astype("float32") * factor, name="qmatmul_scaled"
+    )
 
 
 def _broadcast_dims(x: list[Any], y: list[Any]) -> list[Any]:
@@ -177,8 +215,11 @@ def te_quantized_matmul_pmadd(
     m: int,
     n: int,
     narrow: bool = False,
+    scale: float | None = None,
 ) -> te.Tensor:
     """vpmaddwd GEMM over rows (batch, i) (kernels/int8_avx2.py; B panels per batch), requantized per tensor.
+
+    With `scale`: float32 out, ``float32(acc) * scale`` (quantized_matmul_float).
 
     The rows are one dimension: the GEMM rule fuses several leading loops, and
     tensorizing under a fused loop fails in TVM 0.27 (an int32/int64 iterator).
@@ -194,4 +235,6 @@ def te_quantized_matmul_pmadd(
 
     acc = te.compute([rows, n8, 8], acc_body, name="qmatmul_acc")
     read = lambda rest, j: acc[rest[0], j // 8, j % 8]  # noqa: E731
+    if scale is not None:
+        return scaled(acc, [rows], n, read, scale)
     return requantize(None, multiplier, shift, out_zero_point, [rows], n, read, narrow=narrow)
