@@ -45,10 +45,9 @@ def test_max_pool_runs_on_int8_and_the_tvm_build_matches(residual: bool) -> None
     graph = _quantize(Stem(residual).eval(), x)
     (pool,) = _pools(graph)
     assert pool.args[0].target == fx_ops.quantize.default  # int8 in, int8 out: the conv reads it as is
-    conv2 = next(n for n in graph.fx.nodes if n.target == fx_ops.quantized_conv2d.default and n.args[0] is pool)
-    assert conv2 is not None
+    conv2 = next(n for n in graph.fx.nodes if "quantized_conv2d" in str(n.target) and n.args[0] is pool)
     users = {u.target for u in pool.users}
-    assert users == ({fx_ops.quantized_conv2d.default, fx_ops.dequantize.default} if residual else {conv2.target})
+    assert users == ({conv2.target, fx_ops.dequantize.default} if residual else {conv2.target})
     ref = graph.gm(x)
     got = fxpress.compile(graph, target="x86")(x.numpy())
     np.testing.assert_allclose(got, ref.numpy(), rtol=0, atol=1e-6)

@@ -166,19 +166,20 @@ def test_golden_conv_bn_relu_block() -> None:
     model = ConvBNReLU().eval()
     q = _quantize(model, data)
     assert q.pipeline.endswith("calibrate,fold-qdq")
-    assert _ops(q) == ["fxpress.quantize", "fxpress.quantized_conv2d", "fxpress.dequantize", "aten.relu"]
+    # only the (float) ReLU reads the conv: its float-out form, no requantize-then-dequantize
+    assert _ops(q) == ["fxpress.quantize", "fxpress.quantized_conv2d_float", "aten.relu"]
     text = str(q)
-    # int8 weights (per output channel), int32 bias, Q31 multiplier and shift; the float weights are gone
-    for decl in ("param i8[16,8,3,3]", "param i32[16]"):
+    # int8 weights (per output channel), int32 bias, float32 output scales; the float weights are gone
+    for decl in ("param i8[16,8,3,3]", "param i32[16]", "param f32[16]"):
         assert decl in text
-    assert all(t.dtype in (torch.int8, torch.int32) for t in q.params().values())
-    conv = re.search(r"fxpress\.quantized_conv2d\((.*)\) : (\S+)", text)
+    assert all(t.dtype in (torch.int8, torch.int32, torch.float32) for t in q.params().values())
+    conv = re.search(r"fxpress\.quantized_conv2d_float\((.*)\) : (\S+)", text)
     assert conv is not None
-    assert conv.group(1).endswith(", [2, 2], [1, 1, 1, 1], [1, 1], 1") and conv.group(2) == "i8[2,16,5,5]"
+    assert conv.group(1).endswith(", [2, 2], [1, 1, 1, 1], [1, 1], 1") and conv.group(2) == "f32[2,16,5,5]"
     assert re.search(r"fxpress\.quantize\(%x, [0-9.e-]+, -?\d+, -128, 127\) : i8\[2,8,9,9\]", text)
     assert q.trace[-1].stats == {"folded": 1, "float": {}}
-    # numerics: within a few output steps of the float (BN-folded) block
-    step = float(get(next(n for n in q.nodes("call_function") if "dequantize" in str(n.target)), "qparams").scale)
+    # numerics: within a few output steps (the calibrated output scale) of the float (BN-folded) block
+    step = float(get(next(n for n in q.nodes("call_function") if "conv2d" in str(n.target)), "qparams").scale)
     with torch.no_grad():
         for (x,) in data:
             assert float((q(x) - model(x)).abs().max()) <= 3 * step
@@ -193,7 +194,7 @@ def test_folded_conv_matches_fake_quantization_within_one_step() -> None:
     assert conv.target == torch.ops.aten.conv2d.padding
     px, pw, py = get(conv.args[0], "qparams"), get(conv.args[1], "qparams"), get(conv, "qparams")
     q = fxpress.optimize(graph, [FoldQDQ()])
-    assert _ops(q) == ["fxpress.quantize", "fxpress.quantized_conv2d", "fxpress.dequantize"]
+    assert _ops(q) == ["fxpress.quantize", "fxpress.quantized_conv2d_float"]  # the output reads it: float out
     x = data[0][0]  # inside the calibrated range: no clipping
     w = pw.fake_quantize(graph.param(conv.args[1]))
     fake = py.fake_quantize(model[0]._conv_forward(px.fake_quantize(x), w, graph.param(conv.args[2])))
@@ -237,7 +238,7 @@ def test_ops_without_an_integer_kernel_stay_float_and_correct() -> None:
     stats = q.trace[-1].stats
     assert stats["folded"] == 2  # the reflect-padded conv is a pad then a conv2d: folded
     assert list(stats["float"].values()) == ["transposed convolution: no integer kernel"]
-    assert _ops(q).count("aten.conv_transpose2d.input") == 1 and _ops(q).count("fxpress.quantized_conv2d") == 2
+    assert _ops(q).count("aten.conv_transpose2d.input") == 1 and _ops(q).count("fxpress.quantized_conv2d_float") == 2
     out_step = _output_step(q)
     with torch.no_grad():
         for (x,) in data:
@@ -253,7 +254,7 @@ def test_dynamic_batch_conv_folds_and_runs() -> None:
     data = _data((2, 8, 9, 9), seed=5)
     graph = fxpress.capture(model, data[0], dynamic_shapes=({0: torch.export.Dim("b")},))
     q = fxpress.optimize(graph, ["fold-bn", Observe(per_channel=True), Calibrate(data=data), FoldQDQ()])
-    assert "i8[s0,16,5,5]" in str(q)
+    assert "fxpress.quantized_conv2d_float(" in str(q) and "f32[s0,16,5,5]" in str(q)
     x = torch.randn(5, 8, 9, 9)
     with torch.no_grad():
         assert q(x).shape == (5, 16, 5, 5)

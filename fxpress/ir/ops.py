@@ -28,6 +28,9 @@ Integer conventions (those of gemmlowp / TFLite, spelled out):
   where the input is padded with ``x_zp`` (so padding adds zero),
   ``padding = [top, left, bottom, right]``, and ``groups`` splits the channels
   (depthwise: ``groups == C``).
+- ``quantized_conv2d_float``: the same accumulation, float32 NCHW out,
+  ``float32(acc[n, o, y, x]) * scale[o]`` (a conv that only float ops read:
+  a ReLU, ResNet's residual add).
 - ``quantized_matmul``: two int8 activations (attention's Q·Kᵀ and P·V),
   ``acc[.., i, j] = sum_k (a[.., i, k] - a_zp) * (b[.., k, j] - b_zp)`` (batch
   dimensions broadcast like ``torch.matmul``), requantized with one
@@ -199,6 +202,43 @@ def _(
     out_h = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     out_w = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     return x.new_empty((n, weight.shape[0], out_h, out_w), dtype=torch.int8)
+
+
+@torch.library.custom_op(f"{_LIB}::quantized_conv2d_float", mutates_args=())
+def quantized_conv2d_float(
+    x: torch.Tensor,
+    x_zero_point: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """int8 NCHW conv2d, exact accumulation + int32 bias -> float32 times `scale` per channel (see module doc)."""
+    acc = _conv_acc(x, x_zero_point, weight, stride, padding, dilation, groups) + bias.to(torch.int64)[:, None, None]
+    return acc.to(torch.float32) * scale.to(torch.float32)[:, None, None]
+
+
+@quantized_conv2d_float.register_fake
+def _(
+    x: torch.Tensor,
+    x_zero_point: int,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    n, _, h, w = x.shape
+    kh, kw = weight.shape[2:]
+    top, left, bottom, right = padding
+    out_h = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out_w = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return x.new_empty((n, weight.shape[0], out_h, out_w), dtype=torch.float32)
 
 
 @torch.library.custom_op(f"{_LIB}::quantized_matmul", mutates_args=())

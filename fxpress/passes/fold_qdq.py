@@ -14,6 +14,7 @@
     q(dq(t, s, z), s, z) -> t           # back-to-back boundaries with equal params cancel
     dq(quantized_matmul(a, b)) -> quantized_matmul_float(a, b)   # when only float ops read it (Q·Kᵀ)
     dq(quantized_linear(x, ..)) -> quantized_linear_float(x, ..)  # likewise (FFN up, attention output)
+    dq(quantized_conv2d(x, ..)) -> quantized_conv2d_float(x, ..)  # likewise (a ReLU, a residual add)
     two equal quantize(%x, ...)  -> one  # Q, K and V share one quantized input
 
 Convolutions are NCHW 2-D ones (``aten.conv2d``, its ``padding="same"``
@@ -193,15 +194,16 @@ _ACC_SCALE = "fxpress_acc_scale"  # transient node meta: x_scale * w_scale (line
 
 
 def _float_products(graph: Graph) -> int:
-    """``dq(quantized_matmul | quantized_linear)`` read only by float ops -> their ``_float`` forms.
+    """``dq(quantized_matmul | _linear | _conv2d)`` read only by float ops -> their ``_float`` forms.
 
     Requantizing a product to its calibrated int8 grid only to dequantize it
     again costs a rounding (and the epilogue's time) for nothing when no
     integer op reads it: attention's Q·Kᵀ (read by the softmax), a
-    transformer's FFN up-projection (GELU) and attention output (residual add).
+    transformer's FFN up-projection (GELU) and attention output (residual
+    add), a conv read by a float ReLU or a residual add.
     """
     changed = 0
-    products = {fx_ops.quantized_matmul.default, fx_ops.quantized_linear.default}
+    products = {fx_ops.quantized_matmul.default, fx_ops.quantized_linear.default, fx_ops.quantized_conv2d.default}
     for dq in list(graph.nodes("call_function")):
         if dq.target != fx_ops.dequantize.default:
             continue
@@ -218,7 +220,11 @@ def _float_products(graph: Graph) -> int:
                 x, zx, w, b = yq.args[:4]
                 hint = str(w.target).removesuffix("_weight_i8")
                 scale_node = graph.add_param(f"{hint}.out_scale", scale, before=dq)
-                y = graph.fx.call_function(fx_ops.quantized_linear_float.default, (x, zx, w, b, scale_node))
+                if yq.target == fx_ops.quantized_linear.default:
+                    y = graph.fx.call_function(fx_ops.quantized_linear_float.default, (x, zx, w, b, scale_node))
+                else:  # a conv: its attributes follow the output zero point
+                    args = (x, zx, w, b, scale_node, *yq.args[7:])
+                    y = graph.fx.call_function(fx_ops.quantized_conv2d_float.default, args)
         _replace(graph, dq, y)
         graph.fx.erase_node(yq)
         changed += 1
@@ -323,8 +329,7 @@ class FoldQDQ(Pass):
         with graph.fx.inserting_before(node):
             xq = graph.fx.call_function(fx_ops.quantize.default, (x, sx, zx, qmin, qmax))
             yq = graph.fx.call_function(op, (xq, zx, *params, zy, *conv))
-            if not conv:  # for `_float_products`, should only float ops read the result
-                yq.meta[_ACC_SCALE] = (sx * sw_rows).float().contiguous()
+            yq.meta[_ACC_SCALE] = (sx * sw_rows).float().contiguous()  # for `_float_products`
             _replace(graph, node, graph.fx.call_function(fx_ops.dequantize.default, (yq, sy, zy)))
         return None
 

@@ -215,25 +215,45 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         )
 
     def quantized_conv2d(node: Any, importer: Any) -> relax.Expr:
-        x, x_zp, w, bias, multiplier, shift, out_zp, stride, padding, dilation, groups = importer.retrieve_args(node)
+        x, x_zp, w, bias, multiplier, shift, out_zp, *attrs = importer.retrieve_args(node)
+        return _conv(importer, x, x_zp, w, bias, (multiplier, shift, int(out_zp)), None, attrs, node, narrow(node))
+
+    def quantized_conv2d_float(node: Any, importer: Any) -> relax.Expr:
+        x, x_zp, w, bias, scale, *attrs = importer.retrieve_args(node)
+        return _conv(importer, x, x_zp, w, bias, (None, None, 0), scale, attrs, node, narrow(node, shifts=False))
+
+    def _conv(
+        importer: Any,
+        x: Any,
+        x_zp: Any,
+        w: Any,
+        bias: Any,
+        requant: tuple,
+        scale: Any,
+        conv: list,
+        node: Any,
+        n32: bool,
+    ) -> relax.Expr:
+        """Both conv ops: requantized by `requant` (multiplier, shift, out_zp), or float32 times `scale`."""
+        stride, padding, dilation, groups = conv
         bb = importer.block_builder
         attrs = (tuple(stride), tuple(padding), tuple(dilation), (int(groups),))
         out_channels = int(w.ty.shape.values[0])
-        narrow32 = narrow(node)
         if pmadd and groups == 1:
             fast = u8s8(node)
             b = _pack_conv(bb, w, 4 if fast else 2)
             if fast:
                 pad = bb.call_te(te_conv_shift_u8, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_shift_u8")
-                bias = _u8s8_bias(bb, w, bias, int(x_zp), narrow32)
+                bias = _u8s8_bias(bb, w, bias, int(x_zp), n32)
             else:
                 pad = bb.call_te(te_conv_widen, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_widen")
-            bias = _bias_panels(bb, bias) if narrow32 else bias
-            args = (bb.emit(pad), b, bias, multiplier, shift, int(out_zp), attrs, out_channels, narrow32)
+            bias = _bias_panels(bb, bias) if n32 else bias
+            args = (bb.emit(pad), b, bias, *requant, attrs, out_channels, n32, scale)
             return bb.emit(bb.call_te(te_quantized_conv2d_pmadd, *args, primfunc_name_hint="quantized_conv2d"))
         if groups == 1 and spec.device == "cpu":  # panels: the conv rule vectorizes over output channels
             w = bb.emit(relax.op.layout_transform(w, lambda o, i, h, k: (o // panel, i, h, k, o % panel), pad_value=0))
-        args = (x, w, bias, multiplier, shift, int(x_zp), int(out_zp), attrs, out_channels)
+        multiplier, shift, out_zp = requant
+        args = (x, w, bias, multiplier, shift, int(x_zp), out_zp, attrs, out_channels, scale)
         return bb.emit(bb.call_te(te_quantized_conv2d, *args, primfunc_name_hint="quantized_conv2d"))
 
     def quantized_matmul(node: Any, importer: Any) -> relax.Expr:
@@ -290,6 +310,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         "quantized_linear.default": quantized_linear,
         "quantized_linear_float.default": quantized_linear_float,
         "quantized_conv2d.default": quantized_conv2d,
+        "quantized_conv2d_float.default": quantized_conv2d_float,
         "quantized_matmul.default": quantized_matmul,
         "quantized_matmul_float.default": quantized_matmul_float,
         "block_sparse_linear.default": convert_block_sparse_linear(spec),

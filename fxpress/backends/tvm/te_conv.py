@@ -31,8 +31,11 @@ def te_quantized_conv2d(
     out_zero_point: int,
     attrs: tuple[tuple[int, ...], ...],
     out_channels: int,
+    scale: te.Tensor | None = None,
 ) -> te.Tensor:
     """Generic int32 NCHW conv: ``pad(x - x_zp, 0)`` as int16, int32 accumulation, requantize.
+
+    With `scale` (float32 ``[O]``): float out, ``float32(acc + bias) * scale`` (quantized_conv2d_float).
 
     `w` is OIHW, or [O/P, I, KH, KW, P] panels (groups == 1): the shapes
     the CPU conv rule schedules (vectors over output channels for panels).
@@ -66,7 +69,18 @@ def te_quantized_conv2d(
 
     shape = (n, out_channels, _conv_out(h, top, bottom, kh, sh, dh), _conv_out(wd, left, right, kw, sw, dw))
     acc = te.compute(shape, acc_body, name="qconv_acc")
+    if scale is not None:
+        return scaled_nchw(shape, lambda b, f, yy, xx: _i64(acc[b, f, yy, xx]) + _i64(bias[f]), scale)
     return requantize_nchw(acc, bias, multiplier, shift, out_zero_point, lambda b, f, yy, xx: acc[b, f, yy, xx])
+
+
+def _i64(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    return v.astype("int64")
+
+
+def scaled_nchw(shape: Any, read: Any, scale: te.Tensor) -> te.Tensor:
+    """float32 NCHW ``float32(read(b, o, y, x)) * scale[o]`` (quantized_conv2d_float's epilogue)."""
+    return te.compute(shape, lambda b, f, yy, xx: read(b, f, yy, xx).astype("float32") * scale[f], name="qconv_scaled")
 
 
 def te_conv_widen(x: te.Tensor, x_zero_point: int, padding: tuple[int, ...]) -> te.Tensor:
@@ -110,8 +124,12 @@ def te_quantized_conv2d_pmadd(
     attrs: tuple[tuple[int, ...], ...],
     out_channels: int,
     narrow: bool = False,
+    scale: te.Tensor | None = None,
 ) -> te.Tensor:
-    """NHWC-group direct conv for vpmaddwd / vpmaddubsw (kernels/int8_conv_avx2.py), requantized into NCHW int8."""
+    """NHWC-group direct conv for vpmaddwd / vpmaddubsw (kernels/int8_conv_avx2.py), requantized into NCHW int8.
+
+    With `scale` (float32 ``[O]``): NCHW float out, ``float32(acc + bias) * scale`` (quantized_conv2d_float).
+    """
     (sh, sw), _, (dh, dw), _ = attrs
     n, hp, wp = p16.shape[:3]
     o8, kh, kw, c2 = (int(d) for d in b16.shape[:4])
@@ -127,4 +145,8 @@ def te_quantized_conv2d_pmadd(
     acc = add_bias_panels(acc, bias) if narrow else acc
     read = lambda b, f, yy, xx: acc[b, yy, xx, f // 8, f % 8]  # noqa: E731
     bias_after = None if narrow else bias
+    if scale is not None:
+        n_, oh, ow = acc.shape[:3]
+        with_bias = read if narrow else lambda b, f, yy, xx: _i64(read(b, f, yy, xx)) + _i64(bias[f])
+        return scaled_nchw((n_, out_channels, oh, ow), with_bias, scale)
     return requantize_nchw(acc, bias_after, multiplier, shift, out_zero_point, read, out_channels, narrow)
