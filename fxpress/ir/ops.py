@@ -196,12 +196,7 @@ def _(
     dilation: list[int],
     groups: int,
 ) -> torch.Tensor:
-    n, _, h, w = x.shape
-    kh, kw = weight.shape[2:]
-    top, left, bottom, right = padding
-    out_h = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out_w = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return x.new_empty((n, weight.shape[0], out_h, out_w), dtype=torch.int8)
+    return _conv_output(x, weight, stride, padding, dilation, torch.int8)
 
 
 @torch.library.custom_op(f"{_LIB}::quantized_conv2d_float", mutates_args=())
@@ -233,12 +228,24 @@ def _(
     dilation: list[int],
     groups: int,
 ) -> torch.Tensor:
+    return _conv_output(x, weight, stride, padding, dilation, torch.float32)
+
+
+def _conv_output(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The empty NCHW output of a conv (the fake implementations' shape rule; symbolic sizes pass through)."""
     n, _, h, w = x.shape
     kh, kw = weight.shape[2:]
     top, left, bottom, right = padding
     out_h = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     out_w = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    return x.new_empty((n, weight.shape[0], out_h, out_w), dtype=torch.float32)
+    return x.new_empty((n, weight.shape[0], out_h, out_w), dtype=dtype)
 
 
 @torch.library.custom_op(f"{_LIB}::quantized_matmul", mutates_args=())
