@@ -12,7 +12,7 @@ from typing import Any
 
 from tvm import te, tirx
 
-from fxpress.backends.tvm.te_requant import add_bias_panels, requantize_nchw
+from fxpress.backends.tvm.te_requant import add_bias_panels, requantize_nchw, te_scaled
 
 PROLOGUES = ("conv_widen", "conv_shift_u8")  # block names of the NHWC-group prologues (kernels/conv_prologue.py)
 
@@ -70,17 +70,12 @@ def te_quantized_conv2d(
     shape = (n, out_channels, _conv_out(h, top, bottom, kh, sh, dh), _conv_out(wd, left, right, kw, sw, dw))
     acc = te.compute(shape, acc_body, name="qconv_acc")
     if scale is not None:
-        return scaled_nchw(shape, lambda b, f, yy, xx: _i64(acc[b, f, yy, xx]) + _i64(bias[f]), scale)
+        return te_scaled(shape, lambda b, f, yy, xx: _i64(acc[b, f, yy, xx]) + _i64(bias[f]), scale, axis=1)
     return requantize_nchw(acc, bias, multiplier, shift, out_zero_point, lambda b, f, yy, xx: acc[b, f, yy, xx])
 
 
 def _i64(v: tirx.PrimExpr) -> tirx.PrimExpr:
     return v.astype("int64")
-
-
-def scaled_nchw(shape: Any, read: Any, scale: te.Tensor) -> te.Tensor:
-    """float32 NCHW ``float32(read(b, o, y, x)) * scale[o]`` (quantized_conv2d_float's epilogue)."""
-    return te.compute(shape, lambda b, f, yy, xx: read(b, f, yy, xx).astype("float32") * scale[f], name="qconv_scaled")
 
 
 def te_conv_widen(x: te.Tensor, x_zero_point: int, padding: tuple[int, ...]) -> te.Tensor:
@@ -148,5 +143,5 @@ def te_quantized_conv2d_pmadd(
     if scale is not None:
         n_, oh, ow = acc.shape[:3]
         with_bias = read if narrow else lambda b, f, yy, xx: _i64(read(b, f, yy, xx)) + _i64(bias[f])
-        return scaled_nchw((n_, out_channels, oh, ow), with_bias, scale)
+        return te_scaled([n_, out_channels, oh, ow], with_bias, scale, axis=1)
     return requantize_nchw(acc, bias_after, multiplier, shift, out_zero_point, read, out_channels, narrow)

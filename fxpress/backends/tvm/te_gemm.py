@@ -12,7 +12,7 @@ from typing import Any
 
 from tvm import te, tirx
 
-from fxpress.backends.tvm.te_requant import add_bias_panels, i32, requantize
+from fxpress.backends.tvm.te_requant import add_bias_panels, i32, requantize, te_scaled
 
 
 def te_quantized_linear(
@@ -38,17 +38,8 @@ def te_quantized_linear(
 
     acc = te.compute([*lead, n], acc_body, name="qmatmul_acc")
     if scale is not None:
-        return scaled_channels(
-            lead, n, lambda rest, j: acc[(*rest, j)].astype("int64") + bias[j].astype("int64"), scale
-        )
+        return te_scaled([*lead, n], lambda *i: acc[i].astype("int64") + bias[i[-1]].astype("int64"), scale)
     return requantize(bias, multiplier, shift, out_zero_point, lead, n, lambda rest, j: acc[(*rest, j)])
-
-
-def scaled_channels(lead: list[Any], n: int, read: Any, scale: te.Tensor) -> te.Tensor:
-    """float32 ``[*lead, n]``: ``float32(read(rest, j)) * scale[j]`` (``quantized_linear_float``'s epilogue)."""
-    return te.compute(
-        [*lead, n], lambda *i: read(list(i[:-1]), i[-1]).astype("float32") * scale[i[-1]], name="qlinear_scaled"
-    )
 
 
 def te_widen(x: te.Tensor, x_zero_point: int, k2: int) -> te.Tensor:
@@ -109,7 +100,7 @@ def te_quantized_linear_pmadd(
     read = lambda rest, j: acc[(*rest, j // 8, j % 8)]  # noqa: E731
     if scale is not None:
         with_bias = read if narrow else lambda rest, j: read(rest, j).astype("int64") + bias[j].astype("int64")
-        return scaled_channels(lead, n, with_bias, scale)
+        return te_scaled([*lead, n], lambda *i: with_bias(list(i[:-1]), i[-1]), scale)
     return requantize(None if narrow else bias, multiplier, shift, out_zero_point, lead, n, read, narrow=narrow)
 
 
@@ -140,16 +131,8 @@ def te_quantized_matmul(
 
     acc = te.compute([*batch, m, n], acc_body, name="qmatmul_acc")
     if scale is not None:
-        return scaled(acc, [*batch, m], n, lambda rest, j: acc[(*rest, j)], scale)
+        return te_scaled([*batch, m, n], lambda *i: acc[i], scale)
     return requantize(None, multiplier, shift, out_zero_point, [*batch, m], n, lambda rest, j: acc[(*rest, j)])
-
-
-def scaled(acc: te.Tensor, lead: list[Any], n: int, read: Any, scale: float) -> te.Tensor:
-    """float32 ``[*lead, n]``: ``float32(acc) * scale`` (``quantized_matmul_float``'s epilogue)."""
-    factor = tirx.const(scale, "float32")
-    return te.compute(
-        [*lead, n], lambda *i: read(list(i[:-1]), i[-1]).astype("float32") * factor, name="qmatmul_scaled"
-    )
 
 
 def _broadcast_dims(x: list[Any], y: list[Any]) -> list[Any]:
@@ -236,5 +219,5 @@ def te_quantized_matmul_pmadd(
     acc = te.compute([rows, n8, 8], acc_body, name="qmatmul_acc")
     read = lambda rest, j: acc[rest[0], j // 8, j % 8]  # noqa: E731
     if scale is not None:
-        return scaled(acc, [rows], n, read, scale)
+        return te_scaled([rows, n], lambda row, j: read([row], j), scale)
     return requantize(None, multiplier, shift, out_zero_point, [rows], n, read, narrow=narrow)

@@ -35,6 +35,19 @@ def te_dequantize(q: te.Tensor, scale: float, zero_point: int) -> te.Tensor:
     )
 
 
+def te_scaled(shape: list[Any], read: Callable[..., tirx.PrimExpr], scale: Any, axis: int = -1) -> te.Tensor:
+    """float32 ``float32(read(*i)) * scale``: the float-out ops' epilogue (``quantized_*_float``).
+
+    `scale` is a float (per tensor) or a float32 tensor indexed by output axis `axis` (per channel).
+    """
+
+    def body(*i: tirx.Var) -> tirx.PrimExpr:
+        factor = tirx.const(scale, "float32") if isinstance(scale, float) else scale[i[axis]]
+        return read(*i).astype("float32") * factor
+
+    return te.compute(shape, body, name="acc_scaled")
+
+
 def _at(v: te.Tensor | int | None, j: tirx.Var) -> tirx.PrimExpr:
     """A per-channel parameter's entry `j` (a tensor), or a per-tensor one (an int), as int64."""
     if isinstance(v, te.Tensor):
