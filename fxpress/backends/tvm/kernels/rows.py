@@ -15,6 +15,8 @@ vectorized along L; an element-wise block with one element-wise consumer
 
 from __future__ import annotations
 
+import math
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.base import get_extent
@@ -84,10 +86,7 @@ class CPURowReduction(FxpressCPURule):
             loops = sch.get_loops(partial)
             sch.reorder(loops[-1], loops[1])
             sch.vectorize(loops[1])
-        total = 1
-        for e in rows:
-            total *= e
-        if total * length >= PARALLEL_MIN_ELEMENTS and get_extent(sch, row) > 1:
+        if math.prod(rows) * length >= PARALLEL_MIN_ELEMENTS and get_extent(sch, row) > 1:
             sch.parallel(row)
         return sch
 
@@ -100,7 +99,7 @@ def _vector_partials(
     A scalar sum over a row is one chain of dependent float adds (3 cycles
     each); `lanes` independent partials take 1/lanes of that. Returns the
     schedule with the partials' block, or `sch` unchanged and None where TVM
-    refuses (layer norm's two-output reduction stays scalar).
+    refuses (that reduction then stays scalar).
     """
     trial = sch.copy()
     try:
