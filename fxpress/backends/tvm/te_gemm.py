@@ -12,6 +12,7 @@ from typing import Any
 
 from tvm import te, tirx
 
+from fxpress.backends.tvm.kernels.int8_avx2 import ROW_GROUP
 from fxpress.backends.tvm.te_requant import add_bias_panels, i32, requantize, te_scaled
 
 
@@ -216,7 +217,7 @@ def te_quantized_matmul_pmadd(
         a = a16[row, kp, kk].astype("int32")
         return te.sum(a * b16[row // m * n8 + g, kp, lane, kk].astype("int32"), axis=[kp, kk])
 
-    acc = te.compute([rows, n8, 8], acc_body, name="qmatmul_acc")
+    acc = te.compute([rows, n8, 8], acc_body, name="qmatmul_acc", attrs={ROW_GROUP: int(m)})
     read = lambda rest, j: acc[rest[0], j // 8, j % 8]  # noqa: E731
     if scale is not None:
         return te_scaled([rows, n], lambda row, j: read([row], j), scale)

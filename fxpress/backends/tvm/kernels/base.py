@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 PARALLEL_MIN_MACS = 1 << 21
 # The same for element-wise kernels, counted in output elements.
 PARALLEL_MIN_ELEMENTS = 16384
+# Storage scope of a register tile's accumulator (cache_write). TVM 0.27's host
+# lowering keeps only small *global* allocations on the stack, where LLVM turns
+# them into registers; a "local" one becomes a TVMBackendAllocWorkspace and
+# free call pair per tile, which cost the int8 GEMMs half their speed at K=384.
+ACC_SCOPE = "global"
 
 
 class FxpressCPURule(CPUScheduleRule):

@@ -35,7 +35,7 @@ import re
 from tvm import s_tir, te, tirx
 from tvm.script import from_source
 
-from fxpress.backends.tvm.kernels.base import PARALLEL_MIN_MACS, attach_epilogue
+from fxpress.backends.tvm.kernels.base import ACC_SCOPE, PARALLEL_MIN_MACS, attach_epilogue
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def bsr_linear_func(rows: int | None, k: int, n: int, block: tuple[int, int], wi
     sch.reorder(mo, i, lo, co, mi, b)
     if not isinstance(rows, int) or (rows * nb * length * r * c >= PARALLEL_MIN_MACS and rows > mr):
         sch.parallel(mo)
-    local = sch.cache_write(main, 0, "local")
+    local = sch.cache_write(main, 0, ACC_SCOPE)
     sch.reverse_compute_at(local, i, preserve_unit_loops=True)
     for epilogue in attach_epilogue(sch, [main, local], [sch.get_sblock("bsr_bias")], i):
         sch.vectorize(sch.get_loops(epilogue)[-1])

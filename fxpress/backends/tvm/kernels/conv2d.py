@@ -10,7 +10,7 @@ Schedule, a direct convolution with register blocking:
     pad computed first (parallel, vectorized)
     for (n, f-block, y) in parallel:
       for x-block:
-        acc[FR, XR*VL] = 0                         # cache_write, "local"
+        acc[FR, XR*VL] = 0                         # cache_write, ACC_SCOPE
         for rc, ry, rx: for fi in FR (unrolled): for xv in XR*VL (vector):
           acc[fi, xv] += W[f, rc, ry, rx] * pad[n, rc, y*s+ry, (x+xv)*s+rx]
         write back
@@ -30,6 +30,7 @@ from tvm.s_tir.dlight.base import get_extent
 from tvm.target import Target
 
 from fxpress.backends.tvm.kernels.base import (
+    ACC_SCOPE,
     PARALLEL_MIN_ELEMENTS,
     FxpressCPURule,
     attach_epilogue,
@@ -96,7 +97,7 @@ class CPUConv2d(FxpressCPURule):
         sch.reorder(*batch, fo, y, xo, *reduction, xi, fi)
         outer = sch.fuse(*batch, fo, y)
         parallel_if_worth_it(sch, outer, macs)
-        acc = sch.cache_write(main, 0, "local")
+        acc = sch.cache_write(main, 0, ACC_SCOPE)
         sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
         fi_o, fi_i = sch.split(fi, factors=[nr, lanes])
         sch.vectorize(fi_i)
@@ -123,7 +124,7 @@ class CPUConv2d(FxpressCPURule):
         sch.reorder(*batch, fo, y, xo, *reduction, fi, xi)
         outer = sch.fuse(*batch, fo, y)
         parallel_if_worth_it(sch, outer, macs)
-        acc = sch.cache_write(main, 0, "local")
+        acc = sch.cache_write(main, 0, ACC_SCOPE)
         sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
         xi_o, xi_i = sch.split(xi, factors=[None, lanes])
         sch.vectorize(xi_i)

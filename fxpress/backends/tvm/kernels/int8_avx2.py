@@ -38,6 +38,7 @@ from tvm.target import Target
 from tvm.target.codegen import llvm_cpu_has_features
 
 from fxpress.backends.tvm.kernels.base import (
+    ACC_SCOPE,
     FxpressCPURule,
     attach_epilogue,
     find_kernel,
@@ -48,6 +49,7 @@ from fxpress.backends.tvm.kernels.base import (
 
 INTRIN = "fx_avx2_pmaddwd_8x2"
 INTRIN_U8S8 = "fx_avx2_pmaddubsw_8x4"
+ROW_GROUP = "fxpress.row_group"  # block annotation: rows that share one B (a batched matmul's rows per batch)
 
 
 def _description(a_dtype: str, b_dtype: str, v: int) -> tirx.PrimFunc:
@@ -57,7 +59,7 @@ def _description(a_dtype: str, b_dtype: str, v: int) -> tirx.PrimFunc:
     def desc(
         A: T.Buffer((v,), a_dtype, offset_factor=1),
         B: T.Buffer((8, v), b_dtype, offset_factor=1),
-        C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+        C: T.Buffer((8,), "int32", offset_factor=1, scope=ACC_SCOPE),
     ) -> None:
         with T.sblock("root"):
             T.reads(C[0:8], A[0:v], B[0:8, 0:v])
@@ -71,19 +73,25 @@ def _description(a_dtype: str, b_dtype: str, v: int) -> tirx.PrimFunc:
     return desc
 
 
+def _broadcast_group(a: tirx.Buffer, dtype: str, lanes: str) -> tirx.PrimExpr:
+    """The `a` group (V values, 32 bits) broadcast to all 8 int32 lanes, as a `lanes` vector."""
+    return T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], dtype), dtype="int32"), 8), dtype=lanes)
+
+
+# Each implementation is one expression: a name bound in TVMScript becomes a
+# local allocation, which the host lowering turns into a workspace call per tile.
 @T.prim_func(s_tir=True)
 def _impl(
     A: T.Buffer((2,), "int16", offset_factor=1),
     B: T.Buffer((8, 2), "int16", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((8,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
         T.writes(C[0:8])
-        pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
         C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-            T.reinterpret(T.broadcast(pair, 8), dtype="int16x16"),
+            _broadcast_group(A, "int16x2", "int16x16"),
             B.vload([0, 0], dtype="int16x16"),
             dtype="int32x8",
         )
@@ -96,21 +104,19 @@ TensorIntrin.register(INTRIN, _description("int16", "int16", 2), _impl, override
 def _impl_u8s8(
     A: T.Buffer((4,), "uint8", offset_factor=1),
     B: T.Buffer((8, 4), "int8", offset_factor=1),
-    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    C: T.Buffer((8,), "int32", offset_factor=1, scope=ACC_SCOPE),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:8], A[0:4], B[0:8, 0:4])
         T.writes(C[0:8])
-        quad = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-        pairs = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
-            T.reinterpret(T.broadcast(quad, 8), dtype="uint8x32"),
-            B.vload([0, 0], dtype="int8x32"),
-            dtype="int16x16",
-        )
         C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
-            pairs,
+            T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"),
+                _broadcast_group(A, "uint8x4", "uint8x32"),
+                B.vload([0, 0], dtype="int8x32"),
+                dtype="int16x16",
+            ),
             T.broadcast(T.int16(1), 16),
             dtype="int32x8",
         )
@@ -182,7 +188,10 @@ class CPUInt8MatmulAVX2(FxpressCPURule):
         if m is None:
             return None
         rows = get_extent(sch, m)
-        mr = next((r for r in (6, 5, 4, 3, 7, 2, 1) if isinstance(rows, int) and rows % r == 0), None)
+        # A batched matmul's B panel changes every `group` rows: a tile inside one batch shares its B loads.
+        group = int(sch.get(main).annotations.get(ROW_GROUP, 0))
+        tile = (r for r in (6, 5, 4, 3, 7, 2, 1) if isinstance(rows, int) and rows % r == 0 and group % r == 0)
+        mr = next(tile, None)
         groups = get_extent(sch, n8)
         nr = 2 if isinstance(groups, int) and groups % 2 == 0 else 1
         if mr is None:
@@ -192,7 +201,7 @@ class CPUInt8MatmulAVX2(FxpressCPURule):
         sch.reorder(no, mo, k2, mi, nio, ni, kk)
         outer = sch.fuse(no, mo)
         parallel_if_worth_it(sch, outer, macs)
-        acc = sch.cache_write(main, 0, "local")
+        acc = sch.cache_write(main, 0, ACC_SCOPE)
         sch.reverse_compute_at(acc, outer, preserve_unit_loops=True)
         attach_epilogue(sch, [main, acc], kernel.after, outer)
         sch.decompose_reduction(main, k2)

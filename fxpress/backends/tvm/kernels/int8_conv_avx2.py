@@ -31,6 +31,7 @@ from tvm.s_tir.dlight.base import get_extent
 from tvm.target import Target
 
 from fxpress.backends.tvm.kernels.base import (
+    ACC_SCOPE,
     FxpressCPURule,
     attach_epilogue,
     find_kernel,
@@ -124,7 +125,7 @@ class CPUInt8Conv2dAVX2(FxpressCPURule):
             return None
         if outer is not None:
             parallel_if_worth_it(sch, outer, macs)
-        acc = sch.cache_write(main, 0, "local")
+        acc = sch.cache_write(main, 0, ACC_SCOPE)
         sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
         attach_epilogue(sch, [main, acc], kernel.after, tile)
         for block in kernel.before:  # a prologue fused in: inlined into the kernel

@@ -9,7 +9,7 @@ dims; ``B`` may be ``[j, k]``) and whose other blocks are injective prologues
 Schedule (register blocking, the classic BLIS micro-kernel shape):
 
     for (batch, j-panel, i-block) in parallel:        # fused outer loops
-      acc[MR, NR*VL] = 0                               # cache_write, "local"
+      acc[MR, NR*VL] = 0                               # cache_write, ACC_SCOPE
       for k: for ii in MR (unrolled): for jv in NR*VL (vectorized):
         acc[ii, jv] += A[i, k] * B[k, j]
       C[...] = epilogue(acc)                           # reverse_compute_at
@@ -30,6 +30,7 @@ from tvm.s_tir.dlight.base import get_extent
 from tvm.target import Target
 
 from fxpress.backends.tvm.kernels.base import (
+    ACC_SCOPE,
     FxpressCPURule,
     attach_epilogue,
     find_kernel,
@@ -95,7 +96,7 @@ class CPUMatmul(FxpressCPURule):
         sch.reorder(*batch, jo, io, k, ii, ji)
         outer = sch.fuse(*batch, jo, io)
         parallel_if_worth_it(sch, outer, macs)
-        acc = sch.cache_write(main, 0, "local")
+        acc = sch.cache_write(main, 0, ACC_SCOPE)
         sch.reverse_compute_at(acc, outer, preserve_unit_loops=True)
         epilogue = attach_epilogue(sch, [main, acc], kernel.after, outer)
         for block in [acc, *epilogue]:
