@@ -196,6 +196,7 @@ def te_quantized_matmul_pmadd(
     multiplier: int,
     shift: int,
     out_zero_point: int,
+    batch: list[Any],
     m: int,
     n: int,
     narrow: bool = False,
@@ -205,8 +206,11 @@ def te_quantized_matmul_pmadd(
 
     With `scale`: float32 out, ``float32(acc) * scale`` (quantized_matmul_float).
 
-    The rows are one dimension: the GEMM rule fuses several leading loops, and
-    tensorizing under a fused loop fails in TVM 0.27 (an int32/int64 iterator).
+    The accumulator's rows are one dimension: the GEMM rule fuses several
+    leading loops, and tensorizing under a fused loop fails in TVM 0.27 (an
+    int32/int64 iterator). The output has the op's shape ``[*batch, m, n]``,
+    so element-wise consumers (attention's scaling and mask) fuse into the
+    epilogue instead of running after a reshape.
     """
     rows, k2 = a16.shape[0], a16.shape[1]
     n8 = tirx.const((n + 7) // 8, "int64")
@@ -218,7 +222,14 @@ def te_quantized_matmul_pmadd(
         return te.sum(a * b16[row // m * n8 + g, kp, lane, kk].astype("int32"), axis=[kp, kk])
 
     acc = te.compute([rows, n8, 8], acc_body, name="qmatmul_acc", attrs={ROW_GROUP: int(m)})
-    read = lambda rest, j: acc[rest[0], j // 8, j % 8]  # noqa: E731
+
+    def row_of(index: list[tirx.Var]) -> tirx.PrimExpr:
+        flat = tirx.const(0, "int64")
+        for i, d in zip(index[:-1], batch, strict=True):
+            flat = flat * d + i
+        return flat * m + index[-1]
+
+    read = lambda rest, j: acc[row_of(list(rest)), j // 8, j % 8]  # noqa: E731
     if scale is not None:
-        return te_scaled([rows, n], lambda row, j: read([row], j), scale)
-    return requantize(None, multiplier, shift, out_zero_point, [rows], n, read, narrow=narrow)
+        return te_scaled([*batch, m, n], lambda *i: read(i[:-1], i[-1]), scale)
+    return requantize(None, multiplier, shift, out_zero_point, [*batch, m], n, read, narrow=narrow)
