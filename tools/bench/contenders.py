@@ -8,7 +8,9 @@
 - ``ort``: ``torch.onnx.export`` (the dynamo exporter, falling back to the
   TorchScript one if it fails; which one was used is recorded), then an ONNX
   Runtime CPU session with ``intra_op_num_threads=n``, one inter-op thread,
-  sequential execution and every graph optimisation on.
+  sequential execution, every graph optimisation on, and its workers told to
+  stop spinning when a run ends (``session.force_spinning_stop``: they would
+  otherwise spin on into the next contender's call).
 
 Each builder returns a `Contender` whose ``info`` holds the build facts and
 the largest output difference from eager (a cheap sanity check that the
@@ -181,6 +183,10 @@ def build_ort(
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's workers otherwise keep spinning for tens of ms after a run, on the
+    # core the next contender needs (fxpress's 2-thread MiniLM ran 2.5x slower
+    # beside it). Spinning *during* a run, what ORT's speed relies on, is kept.
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     t0 = time.perf_counter()
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     feed = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)}

@@ -67,7 +67,9 @@ def markdown(run: dict[str, Any]) -> str:
         f"- method: {cfg['warmup']} warm-up calls, then {cfg['rounds']} interleaved rounds (order rotating, "
         f"{cfg['gap_ms']} ms apart); a slow contender joins fewer rounds, about {cfg['budget_s']} s of calls "
         f"(at least {cfg['min_rounds']}); medians. CPU/wall = process CPU seconds per wall second during the "
-        "contender's own calls (≈ the cores it obtained). Ratio = median / eager median (> 1 is slower).",
+        "contender's own calls (≈ the cores it obtained). Ratio = median / eager median (> 1 is slower). "
+        "Idle worker threads stop spinning soon after a call (ONNX Runtime: session.force_spinning_stop; "
+        "TVM: 10000 polls), so one contender's pool does not take the cores of the next.",
         f"- MiniLM attention implementation: {cfg['attn']}; fxpress pipeline: default; target x86",
         "",
         *_rows(run["results"]),
