@@ -10,7 +10,7 @@ Schedule, a direct convolution with register blocking:
     pad computed first (parallel, vectorized)
     for (n, f-block, y) in parallel:
       for x-block:
-        acc[FR, XR*VL] = 0                         # cache_write, ACC_SCOPE
+        acc[FR, XR*VL] = 0                         # cache_write, TILE_SCOPE
         for rc, ry, rx: for fi in FR (unrolled): for xv in XR*VL (vector):
           acc[fi, xv] += W[f, rc, ry, rx] * pad[n, rc, y*s+ry, (x+xv)*s+rx]
         write back
@@ -30,7 +30,6 @@ from tvm.s_tir.dlight.base import get_extent
 from tvm.target import Target
 
 from fxpress.backends.tvm.kernels.base import (
-    ACC_SCOPE,
     PARALLEL_MIN_ELEMENTS,
     FxpressCPURule,
     attach_epilogue,
@@ -57,6 +56,10 @@ def _is_conv2d(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
 # width (a predicated tail costs several times more). 4 first: 4 x 2 vectors of
 # accumulators leave registers for the weights and the broadcast input on AVX2
 # (7 x 2 spilled: 56x56 ran 1.6x slower); 7 covers the 14 and 7 wide stages.
+# The fp32 conv tile stays in "local" scope (a TVMBackendAllocWorkspace per
+# tile), unlike the GEMM tiles (base.ACC_SCOPE): measured on ResNet-18, the
+# 14-wide stages' 7-column tiles, which spill, ran 2x slower from the stack.
+TILE_SCOPE = "local"
 XR_ORDER = (4, 6, 7, 5, 3, 2)
 
 
@@ -97,7 +100,7 @@ class CPUConv2d(FxpressCPURule):
         sch.reorder(*batch, fo, y, xo, *reduction, xi, fi)
         outer = sch.fuse(*batch, fo, y)
         parallel_if_worth_it(sch, outer, macs)
-        acc = sch.cache_write(main, 0, ACC_SCOPE)
+        acc = sch.cache_write(main, 0, TILE_SCOPE)
         sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
         fi_o, fi_i = sch.split(fi, factors=[nr, lanes])
         sch.vectorize(fi_i)
@@ -124,7 +127,7 @@ class CPUConv2d(FxpressCPURule):
         sch.reorder(*batch, fo, y, xo, *reduction, fi, xi)
         outer = sch.fuse(*batch, fo, y)
         parallel_if_worth_it(sch, outer, macs)
-        acc = sch.cache_write(main, 0, ACC_SCOPE)
+        acc = sch.cache_write(main, 0, TILE_SCOPE)
         sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
         xi_o, xi_i = sch.split(xi, factors=[None, lanes])
         sch.vectorize(xi_i)
