@@ -196,10 +196,16 @@ class CPUInt8MatmulAVX2(FxpressCPURule):
         nr = 2 if isinstance(groups, int) and groups % 2 == 0 else 1
         if mr is None:
             return None
-        mo, mi = sch.split(m, factors=[None, mr])
         no, nio = sch.split(n8, factors=[None, nr])
-        sch.reorder(no, mo, k2, mi, nio, ni, kk)
-        outer = sch.fuse(no, mo)
+        if group > 1 and isinstance(rows, int) and rows > group and rows % group == 0:
+            # one batch at a time: its A rows and B panel stay in cache while every column block passes
+            batch, mo, mi = sch.split(m, factors=[None, group // mr, mr])
+            sch.reorder(batch, no, mo, k2, mi, nio, ni, kk)
+            outer = sch.fuse(batch, no, mo)
+        else:
+            mo, mi = sch.split(m, factors=[None, mr])
+            sch.reorder(no, mo, k2, mi, nio, ni, kk)
+            outer = sch.fuse(no, mo)
         parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, ACC_SCOPE)
         sch.reverse_compute_at(acc, outer, preserve_unit_loops=True)
