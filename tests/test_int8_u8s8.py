@@ -121,3 +121,23 @@ def test_weight_reduce_range_gives_seven_bit_weights_that_take_u8s8() -> None:
     x = torch.randn(8, 96)
     np.testing.assert_array_equal(compiled(x.numpy()), q(x).numpy())
     assert "vpmaddubsw" in _asm(compiled)
+
+
+def _functions_with(ir: str, needle: str) -> list[str]:
+    """The LLVM IR functions (``define`` .. closing brace) whose body contains `needle`."""
+    return [f for f in ir.split("\ndefine ")[1:] if needle in f]
+
+
+def test_gemm_and_conv_tiles_make_no_workspace_calls() -> None:
+    """The register tile lives on the stack: no TVMBackendAllocWorkspace/Free per tile (which halved K=384 GEMMs)."""
+    model = _seven_bit(QLinear(384, 384, seed=3))
+    x = torch.randn(128, 384) * 3
+    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
+    ir = compiled.executable.mod.imports[0].inspect_source("ll")
+    gemms = _functions_with(ir, "llvm.x86.avx2.pmadd.ub.sw")
+    assert gemms and not any("TVMBackendAllocWorkspace" in f for f in gemms)
+    convs = _seven_bit(QConvs(x_zp=-20))
+    xs = [torch.randn(1, CONVS[case][0], *CONVS[case][-1]) * 3 for case in sorted(CONVS)]
+    compiled = fxpress.compile(fxpress.capture(convs, tuple(xs)), target="x86", num_threads=1)
+    kernels = _functions_with(compiled.executable.mod.imports[0].inspect_source("ll"), "llvm.x86.avx2.pmadd.ub.sw")
+    assert kernels and not any("TVMBackendAllocWorkspace" in f for f in kernels)
