@@ -276,8 +276,14 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
             a16 = bb.emit(bb.call_te(te_widen_rows, a, int(a_zp), k2, primfunc_name_hint="widen"))
             b16 = bb.emit(bb.call_te(te_pack_activation, b, int(b_zp), k2, primfunc_name_hint="pack_activation"))
             narrow32 = int(shift) >= 1 and 2 * 255 * 255 * int(kdim) < (1 << 31)
-            args = (a16, b16, *scalars, list(batch), m, n, narrow32, scale)
-            return bb.emit(bb.call_te(te_quantized_matmul_pmadd, *args, primfunc_name_hint="quantized_matmul"))
+            if all(isinstance(d, tirx.IntImm) for d in batch):  # output N-D: the scaling and mask fuse in
+                args = (a16, b16, *scalars, list(batch), m, n, narrow32, scale)
+                return bb.emit(bb.call_te(te_quantized_matmul_pmadd, *args, primfunc_name_hint="quantized_matmul"))
+            # A symbolic batch: rows out, then a reshape. (Fused with a broadcast epilogue, such a
+            # function with symbolic rows went to the fp32 conv rule, which computed it wrong.)
+            args = (a16, b16, *scalars, None, m, n, narrow32, scale)
+            flat = bb.emit(bb.call_te(te_quantized_matmul_pmadd, *args, primfunc_name_hint="quantized_matmul"))
+            return bb.emit(relax.op.reshape(flat, [*batch, m, n]))
         args = (a, b, int(a_zp), int(b_zp), *scalars, scale)
         return bb.emit(bb.call_te(te_quantized_matmul, *args, primfunc_name_hint="quantized_matmul"))
 

@@ -196,7 +196,7 @@ def te_quantized_matmul_pmadd(
     multiplier: int,
     shift: int,
     out_zero_point: int,
-    batch: list[Any],
+    batch: list[Any] | None,
     m: int,
     n: int,
     narrow: bool = False,
@@ -210,7 +210,8 @@ def te_quantized_matmul_pmadd(
     leading loops, and tensorizing under a fused loop fails in TVM 0.27 (an
     int32/int64 iterator). The output has the op's shape ``[*batch, m, n]``,
     so element-wise consumers (attention's scaling and mask) fuse into the
-    epilogue instead of running after a reshape.
+    epilogue instead of running after a reshape; with `batch` None (symbolic)
+    it is ``[rows, n]``.
     """
     rows, k2 = a16.shape[0], a16.shape[1]
     n8 = tirx.const((n + 7) // 8, "int64")
@@ -230,6 +231,9 @@ def te_quantized_matmul_pmadd(
         return flat * m + index[-1]
 
     read = lambda rest, j: acc[row_of(list(rest)), j // 8, j % 8]  # noqa: E731
+    shape = [*batch, m] if batch is not None else [rows]  # None: the rows, flat (a symbolic batch)
+    if batch is None:
+        read = lambda rest, j: acc[rest[0], j // 8, j % 8]  # noqa: E731
     if scale is not None:
-        return te_scaled([*batch, m, n], lambda *i: read(i[:-1], i[-1]), scale)
-    return requantize(None, multiplier, shift, out_zero_point, [*batch, m], n, read, narrow=narrow)
+        return te_scaled([*shape, n], lambda *i: read(i[:-1], i[-1]), scale)
+    return requantize(None, multiplier, shift, out_zero_point, shape, n, read, narrow=narrow)
