@@ -45,6 +45,8 @@ from fxpress.backends.tvm.kernels.matmul import register_tile
 def _is_conv2d(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
     # (n,) f, y, x | (rc,) ry, rx: depthwise convs reduce over the window only
     stmt = sch.get(block)
+    if len(stmt.writes[0].source.shape) != 4:  # NCHW out; the int8 GEMM's [rows, N/8, 8] also reads "SSSRR"
+        return False
     if is_multiply_accumulate(stmt, ("SSSRRR", "SSSSRRR", "SSSRR", "SSSSRR")):
         return True
     # a 1x1 conv's unit window loops are normalized away: (n,) f, y, x | rc, which is also the
