@@ -224,16 +224,14 @@ def te_quantized_matmul_pmadd(
 
     acc = te.compute([rows, n8, 8], acc_body, name="qmatmul_acc", attrs={ROW_GROUP: int(m)})
 
-    def row_of(index: list[tirx.Var]) -> tirx.PrimExpr:
-        flat = tirx.const(0, "int64")
-        for i, d in zip(index[:-1], batch, strict=True):
-            flat = flat * d + i
-        return flat * m + index[-1]
+    shape = [rows] if batch is None else [*batch, m]
 
-    read = lambda rest, j: acc[row_of(list(rest)), j // 8, j % 8]  # noqa: E731
-    shape = [*batch, m] if batch is not None else [rows]  # None: the rows, flat (a symbolic batch)
-    if batch is None:
-        read = lambda rest, j: acc[rest[0], j // 8, j % 8]  # noqa: E731
+    def read(index: list[tirx.Var], j: tirx.Var) -> tirx.PrimExpr:
+        row = tirx.const(0, "int64")
+        for i, d in zip(index, shape, strict=True):  # the row of an output index: row-major over `shape`
+            row = row * d + i
+        return acc[row, j // 8, j % 8]
+
     if scale is not None:
-        return te_scaled([*shape, n], lambda *i: read(i[:-1], i[-1]), scale)
+        return te_scaled([*shape, n], lambda *i: read(list(i[:-1]), i[-1]), scale)
     return requantize(None, multiplier, shift, out_zero_point, shape, n, read, narrow=narrow)
