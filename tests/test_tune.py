@@ -101,7 +101,7 @@ def test_tasks_are_main_reductions_biggest_first() -> None:
     tasks, skipped = tuning_tasks(graph, resolve_target("x86"))
     names = [t.task_name for t in tasks]
     assert len(names) == 2 and names[0].startswith("fused_matmul") and "sigmoid" in names[0]
-    assert names[1] == "layer_norm"
+    assert names[1] == "add_layer_norm"  # the residual add went into it (add_norm.py)
     # the weight transpose/packing of main_transform_params is no task; the last transpose is element-wise
     assert skipped == {"transpose": "element-wise"}
 

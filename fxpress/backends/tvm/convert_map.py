@@ -64,6 +64,7 @@ from fxpress.backends.tvm.te_gemm import (
 )
 from fxpress.backends.tvm.te_pool import te_max_pool2d_separable
 from fxpress.backends.tvm.te_requant import te_dequantize, te_quantize
+from fxpress.backends.tvm.te_softmax import te_softmax_quantize
 
 Converter = Callable[[Any, Any], relax.Expr]
 
@@ -104,6 +105,20 @@ def _u8s8_bias(bb: Any, w: relax.Expr, bias: relax.Expr, x_zero_point: int, narr
     return bb.emit(relax.op.astype(shifted, "int32")) if narrow else shifted
 
 
+def _is_call(expr: relax.Expr | None, op: str) -> bool:
+    """`expr` is a call of the Relax operator named `op`."""
+    return isinstance(expr, relax.Call) and getattr(expr.op, "name", "") == op
+
+
+def _is_last_axis_softmax(expr: relax.Expr | None) -> bool:
+    """`expr` is a float32 ``nn.softmax`` over its last axis."""
+    if not _is_call(expr, "relax.nn.softmax"):
+        return False
+    ndim = len(expr.ty.shape.values) if hasattr(expr.ty, "shape") and expr.ty.shape is not None else -1
+    axis = int(expr.attrs.axis)
+    return expr.ty.dtype == "float32" and ndim > 0 and axis in (-1, ndim - 1)
+
+
 def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = None) -> dict[str, Converter]:
     """The custom_convert_map for `spec` (panel widths depend on the target).
 
@@ -140,6 +155,10 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
     def quantize(node: Any, importer: Any) -> relax.Expr:
         x, scale, zero_point, qmin, qmax = importer.retrieve_args(node)
         bb = importer.block_builder
+        source = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if _is_last_axis_softmax(source):  # fused: one divide per row (te_softmax.py); the softmax is left dead
+            args = (source.args[0], float(scale), int(zero_point), int(qmin), int(qmax))
+            return bb.emit(bb.call_te(te_softmax_quantize, *args, primfunc_name_hint="softmax_quantize"))
         return bb.emit(
             bb.call_te(
                 te_quantize, x, float(scale), int(zero_point), int(qmin), int(qmax), primfunc_name_hint="quantize"

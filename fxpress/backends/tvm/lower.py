@@ -10,11 +10,15 @@ fuse, lower dataflow, plan memory, lower to the VM) with fxpress's choices:
    (the importer emits BN in training form otherwise);
 2. ``fast-math``: GELU, softmax, exp, erf, tanh as vectorizable
    approximations (libm calls would keep those loops scalar);
-3. ``legalize`` .. ``fuse-tir``: high-level ops to TIR, fused;
-4. ``schedule``: `schedule_rules(spec)` applied by dlight to every PrimFunc,
+3. ``add-norm``: a residual add fused into the layer norm that reads it
+   (add_norm.py; FuseOps never puts an element-wise producer into a reduction);
+4. ``legalize`` .. ``fuse-tir``: high-level ops to TIR, fused, with ``cse``
+   after legalization merging identical calls (Q, K and V each shift the same
+   int8 activation to uint8: once, which then fuses into its quantize);
+5. ``schedule``: `schedule_rules(spec)` applied by dlight to every PrimFunc,
    first match wins: fxpress's register-blocked matmul and conv2d, dlight's GEMV and
    reduction (softmax, layer-norm) rules, fxpress's injective rule;
-5. ``dataflow-lower`` .. ``finalize``: TVM's VM lowering, unchanged.
+6. ``dataflow-lower`` .. ``finalize``: TVM's VM lowering, unchanged.
 
 Parameters are lifted out by ``LiftTransformParams`` before these stages run
 (see compile.py), so weight-only work (transposes, later packing) happens once
@@ -29,6 +33,7 @@ import tvm
 import tvm.s_tir.dlight as dl
 from tvm import relax
 
+from fxpress.backends.tvm.add_norm import AddNorm
 from fxpress.backends.tvm.fast_math import FastMath
 from fxpress.backends.tvm.kernels import (
     CPUConv2d,
@@ -71,7 +76,9 @@ def lowering_stages(spec: TargetSpec, replay: tvm.transform.Pass | None = None) 
     return [
         ("decompose", t.DecomposeOpsForInference()),
         ("fast-math", FastMath()),
+        ("add-norm", AddNorm()),
         ("legalize", t.LegalizeOps()),
+        ("cse", tvm.transform.Sequential([t.EliminateCommonSubexpr(call_only=True), t.CanonicalizeBindings()])),
         ("annotate-op-pattern", t.AnnotateTIROpPattern()),
         ("fold-constant", t.FoldConstant()),
         ("fuse-ops", t.FuseOps()),
