@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULTS: dict[str, tuple[Any, Any]] = {
     "models": (",".join(CASE_NAMES), ",".join(CASE_NAMES)),
     "threads": ("1,2", "1"),
-    "rounds": (20, 3),
+    "rounds": (40, 3),
     "warmup": (3, 1),
     "budget_s": (60.0, 5.0),
     "min_rounds": (3, 1),
