@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-# TVM sizes its thread pool by *physical* cores (1 on a 2-vCPU VM whose vCPUs
-# are SMT siblings) unless TVM_NUM_THREADS says otherwise, and
+# TVM sizes its thread pool by its own count of cores (1 on this 2-vCPU VM,
+# whose two vCPUs are separate cores to the guest) unless TVM_NUM_THREADS says otherwise, and
 # `set_num_threads` can only go below that maximum: allow every CPU this
 # process may run on. Read when TVM's pool is first created.
 os.environ.setdefault(
