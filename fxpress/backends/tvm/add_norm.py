@@ -90,5 +90,5 @@ class AddNorm:
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
                 mutator.users = _users(func)
-                mutator.builder_.update_func(gv, relax.analysis.remove_all_unused(mutator.visit_expr(func)))
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))  # the fused add: the dead-code stage
         return mutator.builder_.get()

@@ -156,7 +156,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         x, scale, zero_point, qmin, qmax = importer.retrieve_args(node)
         bb = importer.block_builder
         source = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
-        if _is_last_axis_softmax(source):  # fused: one divide per row (te_softmax.py); the softmax is left dead
+        if _is_last_axis_softmax(source):  # one divide per row (te_softmax.py); stage dead-code drops the softmax
             args = (source.args[0], float(scale), int(zero_point), int(qmin), int(qmax))
             return bb.emit(bb.call_te(te_softmax_quantize, *args, primfunc_name_hint="softmax_quantize"))
         return bb.emit(

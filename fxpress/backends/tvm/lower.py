@@ -11,7 +11,8 @@ fuse, lower dataflow, plan memory, lower to the VM) with fxpress's choices:
 2. ``fast-math``: GELU, softmax, exp, erf, tanh as vectorizable
    approximations (libm calls would keep those loops scalar);
 3. ``add-norm``: a residual add fused into the layer norm that reads it
-   (add_norm.py; FuseOps never puts an element-wise producer into a reduction);
+   (add_norm.py; FuseOps never puts an element-wise producer into a reduction),
+   then ``dead-code`` drops the bindings such rewrites leave unread;
 4. ``legalize`` .. ``fuse-tir``: high-level ops to TIR, fused, with ``cse``
    after legalization merging identical calls (Q, K and V each shift the same
    int8 activation to uint8: once, which then fuses into its quantize);
@@ -34,6 +35,7 @@ import tvm.s_tir.dlight as dl
 from tvm import relax
 
 from fxpress.backends.tvm.add_norm import AddNorm
+from fxpress.backends.tvm.dead_bindings import DeadBindings
 from fxpress.backends.tvm.fast_math import FastMath
 from fxpress.backends.tvm.kernels import (
     CPUConv2d,
@@ -77,6 +79,7 @@ def lowering_stages(spec: TargetSpec, replay: tvm.transform.Pass | None = None) 
         ("decompose", t.DecomposeOpsForInference()),
         ("fast-math", FastMath()),
         ("add-norm", AddNorm()),
+        ("dead-code", DeadBindings()),
         ("legalize", t.LegalizeOps()),
         ("cse", tvm.transform.Sequential([t.EliminateCommonSubexpr(call_only=True), t.CanonicalizeBindings()])),
         ("annotate-op-pattern", t.AnnotateTIROpPattern()),
