@@ -31,6 +31,7 @@ from tvm.relax.frontend.torch import from_exported_program
 
 from fxpress import __version__
 from fxpress.backends.tvm.block_sparse import lower_block_sparse
+from fxpress.backends.tvm.channels_last import lower_channels_last
 from fxpress.backends.tvm.convert_map import converters
 from fxpress.backends.tvm.lower import as_pass, lowering_stages
 from fxpress.backends.tvm.pack_weights import pack_weights
@@ -91,6 +92,7 @@ def import_graph(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm
     Shared by compile and tune (tune.py), so tuned workloads are the functions compile schedules.
     """
     graph, sparse = lower_block_sparse(graph, spec)
+    graph, _ = lower_channels_last(graph, spec)
     mod, params = _import(graph, spec)
     return mod, params, sparse
 

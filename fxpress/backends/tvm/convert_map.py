@@ -62,7 +62,7 @@ from fxpress.backends.tvm.te_gemm import (
     te_widen,
     te_widen_rows,
 )
-from fxpress.backends.tvm.te_pool import te_max_pool2d_separable
+from fxpress.backends.tvm.te_pool import te_max_pool2d_nhwc, te_max_pool2d_separable
 from fxpress.backends.tvm.te_requant import te_dequantize, te_quantize
 from fxpress.backends.tvm.te_softmax import te_softmax_quantize
 
@@ -241,6 +241,16 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         x, x_zp, w, bias, scale, *attrs = importer.retrieve_args(node)
         return _conv(importer, x, x_zp, w, bias, (None, None, 0), scale, attrs, node, narrow(node, shifts=False))
 
+    def quantized_conv2d_nhwc(node: Any, importer: Any) -> relax.Expr:
+        x, x_zp, w, bias, multiplier, shift, out_zp, *attrs = importer.retrieve_args(node)
+        requant = (multiplier, shift, int(out_zp))
+        return _conv(importer, x, x_zp, w, bias, requant, None, attrs, node, narrow(node), channels_last=True)
+
+    def quantized_conv2d_float_nhwc(node: Any, importer: Any) -> relax.Expr:
+        x, x_zp, w, bias, scale, *attrs = importer.retrieve_args(node)
+        n32 = narrow(node, shifts=False)
+        return _conv(importer, x, x_zp, w, bias, (None, None, 0), scale, attrs, node, n32, channels_last=True)
+
     def _conv(
         importer: Any,
         x: Any,
@@ -252,8 +262,13 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         conv: list,
         node: Any,
         n32: bool,
+        channels_last: bool = False,
     ) -> relax.Expr:
-        """Both conv ops: requantized by `requant` (multiplier, shift, out_zp), or float32 times `scale`."""
+        """All conv ops: requantized by `requant` (multiplier, shift, out_zp), or float32 times `scale`.
+
+        `channels_last`: NHWC in and out (layout_ops.py), native to the AVX2
+        direct conv; any other kernel runs in NCHW between two transposes.
+        """
         stride, padding, dilation, groups = conv
         bb = importer.block_builder
         attrs = (tuple(stride), tuple(padding), tuple(dilation), (int(groups),))
@@ -261,14 +276,19 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         if pmadd and groups == 1:
             fast = u8s8(node)
             b = _pack_conv(bb, w, 4 if fast else 2)
+            prologue = (x, int(x_zp), tuple(padding), channels_last)
             if fast:
-                pad = bb.call_te(te_conv_shift_u8, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_shift_u8")
+                pad = bb.call_te(te_conv_shift_u8, *prologue, primfunc_name_hint="conv_shift_u8")
                 bias = _u8s8_bias(bb, w, bias, int(x_zp), n32)
             else:
-                pad = bb.call_te(te_conv_widen, x, int(x_zp), tuple(padding), primfunc_name_hint="conv_widen")
+                pad = bb.call_te(te_conv_widen, *prologue, primfunc_name_hint="conv_widen")
             bias = _bias_panels(bb, bias) if n32 else bias
-            args = (bb.emit(pad), b, bias, *requant, attrs, out_channels, n32, scale)
+            args = (bb.emit(pad), b, bias, *requant, attrs, out_channels, n32, scale, channels_last)
             return bb.emit(bb.call_te(te_quantized_conv2d_pmadd, *args, primfunc_name_hint="quantized_conv2d"))
+        if channels_last:
+            x_nchw = bb.emit(relax.op.permute_dims(x, [0, 3, 1, 2]))
+            out = _conv(importer, x_nchw, x_zp, w, bias, requant, scale, conv, node, n32)
+            return bb.emit(relax.op.permute_dims(out, [0, 2, 3, 1]))
         if groups == 1 and spec.device == "cpu":  # panels: the conv rule vectorizes over output channels
             w = bb.emit(relax.op.layout_transform(w, lambda o, i, h, k: (o // panel, i, h, k, o % panel), pad_value=0))
         multiplier, shift, out_zp = requant
@@ -335,6 +355,9 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         "quantized_linear_float.default": quantized_linear_float,
         "quantized_conv2d.default": quantized_conv2d,
         "quantized_conv2d_float.default": quantized_conv2d_float,
+        "quantized_conv2d_nhwc.default": quantized_conv2d_nhwc,
+        "quantized_conv2d_float_nhwc.default": quantized_conv2d_float_nhwc,
+        "max_pool2d_nhwc.default": max_pool2d_nhwc,
         "quantized_matmul.default": quantized_matmul,
         "quantized_matmul_float.default": quantized_matmul_float,
         "block_sparse_linear.default": convert_block_sparse_linear(spec),
@@ -376,6 +399,17 @@ def _separable_pool(node: Any, importer: Any) -> relax.Expr | None:
     gv = bb.add_func(func, "max_pool2d_separable")
     out = relax.TensorType([int(d) for d in y_te.shape], str(x.ty.dtype))
     return bb.emit(relax.call_tir(gv, (x,), out))
+
+
+def max_pool2d_nhwc(node: Any, importer: Any) -> relax.Expr:
+    """``fxpress::max_pool2d_nhwc`` (layout_ops.py): te_pool's one-pass NHWC pool, unfused."""
+    x, kernel, stride, padding, dilation = importer.retrieve_args(node)
+    pool = (_pair_of(kernel), _pair_of(stride), _pair_of(padding), _pair_of(dilation))
+    bb = importer.block_builder
+    call = bb.call_te(te_max_pool2d_nhwc, x, *pool, primfunc_name_hint="max_pool2d_nhwc")
+    gv = call.args[0]
+    bb.update_func(gv, bb.get()[gv].with_attr("op_pattern", OPAQUE))  # unfused: the shape kernels/pool.py takes
+    return bb.emit(call)
 
 
 def max_pool2d(node: Any, importer: Any) -> relax.Expr:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tvm import te, tirx
 
-from fxpress.backends.tvm.te_requant import add_bias_panels, requantize_nchw, te_scaled
+from fxpress.backends.tvm.te_requant import add_bias_panels, requantize, requantize_nchw, te_scaled
 
 PROLOGUES = ("conv_widen", "conv_shift_u8")  # block names of the NHWC-group prologues (kernels/conv_prologue.py)
 
@@ -78,31 +78,48 @@ def _i64(v: tirx.PrimExpr) -> tirx.PrimExpr:
     return v.astype("int64")
 
 
-def te_conv_widen(x: te.Tensor, x_zero_point: int, padding: tuple[int, ...]) -> te.Tensor:
-    """P16[n, y, x, c/2, 2] = x - x_zp as int16, NHWC channel pairs, zero in the padding and past C."""
+def _reader(x: te.Tensor, channels_last: bool) -> tuple[Any, Any, Any, Any, Any]:
+    """(n, c, h, w, read(b, c, y, x)) of an NCHW or, with `channels_last`, NHWC activation."""
+    if channels_last:
+        n, h, wd, c = x.shape
+        return n, c, h, wd, lambda b, ci, yy, xx: x[b, yy, xx, ci]
     n, c, h, wd = x.shape
+    return n, c, h, wd, lambda b, ci, yy, xx: x[b, ci, yy, xx]
+
+
+def te_conv_widen(x: te.Tensor, x_zero_point: int, padding: tuple[int, ...], channels_last: bool = False) -> te.Tensor:
+    """P16[n, y, x, c/2, 2] = x - x_zp as int16, NHWC channel pairs, zero in the padding and past C.
+
+    `x` is NCHW, or NHWC with `channels_last` (then each pixel's channels are one contiguous read).
+    """
+    n, c, h, wd, at = _reader(x, channels_last)
     top, left, bottom, right = padding
     c2 = (int(c) + 1) // 2
 
     def body(b: tirx.Var, yy: tirx.Var, xx: tirx.Var, cp: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
         ci = cp * 2 + j
         inside = tirx.all(yy >= top, yy < h + top, xx >= left, xx < wd + left, ci < c)
-        read = x[b, tirx.min(ci, c - 1), yy - top, xx - left].astype("int16")
+        read = at(b, tirx.min(ci, c - 1), yy - top, xx - left).astype("int16")
         return tirx.if_then_else(inside, read - tirx.const(x_zero_point, "int16"), tirx.const(0, "int16"))
 
     return te.compute((n, h + top + bottom, wd + left + right, c2, 2), body, name="conv_widen")
 
 
-def te_conv_shift_u8(x: te.Tensor, x_zero_point: int, padding: tuple[int, ...]) -> te.Tensor:
-    """P8[n, y, x, c/4, 4] = x + 128 as uint8, NHWC channel quads; x_zp + 128 in the padding, zero past C."""
-    n, c, h, wd = x.shape
+def te_conv_shift_u8(
+    x: te.Tensor, x_zero_point: int, padding: tuple[int, ...], channels_last: bool = False
+) -> te.Tensor:
+    """P8[n, y, x, c/4, 4] = x + 128 as uint8, NHWC channel quads; x_zp + 128 in the padding, zero past C.
+
+    `x` is NCHW, or NHWC with `channels_last`.
+    """
+    n, c, h, wd, at = _reader(x, channels_last)
     top, left, bottom, right = padding
     c4 = (int(c) + 3) // 4
 
     def body(b: tirx.Var, yy: tirx.Var, xx: tirx.Var, cp: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
         ci = cp * 4 + j
         inside = tirx.all(yy >= top, yy < h + top, xx >= left, xx < wd + left)
-        read = x[b, tirx.min(ci, c - 1), yy - top, xx - left].astype("int16")
+        read = at(b, tirx.min(ci, c - 1), yy - top, xx - left).astype("int16")
         value = tirx.if_then_else(inside, read, tirx.const(x_zero_point, "int16")) + tirx.const(128, "int16")
         return tirx.if_then_else(ci < c, value.astype("uint8"), tirx.const(0, "uint8"))
 
@@ -120,10 +137,12 @@ def te_quantized_conv2d_pmadd(
     out_channels: int,
     narrow: bool = False,
     scale: te.Tensor | None = None,
+    channels_last: bool = False,
 ) -> te.Tensor:
     """NHWC-group direct conv for vpmaddwd / vpmaddubsw (kernels/int8_conv_avx2.py), requantized into NCHW int8.
 
     With `scale` (float32 ``[O]``): NCHW float out, ``float32(acc + bias) * scale`` (quantized_conv2d_float).
+    With `channels_last` the output is NHWC: each tile's 8-channel vectors are stored whole.
     """
     (sh, sw), _, (dh, dw), _ = attrs
     n, hp, wp = p16.shape[:3]
@@ -140,8 +159,15 @@ def te_quantized_conv2d_pmadd(
     acc = add_bias_panels(acc, bias) if narrow else acc
     read = lambda b, f, yy, xx: acc[b, yy, xx, f // 8, f % 8]  # noqa: E731
     bias_after = None if narrow else bias
+    n_, oh, ow = acc.shape[:3]
     if scale is not None:
-        n_, oh, ow = acc.shape[:3]
         with_bias = read if narrow else lambda b, f, yy, xx: _i64(read(b, f, yy, xx)) + _i64(bias[f])
+        if channels_last:
+            return te_scaled([n_, oh, ow, out_channels], lambda b, yy, xx, f: with_bias(b, f, yy, xx), scale, axis=3)
         return te_scaled([n_, out_channels, oh, ow], with_bias, scale, axis=1)
+    if channels_last:
+        pixel = lambda r, f: read(r[0], f, r[1], r[2])  # noqa: E731
+        return requantize(
+            bias_after, multiplier, shift, out_zero_point, [n_, oh, ow], out_channels, pixel, narrow=narrow
+        )
     return requantize_nchw(acc, bias_after, multiplier, shift, out_zero_point, read, out_channels, narrow)

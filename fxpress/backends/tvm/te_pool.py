@@ -21,7 +21,7 @@ from typing import Any
 
 from tvm import te, tirx
 
-ROWS, COLS = "pool_rows", "pool_cols"  # block names kernels/pool.py schedules
+ROWS, COLS, NHWC = "pool_rows", "pool_cols", "max_pool_nhwc"  # block names kernels/pool.py schedules
 
 
 def _lowest(dtype: Any) -> tirx.PrimExpr:
@@ -58,3 +58,32 @@ def te_max_pool2d_separable(
         lambda b, ch, yo, xo: window_max([yo * sh + k * dh - ph for k in range(kh)], h, lambda i: rows[b, ch, i, xo]),
         name=COLS,
     )
+
+
+def te_max_pool2d_nhwc(
+    x: te.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]
+) -> te.Tensor:
+    """NHWC max-pool, floor mode, symmetric padding, in one pass: every tap reads a whole pixel's channels.
+
+    Channels are the contiguous axis here, so the injective rule's vectors
+    run along them and no tap gathers; the padding test depends on the pixel
+    only. Padding reads as the dtype's lowest value, as in the separable form.
+    """
+    n, h, w, c = x.shape  # symbolic sizes pass through
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    low = _lowest(x.dtype)
+
+    def body(b: tirx.Var, yo: tirx.Var, xo: tirx.Var, ch: tirx.Var) -> tirx.PrimExpr:
+        out = None
+        for ky in range(kh):
+            for kx in range(kw):
+                y, xx = yo * sh + ky * dh - ph, xo * sw + kx * dw - pw
+                inside = tirx.all(y >= 0, y < h, xx >= 0, xx < w)
+                read = x[b, tirx.max(tirx.min(y, h - 1), 0), tirx.max(tirx.min(xx, w - 1), 0), ch]
+                value = tirx.if_then_else(inside, read, low)
+                out = value if out is None else tirx.max(out, value)
+        return out
+
+    return te.compute((n, ho, wo, c), body, name=NHWC)
