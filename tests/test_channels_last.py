@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,9 @@ from torch import nn
 import fxpress
 from fxpress.backends.tvm import channels_last
 from fxpress.backends.tvm.channels_last import TO_NCHW, TO_NHWC, lower_channels_last
+from fxpress.backends.tvm.compile import import_graph
 from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2
+from fxpress.backends.tvm.lower import as_pass, lowering_stages
 from fxpress.backends.tvm.targets import resolve_target
 from fxpress.ir import layout_ops, ops
 from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
@@ -95,6 +99,20 @@ def test_compiled_matches_eager_bit_for_bit(mini) -> None:
     compiled = fxpress.compile(graph, target="x86", num_threads=1)
     want = graph.gm(x).numpy()
     np.testing.assert_array_equal(compiled(x.numpy()), want)
+
+
+@needs_avx2
+@pytest.mark.tvm
+def test_lowered_module_transposes_only_where_the_layout_changes(mini) -> None:
+    """One transpose, into the depthwise conv: the stem's prologue packs the NCHW input itself."""
+    graph, _ = mini
+    mod, _, _ = import_graph(graph, X86)
+    stages = lowering_stages(X86)
+    fused = as_pass(stages[: [name for name, _ in stages].index("fuse-tir") + 1])(mod)
+    called = re.findall(r"R\.call_tir\((?:cls\.)?(\w+)", fused["main"].script())
+    assert len([f for f in called if "transpose" in f]) == 1, called
+    assert len([f for f in called if "max_pool2d_nhwc" in f]) == 1, called
+    assert len([f for f in called if "conv_shift_u8" in f]) == 6, called
 
 
 def _permute_chain(in_place_readers: int) -> torch.fx.Graph:

@@ -119,6 +119,11 @@ def _is_last_axis_softmax(expr: relax.Expr | None) -> bool:
     return expr.ty.dtype == "float32" and ndim > 0 and axis in (-1, ndim - 1)
 
 
+def _is_to_nhwc(expr: relax.Expr | None) -> bool:
+    """`expr` is ``permute_dims(x, [0, 2, 3, 1])`` (NCHW to NHWC)."""
+    return _is_call(expr, "relax.permute_dims") and [int(a) for a in expr.attrs.axes] == [0, 2, 3, 1]
+
+
 def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = None) -> dict[str, Converter]:
     """The custom_convert_map for `spec` (panel widths depend on the target).
 
@@ -276,7 +281,12 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         if pmadd and groups == 1:
             fast = u8s8(node)
             b = _pack_conv(bb, w, 4 if fast else 2)
-            prologue = (x, int(x_zp), tuple(padding), channels_last)
+            source, reads_nhwc = x, channels_last
+            if channels_last and _is_to_nhwc(bb.lookup_binding(x) if isinstance(x, relax.Var) else None):
+                # an NCHW tensor (the stem's input) made NHWC only for this conv: the prologue packs it directly,
+                # and stage dead-code drops the transpose
+                source, reads_nhwc = bb.lookup_binding(x).args[0], False
+            prologue = (source, int(x_zp), tuple(padding), reads_nhwc)
             if fast:
                 pad = bb.call_te(te_conv_shift_u8, *prologue, primfunc_name_hint="conv_shift_u8")
                 bias = _u8s8_bias(bb, w, bias, int(x_zp), n32)
