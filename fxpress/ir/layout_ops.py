@@ -15,6 +15,8 @@ runs in eager PyTorch with the same integers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fxpress.ir.ops import quantized_conv2d, quantized_conv2d_float
@@ -51,20 +53,8 @@ def quantized_conv2d_nhwc(
 
 
 @quantized_conv2d_nhwc.register_fake
-def _(
-    x: torch.Tensor,
-    x_zero_point: int,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    multiplier: torch.Tensor,
-    shift: torch.Tensor,
-    out_zero_point: int,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-) -> torch.Tensor:
-    return _conv_output_nhwc(x, weight, stride, padding, dilation, torch.int8)
+def _(x: torch.Tensor, x_zero_point: int, weight: torch.Tensor, *rest: Any) -> torch.Tensor:
+    return _conv_output_nhwc(x, weight, rest, torch.int8)
 
 
 @torch.library.custom_op(f"{_LIB}::quantized_conv2d_float_nhwc", mutates_args=())
@@ -84,28 +74,13 @@ def quantized_conv2d_float_nhwc(
 
 
 @quantized_conv2d_float_nhwc.register_fake
-def _(
-    x: torch.Tensor,
-    x_zero_point: int,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    groups: int,
-) -> torch.Tensor:
-    return _conv_output_nhwc(x, weight, stride, padding, dilation, torch.float32)
+def _(x: torch.Tensor, x_zero_point: int, weight: torch.Tensor, *rest: Any) -> torch.Tensor:
+    return _conv_output_nhwc(x, weight, rest, torch.float32)
 
 
-def _conv_output_nhwc(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    dtype: torch.dtype,
-) -> torch.Tensor:
+def _conv_output_nhwc(x: torch.Tensor, weight: torch.Tensor, rest: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """The empty NHWC output; `rest` ends with (stride, padding, dilation, groups) in both conv ops."""
+    stride, padding, dilation, _ = rest[-4:]
     n, h, w, _ = x.shape
     kh, kw = weight.shape[2:]
     top, left, bottom, right = padding
