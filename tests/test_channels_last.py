@@ -115,6 +115,23 @@ def test_lowered_module_transposes_only_where_the_layout_changes(mini) -> None:
     assert len([f for f in called if "conv_shift_u8" in f]) == 6, called
 
 
+@pytest.mark.tvm
+def test_dynamic_batch_height_and_width() -> None:
+    """Symbolic N, H, W through the NHWC convs, the NHWC pool and the depthwise conv after them."""
+    torch.manual_seed(5)
+    batch, size = torch.export.Dim("batch", max=64), torch.export.Dim("size", min=16, max=256)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    graph = fxpress.capture(MiniResNet().eval(), (x,), dynamic_shapes=({0: batch, 2: size, 3: size},))
+    g = torch.Generator().manual_seed(11)
+    data = [(torch.randn(2, 3, 32, 32, generator=g),) for _ in range(4)]
+    passes = [FoldBatchNorm(), Observe(per_channel=True, weight_reduce_range=True), Calibrate(data=data), FoldQDQ()]
+    quantized = fxpress.optimize(graph, passes)
+    compiled = fxpress.compile(quantized, target="x86", num_threads=1)
+    for shape in ((1, 3, 32, 32), (3, 3, 40, 40)):
+        x = torch.randn(*shape, generator=g)
+        np.testing.assert_array_equal(compiled(x.numpy()), quantized.gm(x).numpy())
+
+
 def _permute_chain(in_place_readers: int) -> torch.fx.Graph:
     """x -> to_nchw -> relu_ (+ `in_place_readers - 1` more readers of the permute) -> outputs."""
     fx = torch.fx.Graph()

@@ -108,6 +108,24 @@ def test_conv2d_sweep(cin: int, cout: int, hw: int, k: int, stride: int, groups:
     _check(ConvBlock(cin, cout, k, stride, groups), x, torch.randn(batch, cout, out_hw, out_hw))
 
 
+@pytest.mark.parametrize("groups", [1, 24])
+def test_conv_after_a_strided_conv_with_dynamic_height_and_width(groups: int) -> None:
+    """Symbolic N, H, W: the conv rule must not take a conv whose tiles it cannot bound (it computed wrong values)."""
+    torch.manual_seed(groups)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(24, 24, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(24, 24, 3, 1, 1, groups=groups)
+    ).eval()
+    batch, size = torch.export.Dim("batch", max=64), torch.export.Dim("size", min=4, max=256)
+    x = torch.randn(2, 24, 8, 8)
+    graph = fxpress.capture(model, (x,), dynamic_shapes=({0: batch, 2: size, 3: size},))
+    compiled = fxpress.compile(graph, target="x86", num_threads=1)
+    for n, hw in ((2, 8), (1, 13), (3, 20)):
+        x = torch.randn(n, 24, hw, hw)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        np.testing.assert_allclose(compiled(x.numpy()), ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
 def test_elementwise_and_layer_norm() -> None:
     class M(torch.nn.Module):
         def __init__(self) -> None:
