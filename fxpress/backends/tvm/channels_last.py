@@ -116,7 +116,7 @@ def _cancel_once(fx: torch.fx.Graph) -> bool:
     for node in fx.nodes:
         inner = _permute_of(node, TO_NHWC)
         a = _permute_of(inner, TO_NCHW)
-        if a is not None:
+        if a is not None and node.users:
             node.replace_all_uses_with(a)
             return True
     return False

@@ -282,10 +282,11 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
             fast = u8s8(node)
             b = _pack_conv(bb, w, 4 if fast else 2)
             source, reads_nhwc = x, channels_last
-            if channels_last and _is_to_nhwc(bb.lookup_binding(x) if isinstance(x, relax.Var) else None):
+            bound = bb.lookup_binding(x) if channels_last and isinstance(x, relax.Var) else None
+            if _is_to_nhwc(bound):
                 # an NCHW tensor (the stem's input) made NHWC only for this conv: the prologue packs it directly,
                 # and stage dead-code drops the transpose
-                source, reads_nhwc = bb.lookup_binding(x).args[0], False
+                source, reads_nhwc = bound.args[0], False
             prologue = (source, int(x_zp), tuple(padding), reads_nhwc)
             if fast:
                 pad = bb.call_te(te_conv_shift_u8, *prologue, primfunc_name_hint="conv_shift_u8")
