@@ -30,7 +30,6 @@ computes the same values: the rewrite only moves exact layout changes.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +59,7 @@ UNARY = {
     ops.dequantize._opoverload: ops.dequantize._opoverload,
 }
 IN_PLACE = {aten.relu_.default, aten.hardtanh_.default}
-BINARY = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, operator.add, operator.mul}
+BINARY = {aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor}
 
 
 def _permute_of(node: Any, dims: list[int]) -> torch.fx.Node | None:

@@ -29,33 +29,37 @@ def _lowest(dtype: Any) -> tirx.PrimExpr:
     return tirx.min_value(dtype) if not dtype.startswith("float") else tirx.const(float("-inf"), dtype)
 
 
+def _window_max(index: list[Any], size: Any, read: Any, low: tirx.PrimExpr) -> tirx.PrimExpr:
+    """max over the window's positions `index` (along an axis of `size`) of `read(i)`, the padding reading `low`."""
+    out = None
+    for i in index:
+        value = tirx.if_then_else(tirx.all(i >= 0, i < size), read(tirx.max(tirx.min(i, size - 1), 0)), low)
+        out = value if out is None else tirx.max(out, value)
+    return out
+
+
+def _pooled(size: Any, pad: int, kernel: int, dilation: int, stride: int) -> Any:
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def te_max_pool2d_separable(
     x: te.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]
 ) -> te.Tensor:
     """NCHW max-pool, floor mode, symmetric padding: rows pass then columns pass (see module doc)."""
     n, c, h, w = (int(d) for d in x.shape)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    ho, wo = _pooled(h, ph, kh, dh, sh), _pooled(w, pw, kw, dw, sw)
     low = _lowest(x.dtype)
-
-    def window_max(index: Any, size: int, read: Any) -> tirx.PrimExpr:
-        """max over the window's `index(k)` (k < its extent) of `read(i)`, the padding reading `low`."""
-        out = None
-        for k in range(len(index)):
-            i = index[k]
-            value = tirx.if_then_else(tirx.all(i >= 0, i < size), read(tirx.max(tirx.min(i, size - 1), 0)), low)
-            out = value if out is None else tirx.max(out, value)
-        return out
-
     rows = te.compute(
         (n, c, h, wo),
-        lambda b, ch, y, xo: window_max([xo * sw + k * dw - pw for k in range(kw)], w, lambda i: x[b, ch, y, i]),
+        lambda b, ch, y, xo: _window_max([xo * sw + k * dw - pw for k in range(kw)], w, lambda i: x[b, ch, y, i], low),
         name=ROWS,
     )
     return te.compute(
         (n, c, ho, wo),
-        lambda b, ch, yo, xo: window_max([yo * sh + k * dh - ph for k in range(kh)], h, lambda i: rows[b, ch, i, xo]),
+        lambda b, ch, yo, xo: _window_max(
+            [yo * sh + k * dh - ph for k in range(kh)], h, lambda i: rows[b, ch, i, xo], low
+        ),
         name=COLS,
     )
 
@@ -65,25 +69,17 @@ def te_max_pool2d_nhwc(
 ) -> te.Tensor:
     """NHWC max-pool, floor mode, symmetric padding, in one pass: every tap reads a whole pixel's channels.
 
-    Channels are the contiguous axis here, so the injective rule's vectors
-    run along them and no tap gathers; the padding test depends on the pixel
-    only. Padding reads as the dtype's lowest value, as in the separable form.
+    Channels are the contiguous axis here, so kernels/pool.py vectorizes along
+    them and no tap gathers; the padding tests depend on the pixel only. The
+    same window maxima as the separable form, nested (rows of columns).
     """
     n, h, w, c = x.shape  # symbolic sizes pass through
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     low = _lowest(x.dtype)
 
     def body(b: tirx.Var, yo: tirx.Var, xo: tirx.Var, ch: tirx.Var) -> tirx.PrimExpr:
-        out = None
-        for ky in range(kh):
-            for kx in range(kw):
-                y, xx = yo * sh + ky * dh - ph, xo * sw + kx * dw - pw
-                inside = tirx.all(y >= 0, y < h, xx >= 0, xx < w)
-                read = x[b, tirx.max(tirx.min(y, h - 1), 0), tirx.max(tirx.min(xx, w - 1), 0), ch]
-                value = tirx.if_then_else(inside, read, low)
-                out = value if out is None else tirx.max(out, value)
-        return out
+        cols = [xo * sw + k * dw - pw for k in range(kw)]
+        row = lambda y: _window_max(cols, w, lambda xx: x[b, y, xx, ch], low)  # noqa: E731
+        return _window_max([yo * sh + k * dh - ph for k in range(kh)], h, row, low)
 
-    return te.compute((n, ho, wo, c), body, name=NHWC)
+    return te.compute((n, _pooled(h, ph, kh, dh, sh), _pooled(w, pw, kw, dw, sw), c), body, name=NHWC)
