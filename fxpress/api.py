@@ -11,7 +11,7 @@ from fxpress.ir.graph import Graph
 
 def compile(
     graph: Graph,
-    target: str = "x86",
+    target: Any = "x86",
     *,
     num_threads: int | None = None,
     cross: bool = False,
@@ -23,16 +23,17 @@ def compile(
     target from the default cache when there are any, a path names another
     cache directory, False uses fxpress's schedule rules only.
     """
-    if not isinstance(target, str):
-        raise TargetError(f"target must be a name such as 'x86', got {type(target).__name__}")
     if target == "eager":
         from fxpress.backends.eager import EagerModule
 
         return EagerModule(graph)
-    from fxpress.backends.tvm.targets import TARGETS
+    from fxpress.backends.tvm.compile import compile_graph
+    from fxpress.backends.tvm.targets import TARGETS, TargetSpec
 
+    if isinstance(target, TargetSpec):  # resolved already (a preset with changed options: tests, tools)
+        return compile_graph(graph, target, tuning=tuning)
+    if not isinstance(target, str):
+        raise TargetError(f"target must be a name such as 'x86', got {type(target).__name__}")
     if target not in TARGETS:
         raise TargetError(f"unknown target {target!r}; valid targets: eager, {', '.join(TARGETS)}")
-    from fxpress.backends.tvm.compile import compile_graph
-
     return compile_graph(graph, target, num_threads=num_threads, cross=cross, tuning=tuning)

@@ -15,6 +15,33 @@ import torch
 from torch import nn
 
 
+def runnable_preset(name: str) -> str:
+    """The target preset `name` when this host can run its ISA; else skip the test, naming the CPU flags it lacks."""
+    from fxpress.backends.tvm.isa import ISAS
+    from fxpress.runtime.cpu import host_cpu_flags
+
+    missing = [f for f in ISAS[name].requires if f not in host_cpu_flags()]
+    if missing:
+        pytest.skip(f"target {name!r} needs CPU flags {missing} that this host lacks (built for cross use only)")
+    return name
+
+
+def s16_spec(threads: int = 1):
+    """The ``x86-avx2`` target with the u8s8 kernels off: every int8 layer in the s16 (vpmaddwd) form."""
+    import dataclasses
+
+    from fxpress.backends.tvm.targets import resolve_target
+
+    spec = resolve_target(runnable_preset("x86-avx2"), num_threads=threads)
+    return dataclasses.replace(spec, isa=dataclasses.replace(spec.isa, u8s8=False))
+
+
+@pytest.fixture(params=["x86-64", "x86-avx2", "x86"])
+def int8_path(request: pytest.FixtureRequest) -> str:
+    """A preset per int8 lowering: generic int32 (``x86-64``), the AVX2 kernels, and the host's strongest ISA."""
+    return runnable_preset(request.param) if request.param != "x86" else "x86"
+
+
 @pytest.fixture(autouse=True)
 def _verify_every_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FXPRESS_VERIFY", "1")

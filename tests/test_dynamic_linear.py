@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import runnable_preset, s16_spec
 
 import fxpress
-from fxpress.backends.tvm import convert_map
 from fxpress.errors import PipelineError
 from fxpress.ir import ops
 from fxpress.passes import Calibrate, FoldQDQ, Observe
@@ -72,16 +72,14 @@ def test_observe_marks_dynamic_linears_and_fold_qdq_makes_the_op() -> None:
 
 
 @pytest.mark.tvm
-@pytest.mark.parametrize("path", ["u8s8", "s16", "generic"])
-def test_tvm_matches_the_reference(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if path == "generic":
-        monkeypatch.setattr(convert_map, "has_avx2", lambda target: False)
-    elif path == "s16":
-        monkeypatch.setattr(convert_map, "U8S8", False)
+@pytest.mark.parametrize("path", ["u8s8", "s16", "generic", "host"])
+def test_tvm_matches_the_reference(path: str) -> None:
+    target = {"u8s8": "x86-avx2", "generic": "x86-64", "host": "x86"}.get(path)
+    target = s16_spec() if path == "s16" else runnable_preset(target) if path != "host" else target
     model = _mlp()
     x = torch.randn(2, 7, 96) * 2
     q = _quantize(model, x, dynamic=(r"^2$",), weight_reduce_range=True)
-    compiled = fxpress.compile(q, target="x86", num_threads=1)
+    compiled = fxpress.compile(q, target=target, num_threads=1)
     want = q(x).detach().numpy()
     np.testing.assert_allclose(compiled(x.numpy()), want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
     asm = compiled.executable.mod.imports[0].inspect_source("asm")

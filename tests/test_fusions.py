@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from conftest import runnable_preset
 
 import fxpress
 from fxpress.backends.tvm.compile import _import
 from fxpress.backends.tvm.kernels import CPURowReduction
-from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2
 from fxpress.backends.tvm.lower import as_pass, lowering_stages
 from fxpress.backends.tvm.targets import resolve_target
 from fxpress.ir import ops
@@ -25,9 +25,9 @@ from fxpress.ir import ops
 pytestmark = pytest.mark.tvm
 
 
-def _fused(model: torch.nn.Module, *inputs: torch.Tensor) -> tvm.IRModule:
+def _fused(model: torch.nn.Module, *inputs: torch.Tensor, preset: str = "x86") -> tvm.IRModule:
     """The module after compile's own stages up to and including ``fuse-tir``."""
-    spec = resolve_target("x86", num_threads=1)
+    spec = resolve_target(preset, num_threads=1)
     mod, _ = _import(fxpress.capture(model.eval(), inputs), spec)
     stages = lowering_stages(spec)
     upto = [name for name, _ in stages].index("fuse-tir") + 1
@@ -110,8 +110,7 @@ def test_softmax_then_quantize(dim: int) -> None:
 
 def test_int8_linears_sharing_an_input_prepare_it_once() -> None:
     """Q, K and V read one quantized activation: its uint8 shift is computed once (the ``cse`` stage)."""
-    if not has_avx2(resolve_target("x86").target):
-        pytest.skip("the host has no AVX2")
+    runnable_preset("x86-avx2")
 
     class QKV(torch.nn.Module):
         def __init__(self) -> None:
@@ -131,11 +130,11 @@ def test_int8_linears_sharing_an_input_prepare_it_once() -> None:
     model = QKV()
     x = torch.randn(2, 10, 64) * 3
     refs = model(x)
-    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86-avx2", num_threads=1)
     outs = compiled(x.numpy())
     for out, ref in zip(outs, refs, strict=True):
         np.testing.assert_array_equal(np.asarray(out), ref.numpy())
-    called = _called(_fused(model, x))
+    called = _called(_fused(model, x, preset="x86-avx2"))
     shifts = [name for name in called if "shift_u8" in name]
     assert len(shifts) == 1 and "quantize" in shifts[0], called
     assert sum("quantized_linear" in name for name in called) == 3, called

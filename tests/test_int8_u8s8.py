@@ -5,22 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import runnable_preset
 from test_quant_conv import CONVS, QConvs
 from test_quant_ops import QLinear
 
 import fxpress
-from fxpress.backends.tvm import convert_map
 from fxpress.backends.tvm.kernels.int8_avx2 import u8s8_safe
-from fxpress.backends.tvm.targets import resolve_target
 from fxpress.passes import Calibrate, FoldQDQ, Observe
 
 pytestmark = pytest.mark.tvm
 
 
+AVX2 = "x86-avx2"  # the preset whose int8 lowering chooses between u8s8 and s16 per layer
+
+
 @pytest.fixture(autouse=True)
 def _needs_avx2() -> None:
-    if not convert_map.has_avx2(resolve_target("x86").target):
-        pytest.skip("the host has no AVX2")
+    runnable_preset(AVX2)
 
 
 def _seven_bit(model: torch.nn.Module) -> torch.nn.Module:
@@ -60,7 +61,7 @@ def test_safety_is_the_worst_case_of_each_neighbouring_pair(pair: tuple[int, int
 def test_linear_takes_u8s8_and_is_bit_exact(m: int, k: int, n: int) -> None:
     model = _seven_bit(QLinear(k, n, seed=m + k + n))
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3
-    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, (x,)), target=AVX2, num_threads=1)
     yq, y = compiled(x.numpy())
     ref_q, ref = model(x)
     np.testing.assert_array_equal(yq, ref_q.numpy())
@@ -76,7 +77,7 @@ def test_unsafe_weights_take_the_exact_int16_kernel() -> None:
     with torch.no_grad():
         model.w[5, 10:12] = torch.tensor([100, 90], dtype=torch.int8)  # 255 * 190 overflows int16
     x = torch.randn(16, 64) * 3
-    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, (x,)), target=AVX2, num_threads=1)
     np.testing.assert_array_equal(compiled(x.numpy())[0], model(x)[0].numpy())
     asm = _asm(compiled)
     assert "vpmaddubsw" not in asm and "vpmaddwd" in asm
@@ -87,7 +88,7 @@ def test_u8s8_saturates_and_rounds_like_the_reference(gain: float) -> None:
     """Extreme zero points and inputs; gain 400 gives multipliers >= 0.5 (the int64 requantization, not the narrow one)."""
     model = _seven_bit(QLinear(64, 32, seed=1, x_zp=-128, out_zp=127, gain=gain))
     x = torch.cat([torch.randn(6, 64) * 10, torch.full((1, 64), 1e6), torch.full((1, 64), -1e6)])
-    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, (x,)), target=AVX2, num_threads=1)
     yq, _ = compiled(x.numpy())
     np.testing.assert_array_equal(yq, model(x)[0].numpy())
     assert "vpmaddubsw" in _asm(compiled)
@@ -98,7 +99,7 @@ def test_conv_takes_u8s8_and_is_bit_exact() -> None:
     model = _seven_bit(QConvs(x_zp=-20))
     g = torch.Generator().manual_seed(6)
     xs = [torch.randn(2, CONVS[case][0], *CONVS[case][-1], generator=g) * 3 for case in sorted(CONVS)]
-    compiled = fxpress.compile(fxpress.capture(model, tuple(xs)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, tuple(xs)), target=AVX2, num_threads=1)
     got, want = compiled(*[x.numpy() for x in xs]), model(*xs)
     for i, case in enumerate(sorted(CONVS)):
         np.testing.assert_array_equal(got[2 * i], want[2 * i].numpy(), err_msg=case)
@@ -117,7 +118,7 @@ def test_weight_reduce_range_gives_seven_bit_weights_that_take_u8s8() -> None:
     assert len(weights) == 2 and all(int(w.min()) >= -64 and int(w.max()) <= 63 for w in weights)
     assert all(u8s8_safe(w) for w in weights)
     assert "weight-reduce-range=true" in q.pipeline
-    compiled = fxpress.compile(q, target="x86", num_threads=1)
+    compiled = fxpress.compile(q, target=AVX2, num_threads=1)
     x = torch.randn(8, 96)
     np.testing.assert_array_equal(compiled(x.numpy()), q(x).numpy())
     assert "vpmaddubsw" in _asm(compiled)
@@ -132,12 +133,12 @@ def test_gemm_and_conv_tiles_make_no_workspace_calls() -> None:
     """The register tile lives on the stack: no TVMBackendAllocWorkspace/Free per tile (which halved K=384 GEMMs)."""
     model = _seven_bit(QLinear(384, 384, seed=3))
     x = torch.randn(128, 384) * 3
-    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, (x,)), target=AVX2, num_threads=1)
     ir = compiled.executable.mod.imports[0].inspect_source("ll")
     gemms = _functions_with(ir, "llvm.x86.avx2.pmadd.ub.sw")
     assert gemms and not any("TVMBackendAllocWorkspace" in f for f in gemms)
     convs = _seven_bit(QConvs(x_zp=-20))
     xs = [torch.randn(1, CONVS[case][0], *CONVS[case][-1]) * 3 for case in sorted(CONVS)]
-    compiled = fxpress.compile(fxpress.capture(convs, tuple(xs)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(convs, tuple(xs)), target=AVX2, num_threads=1)
     kernels = _functions_with(compiled.executable.mod.imports[0].inspect_source("ll"), "llvm.x86.avx2.pmadd.ub.sw")
     assert kernels and not any("TVMBackendAllocWorkspace" in f for f in kernels)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from conftest import runnable_preset
 from tvm import relax
 
 import fxpress
@@ -25,7 +26,6 @@ from fxpress.backends.tvm.kernels import (
     CPURowReduction,
     CPUSeparablePool,
 )
-from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2
 from fxpress.backends.tvm.kernels.matmul import _rows_per_tile, register_tile
 from fxpress.backends.tvm.targets import resolve_target
 
@@ -153,9 +153,9 @@ def test_rows_per_tile_divides_m() -> None:
     assert _rows_per_tile(7, 6) == 6  # prime: a predicated tail rather than 1-row tiles
 
 
-def _scheduled_functions(model: torch.nn.Module, *inputs: torch.Tensor) -> dict[str, str]:
+def _scheduled_functions(model: torch.nn.Module, *inputs: torch.Tensor, preset: str = "x86") -> dict[str, str]:
     """name -> which rule scheduled it, for every PrimFunc of the lowered module."""
-    spec = resolve_target("x86", num_threads=1)
+    spec = resolve_target(preset, num_threads=1)
     mod, _ = _import(fxpress.capture(model.eval(), inputs), spec)
     t = relax.transform
     mod = tvm.transform.Sequential(
@@ -228,8 +228,7 @@ def test_row_rule_softmax_and_layer_norm(length: int) -> None:
 def test_int8_rule_applies_to_quantized_linear() -> None:
     from fxpress.ir import ops
 
-    if not has_avx2(resolve_target("x86").target):
-        pytest.skip("the host has no AVX2")
+    runnable_preset("x86-avx2")
 
     class Q(torch.nn.Module):
         def __init__(self) -> None:
@@ -242,7 +241,7 @@ def test_int8_rule_applies_to_quantized_linear() -> None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return ops.quantized_linear(x, 0, self.w, self.b, self.m, self.s, 0)
 
-    found = _scheduled_functions(Q(), torch.zeros(12, 96, dtype=torch.int8))
+    found = _scheduled_functions(Q(), torch.zeros(12, 96, dtype=torch.int8), preset="x86-avx2")
     assert any("quantized_linear" in name and rule == "CPUInt8MatmulAVX2" for name, rule in found.items()), found
 
 

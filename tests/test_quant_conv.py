@@ -11,7 +11,6 @@ from conftest import SmallCNN, randomize_bn
 from torch import nn
 
 import fxpress
-from fxpress.backends.tvm.targets import resolve_target
 from fxpress.ir import ops
 from fxpress.ir.annotations import get
 from fxpress.passes import Calibrate, Observe
@@ -81,18 +80,6 @@ def test_reference_is_exact_and_tracks_float(case: str) -> None:
     assert float((y - yf)[inside.expand_as(y)].abs().max()) <= out_scale * (0.5 + 1e-6)
 
 
-@pytest.fixture(params=["pmaddwd", "generic"])
-def int8_path(request, monkeypatch) -> str:
-    """Run a test on the AVX2 vpmaddwd kernels and on the generic int32 path."""
-    from fxpress.backends.tvm import convert_map
-
-    if request.param == "generic":
-        monkeypatch.setattr(convert_map, "has_avx2", lambda target: False)
-    elif not convert_map.has_avx2(resolve_target("x86").target):
-        pytest.skip("the host has no AVX2")
-    return request.param
-
-
 class QConvs(nn.Module):
     """quantize -> quantized_conv2d -> dequantize (the shape fold-qdq produces), one per case of `CONVS`."""
 
@@ -122,7 +109,7 @@ def test_quantized_conv2d_tvm_bit_exact(int8_path: str) -> None:
     model = QConvs()
     g = torch.Generator().manual_seed(6)
     xs = [torch.randn(2, CONVS[case][0], *CONVS[case][-1], generator=g) * 3 for case in sorted(CONVS)]
-    compiled = fxpress.compile(fxpress.capture(model, tuple(xs)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, tuple(xs)), target=int8_path, num_threads=1)
     got, want = compiled(*[x.numpy() for x in xs]), model(*xs)
     for i, case in enumerate(sorted(CONVS)):
         yq, y = got[2 * i], got[2 * i + 1]

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 import fxpress
-from fxpress.backends.tvm.targets import resolve_target
 from fxpress.ir import ops
 from fxpress.ir.annotations import get
 from fxpress.passes import Calibrate, Observe
@@ -49,17 +48,6 @@ def test_reference_is_exact_and_tracks_float(sa: tuple[int, ...], sb: tuple[int,
     assert float(err.abs().max()) <= 0.5 + 1e-9  # within rounding of the real-valued product
 
 
-@pytest.fixture(params=["pmaddwd", "generic"])
-def int8_path(request, monkeypatch) -> str:
-    from fxpress.backends.tvm import convert_map
-
-    if request.param == "generic":
-        monkeypatch.setattr(convert_map, "has_avx2", lambda target: False)
-    elif not convert_map.has_avx2(resolve_target("x86").target):
-        pytest.skip("the host has no AVX2")
-    return request.param
-
-
 class QMatmuls(nn.Module):
     """quantize both operands -> quantized_matmul -> dequantize (and the float-out form), once per `SHAPES` entry."""
 
@@ -79,7 +67,7 @@ def test_quantized_matmul_tvm_bit_exact(int8_path: str) -> None:
     g = torch.Generator().manual_seed(7)
     xs = [torch.randn(s, generator=g) * 3 for pair in SHAPES for s in pair]
     model = QMatmuls()
-    compiled = fxpress.compile(fxpress.capture(model, tuple(xs)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, tuple(xs)), target=int8_path, num_threads=1)
     got, want = compiled(*[x.numpy() for x in xs]), model(*xs)
     for i, shapes in enumerate(SHAPES):
         assert got[3 * i].dtype == np.int8

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import runnable_preset
 
 import fxpress
-from fxpress.backends.tvm.targets import resolve_target
 from fxpress.ir import ops
 
 
@@ -81,18 +81,6 @@ class QLinear(torch.nn.Module):
         return yq, ops.dequantize(yq, 0.1, self.out_zp)
 
 
-@pytest.fixture(params=["pmaddwd", "generic"])
-def int8_path(request, monkeypatch) -> str:
-    """Run a test on the AVX2 vpmaddwd kernels and on the generic int32 path."""
-    from fxpress.backends.tvm import convert_map
-
-    if request.param == "generic":
-        monkeypatch.setattr(convert_map, "has_avx2", lambda target: False)
-    elif not convert_map.has_avx2(resolve_target("x86").target):
-        pytest.skip("the host has no AVX2")
-    return request.param
-
-
 @pytest.mark.tvm
 @pytest.mark.parametrize(
     ("m", "k", "n"),
@@ -101,7 +89,7 @@ def int8_path(request, monkeypatch) -> str:
 def test_quantized_linear_tvm_bit_exact(m: int, k: int, n: int, int8_path: str) -> None:
     model = QLinear(k, n, seed=m * 7 + k + n)
     x = torch.randn(m, k) * 3
-    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, (x,)), target=int8_path, num_threads=1)
     yq, y = compiled(x.numpy())
     ref_q, ref = model(x)
     assert yq.dtype == np.int8
@@ -114,7 +102,7 @@ def test_quantized_linear_tvm_bit_exact(m: int, k: int, n: int, int8_path: str) 
 def test_quantized_linear_saturates_and_rounds_like_the_reference(int8_path: str) -> None:
     model = QLinear(64, 32, seed=1, x_zp=-128, out_zp=127, gain=400.0)  # large multipliers: heavy saturation
     x = torch.cat([torch.randn(6, 64) * 10, torch.full((1, 64), 1e6), torch.full((1, 64), -1e6)])
-    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, (x,)), target=int8_path, num_threads=1)
     yq, _ = compiled(x.numpy())
     ref_q, _ = model(x)
     np.testing.assert_array_equal(yq, ref_q.numpy())
@@ -122,13 +110,13 @@ def test_quantized_linear_saturates_and_rounds_like_the_reference(int8_path: str
 
 
 @pytest.mark.tvm
-def test_int8_weights_are_packed_at_compile_time() -> None:
-    from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2
-
+@pytest.mark.parametrize("preset", ["x86-avx2", "x86-64"])
+def test_int8_weights_are_packed_at_compile_time(preset: str) -> None:
     model = QLinear(383, 100, seed=3)
-    compiled = fxpress.compile(fxpress.capture(model, (torch.randn(4, 383),)), target="x86", num_threads=1)
+    graph = fxpress.capture(model, (torch.randn(4, 383),))
+    compiled = fxpress.compile(graph, target=runnable_preset(preset), num_threads=1)
     shapes = {tuple(p.shape): str(p.dtype) for p in compiled.params}
-    if has_avx2(resolve_target("x86").target):  # vpmaddwd layout: [N/8, K/2, 8, 2] int16, zero-padded
+    if preset == "x86-avx2":  # vpmaddwd layout: [N/8, K/2, 8, 2] int16, zero-padded
         assert shapes.get((13, 192, 8, 2)) == "int16", shapes
     else:  # generic layout: [N/P, K, P] int8
         assert any(len(s) == 3 and d == "int8" and s[1] == 383 for s, d in shapes.items()), shapes
@@ -143,9 +131,9 @@ def test_batched_activations_use_the_int8_gemm(int8_path: str) -> None:
     """
     model = QLinear(96, 48, seed=5)
     x = torch.randn(2, 7, 96) * 3
-    compiled = fxpress.compile(fxpress.capture(model, (x,)), target="x86", num_threads=1)
+    compiled = fxpress.compile(fxpress.capture(model, (x,)), target=int8_path, num_threads=1)
     yq, _ = compiled(x.numpy())
     np.testing.assert_array_equal(yq, model(x)[0].numpy())
-    if int8_path == "pmaddwd":
+    if int8_path == "x86-avx2":
         asm = compiled.executable.mod.imports[0].inspect_source("asm")
         assert "vpmaddwd" in asm

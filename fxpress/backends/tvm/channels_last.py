@@ -36,7 +36,6 @@ from typing import Any
 import torch
 import torch.fx
 
-from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2
 from fxpress.backends.tvm.targets import TargetSpec
 from fxpress.ir import layout_ops, ops
 from fxpress.ir.graph import Graph
@@ -85,9 +84,10 @@ def _eligible(node: torch.fx.Node) -> bool:
 def lower_channels_last(graph: Graph, spec: TargetSpec) -> tuple[Graph, int]:
     """A copy of `graph` with its eligible convs in NHWC and the permutes between them cancelled; how many convs.
 
-    `graph` is returned unchanged (not copied) when the target has no AVX2 or no conv qualifies.
+    `graph` is returned unchanged (not copied) when the target's ISA has no channels-last int8 convs or
+    no conv qualifies.
     """
-    if spec.device != "cpu" or not has_avx2(spec.target):
+    if not spec.isa.channels_last_int8:
         return graph, 0
     if not any(_eligible(n) for n in graph.fx.nodes):
         return graph, 0

@@ -81,7 +81,7 @@ def _import(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runt
             "keep the ops it lacks out of the graph, or add a converter in fxpress/backends/tvm/convert_map.py"
         ) from exc
     mod, params = relax.frontend.detach_params(mod)
-    if spec.device == "cpu" and "x86_64" in str(spec.target.attrs.get("mtriple", "x86_64")):
+    if spec.isa.arch == "x86_64":
         mod = pack_weights(mod, spec.target)
     return relax.transform.LiftTransformParams()(mod), list(params.get("main", []))
 
@@ -115,20 +115,20 @@ def _transform_params(exe: tvm.runtime.Executable, params: list[tvm.runtime.Tens
 
 def compile_graph(
     graph: Graph,
-    target: str = "x86",
+    target: str | TargetSpec = "x86",
     *,
     num_threads: int | None = None,
     cross: bool = False,
     tuning: bool | str | os.PathLike[str] | None = "auto",
 ) -> CompiledModule:
-    """Compile `graph` for the named target preset (see targets.py).
+    """Compile `graph` for the named target preset (see targets.py), or for an already resolved `TargetSpec`.
 
     `tuning`: ``"auto"`` replays the default cache's records for this target
     when there are any, a path names another cache, False uses the rules only.
     """
     if not isinstance(graph, Graph):
         raise BackendError(f"compile() takes an fxpress Graph (from fxpress.capture), got {type(graph).__name__}")
-    spec = resolve_target(target, num_threads=num_threads, cross=cross)
+    spec = target if isinstance(target, TargetSpec) else resolve_target(target, num_threads=num_threads, cross=cross)
     mod, params, sparse = import_graph(graph, spec)
     timings: dict[str, float] = {}
     records, applied = open_records(spec, tuning), []

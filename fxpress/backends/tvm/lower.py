@@ -17,8 +17,10 @@ fuse, lower dataflow, plan memory, lower to the VM) with fxpress's choices:
    after legalization merging identical calls (Q, K and V each shift the same
    int8 activation to uint8: once, which then fuses into its quantize);
 5. ``schedule``: `schedule_rules(spec)` applied by dlight to every PrimFunc,
-   first match wins: fxpress's register-blocked matmul and conv2d, dlight's GEMV and
-   reduction (softmax, layer-norm) rules, fxpress's injective rule;
+   first match wins: the target ISA's own kernels (isa/: int8 GEMM and conv),
+   then the generic ones: fxpress's register-blocked matmul and conv2d,
+   row reductions (softmax, layer norm), dlight's GEMV and reduction rules,
+   pools, fxpress's injective rule;
 6. ``dataflow-lower`` .. ``finalize``: TVM's VM lowering, unchanged.
 
 Parameters are lifted out by ``LiftTransformParams`` before these stages run
@@ -37,35 +39,12 @@ from tvm import relax
 from fxpress.backends.tvm.add_norm import AddNorm
 from fxpress.backends.tvm.dead_bindings import DeadBindings
 from fxpress.backends.tvm.fast_math import FastMath
-from fxpress.backends.tvm.kernels import (
-    CPUConv2d,
-    CPUConvStemPrologue,
-    CPUInjective,
-    CPUInt8Conv2dAVX2,
-    CPUInt8MatmulAVX2,
-    CPUMatmul,
-    CPURowReduction,
-    CPUSeparablePool,
-)
 from fxpress.backends.tvm.targets import TargetSpec
 
 
 def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
-    """The dlight rules for `spec`, tried in order on every PrimFunc."""
-    if spec.device == "cuda":
-        return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
-    return [
-        CPUInt8MatmulAVX2(),
-        CPUInt8Conv2dAVX2(),
-        CPUConv2d(),  # before the matmul rule: a 1x1 conv's block also looks like a batched matmul
-        CPUMatmul(),
-        CPURowReduction(),  # softmax, layer norm: before dlight's reduction rules, which leave them scalar
-        dl.cpu.GEMV(),
-        dl.cpu.Reduction(),
-        CPUSeparablePool(),  # before the injective rule, which would inline its row pass
-        CPUConvStemPrologue(),  # before the injective rule, whose vectors gather here
-        CPUInjective(),
-    ]
+    """The dlight rules for `spec`, tried in order on every PrimFunc: its ISA's own, then the generic ones."""
+    return spec.isa.schedule_rules()
 
 
 def lowering_stages(spec: TargetSpec, replay: tvm.transform.Pass | None = None) -> list[tuple[str, tvm.transform.Pass]]:

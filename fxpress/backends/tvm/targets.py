@@ -1,7 +1,10 @@
-"""Compilation targets: named presets, host CPU feature detection, checks.
+"""Compilation targets: named presets, each resolved once to an ISA (isa/), host checks.
 
-A preset names what to build for. ``x86`` is the host CPU as LLVM sees it
-(``llvm_get_system_cpu``); the other x86 presets pin an instruction set. A
+A preset names what to build for and resolves to one `ISA`, which owns the
+kernels, layouts and int8 lowering (nothing else tests CPU flags). ``x86``
+is the host CPU as LLVM sees it (``llvm_get_system_cpu``) with the strongest
+ISA the host has (`best_x86_isa`); the other x86 presets pin one ISA and the
+LLVM cpu that goes with it (``x86-64`` is the generic baseline). A
 preset asking for an instruction set the host lacks is refused when the build
 is meant to run here (``cross=False``, the default), so a missing instruction
 is a clear compile-time error, never an illegal-instruction crash at run
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 
 import tvm
 
+from fxpress.backends.tvm.isa import ISA, ISAS, X86_ISAS, best_x86_isa
 from fxpress.errors import TargetError
 from fxpress.runtime.cpu import host_cpu_flags
 
@@ -29,31 +33,31 @@ class TargetSpec:
     target: tvm.target.Target
     device: str  # "cpu" or "cuda"
     host_runnable: bool
+    isa: ISA
     requires: tuple[str, ...] = ()  # /proc/cpuinfo flags the code needs
     cross_compiler: str | None = None
     options: dict[str, object] = field(default_factory=dict)
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "target": str(self.target), "device": self.device, "requires": list(self.requires)}
+        return {
+            "name": self.name,
+            "target": str(self.target),
+            "device": self.device,
+            "isa": self.isa.name,
+            "requires": list(self.requires),
+        }
 
 
 def _llvm(mcpu: str, threads: int, **extra: object) -> tvm.target.Target:
     return tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": threads, **extra})
 
 
-# name -> (mcpu or None for the host, required cpu flags, description)
-_X86: dict[str, tuple[str | None, tuple[str, ...], str]] = {
-    "x86": (None, (), "this machine's CPU, every instruction set it has"),
-    "x86-avx2": ("haswell", ("avx2", "fma"), "x86-64 with AVX2 and FMA"),
-    "x86-avx512": ("skylake-avx512", ("avx512f", "avx512bw"), "x86-64 with AVX-512"),
-    "x86-vnni": ("cascadelake", ("avx512f", "avx512_vnni"), "x86-64 with AVX-512 VNNI"),
-    "x86-amx": ("sapphirerapids", ("avx512f", "avx512_vnni", "amx_int8", "amx_tile"), "x86-64 with AMX-INT8"),
+TARGETS: dict[str, str] = {
+    "x86": "this machine's CPU, every instruction set it has (the strongest ISA among the x86 ones)",
+    **{isa.name: isa.description for isa in reversed(X86_ISAS)},
+    "arm": ISAS["arm"].description,
+    "cuda": ISAS["cuda"].description,
 }
-_OTHER = {
-    "arm": "aarch64 Linux with NEON and dot-product (cross build)",
-    "cuda": "NVIDIA GPU, sm_90 (cross build; runs where a GPU is)",
-}
-TARGETS: dict[str, str] = {**{k: v[2] for k, v in _X86.items()}, **_OTHER}
 
 # instruction sets LLVM may use when it compiles for the host CPU (target "x86"); such a
 # build requires those the host has, so loading it on a CPU without one is refused
@@ -87,6 +91,20 @@ _ISA_FLAGS = frozenset(
 )
 
 
+# /proc/cpuinfo flag -> LLVM feature, for the instruction sets newer than some CPUs LLVM may name the host
+# (a VM can report an older model, e.g. Rocket Lake, with Sapphire Rapids' AMX): the "x86" preset adds
+# those the host has, so its kernels can use them whatever llvm_get_system_cpu answers
+_LLVM_FEATURES = {
+    "avx512_vnni": "+avx512vnni",
+    "avx_vnni": "+avxvnni",
+    "avx512_bf16": "+avx512bf16",
+    "avx512_fp16": "+avx512fp16",
+    "amx_tile": "+amx-tile",
+    "amx_int8": "+amx-int8",
+    "amx_bf16": "+amx-bf16",
+}
+
+
 def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
@@ -103,18 +121,22 @@ def resolve_target(name: str, *, num_threads: int | None = None, cross: bool = F
         target = tvm.target.Target(
             {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"], "num-cores": threads}
         )
-        return TargetSpec(name, target, "cpu", False, cross_compiler="aarch64-linux-gnu-gcc")
+        return TargetSpec(name, target, "cpu", False, ISAS["arm"], cross_compiler="aarch64-linux-gnu-gcc")
     if name == "cuda":
         target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host=_llvm("x86-64", threads))
-        return TargetSpec(name, target, "cuda", False)
-    mcpu, needs, _ = _X86[name]
-    missing = [f for f in needs if f not in host_cpu_flags()]
+        return TargetSpec(name, target, "cuda", False, ISAS["cuda"])
+    host = host_cpu_flags()
+    if name == "x86":  # the host's own CPU: the code may use every instruction set it has
+        isa = best_x86_isa(host)
+        cpu = tvm.target.codegen.llvm_get_system_cpu()
+        mattr = [feature for flag, feature in _LLVM_FEATURES.items() if flag in host]
+        target = _llvm(cpu, threads, **({"mattr": mattr} if mattr else {}))
+        return TargetSpec(name, target, "cpu", True, isa, requires=tuple(sorted(host & _ISA_FLAGS)))
+    isa = ISAS[name]
+    missing = [f for f in isa.requires if f not in host]
     if missing and not cross:
         raise TargetError(
             f"target {name!r} needs CPU features {missing} that this machine lacks; "
             f"use target 'x86' (the host's own features) or pass cross=True to build for another machine"
         )
-    if mcpu is None:  # the host's own CPU: the code may use every instruction set it has
-        needs = tuple(sorted(host_cpu_flags() & _ISA_FLAGS))
-    cpu = mcpu or tvm.target.codegen.llvm_get_system_cpu()
-    return TargetSpec(name, _llvm(cpu, threads), "cpu", not missing, requires=needs)
+    return TargetSpec(name, _llvm(str(isa.mcpu), threads), "cpu", not missing, isa, requires=isa.requires)

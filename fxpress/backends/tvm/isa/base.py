@@ -1,0 +1,120 @@
+"""The ISA protocol: what one instruction set owns in the TVM backend.
+
+A target preset resolves once (targets.py) to an `ISA`. Everything that
+depends on the instruction set asks it instead of testing CPU flags in place:
+
+- `schedule_rules()`: the dlight rules tried on every PrimFunc, the ISA's own
+  kernels first, then the generic ones (first match wins);
+- `int8_lowering(target)`: an `Int8Lowering`, the half of the converters that emits the int8
+  GEMM, conv and batched-matmul computations in the layouts its kernels take
+  (weight packing included, as ``layout_transform``s that are lifted to
+  compile time);
+- `channels_last_int8`: whether int8 convs are rewritten NHWC before export
+  (its direct conv kernels read and write channels last);
+- `fp32_lanes`: the float vector width the generic schedules and the
+  block-sparse kernel use;
+- `prepare_runtime()`: what a process must do before running its code (AMX
+  asks Linux for tile-data permission).
+
+Adding an instruction set is one module or folder with an `ISA` subclass (or
+instance) and one line in the registry (isa/__init__.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tvm import relax
+from tvm.target import Target
+
+ConvAttrs = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int]]  # stride, padding, dilation, (groups,)
+
+
+@dataclass(frozen=True)
+class Requant:
+    """How an int8 op's int32 accumulator leaves the kernel.
+
+    Requantized to int8 by per-channel `multiplier` and `shift` (relax
+    constants) and `out_zero_point`, or, with `scale` set, dequantized to
+    float32 (``(acc + bias) * scale``). `narrow` says the converter proved the
+    arithmetic fits int32 (a cheaper epilogue).
+    """
+
+    multiplier: Any
+    shift: Any
+    out_zero_point: int
+    scale: Any = None
+    narrow: bool = False
+
+
+@dataclass(frozen=True)
+class Int8Weight:
+    """An int8 weight as the converter sees it: the relax expression and, when constant, its value."""
+
+    expr: relax.Expr
+    value: torch.Tensor | None = None
+
+
+class Int8Lowering:
+    """Emits the int8 computations for one ISA (the default: none; the generic ISA implements them all)."""
+
+    def linear(self, bb: Any, x: relax.Expr, x_zp: int, w: Int8Weight, bias: Any, rq: Requant) -> relax.Expr:
+        """``quantized_linear`` over 2-D rows `x` [M, K] and weights [N, K]."""
+        raise NotImplementedError
+
+    def conv2d(
+        self,
+        bb: Any,
+        x: relax.Expr,
+        x_zp: int,
+        w: Int8Weight,
+        bias: Any,
+        rq: Requant,
+        attrs: ConvAttrs,
+        channels_last: bool,
+    ) -> relax.Expr:
+        """``quantized_conv2d`` (NCHW, or NHWC in and out when `channels_last`)."""
+        raise NotImplementedError
+
+    def matmul(
+        self, bb: Any, a: relax.Expr, a_zp: int, b: relax.Expr, b_zp: int, scalars: tuple[int, int, int], scale: Any
+    ) -> relax.Expr:
+        """``quantized_matmul`` of two int8 activations, per-tensor requantized (or float out with `scale`)."""
+        raise NotImplementedError
+
+    def dynamic_linear(self, bb: Any, x2: relax.Expr, w: Int8Weight, weight_scale: Any, bias: Any) -> relax.Expr:
+        """``dynamic_quantized_linear`` over 2-D float rows: quantized per row at run time."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ISA:
+    """One instruction set: its preset name, what it needs of a CPU, and what it owns (see module doc)."""
+
+    name: str
+    description: str
+    arch: str  # "x86_64", "aarch64" or "cuda"
+    mcpu: str | None  # the LLVM cpu a pinned build uses (None: the host's own, or none)
+    requires: tuple[str, ...] = ()  # /proc/cpuinfo flags its code needs
+    vector_bits: int = 128
+    channels_last_int8: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def fp32_lanes(self) -> int:
+        return max(self.vector_bits // 32, 1)
+
+    def int8_lowering(self, target: Target) -> Int8Lowering:
+        raise NotImplementedError
+
+    def schedule_rules(self) -> list[Any]:
+        raise NotImplementedError
+
+    def prepare_runtime(self) -> None:
+        """Make this process able to run the ISA's code (nothing for most ISAs)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "arch": self.arch, "requires": list(self.requires), **dict(self.options)}
