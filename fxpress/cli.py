@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 1,3,224,224 (repeat per input)")
     c.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
     c.add_argument("--passes", default="default", help='pipeline text, e.g. "fold-bn,dce" (default: default)')
-    c.add_argument("--target", default="x86", help="x86, x86-avx2, x86-avx512, x86-vnni, x86-amx, arm, cuda")
+    c.add_argument("--target", default="x86", help="x86 (the host, its strongest ISA), x86-64, x86-avx2, x86-avx512, x86-vnni, x86-amx, arm, cuda")
     c.add_argument("--threads", type=int, default=None, help="threads the compiled code uses (default: all cores)")
     c.add_argument("--cross", action="store_true", help="build for another machine (skip the host CPU check)")
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")

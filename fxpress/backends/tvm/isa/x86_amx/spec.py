@@ -9,7 +9,7 @@ AMX = Avx2ISA(
     "x86-64 with AMX-INT8",
     "x86_64",
     "sapphirerapids",
-    ("avx512f", "avx512bw", "avx512_vnni", "amx_int8", "amx_tile"),
+    ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_int8", "amx_tile"),
     512,
     channels_last_int8=True,
 )

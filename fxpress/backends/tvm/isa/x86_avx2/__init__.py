@@ -43,7 +43,7 @@ AVX512 = Avx2ISA(
     "x86-64 with AVX-512 (16-lane fp32; int8 through the AVX2 kernels)",
     "x86_64",
     "skylake-avx512",
-    ("avx512f", "avx512bw"),
+    ("avx2", "fma", "avx512f", "avx512bw"),
     512,
     channels_last_int8=True,
 )

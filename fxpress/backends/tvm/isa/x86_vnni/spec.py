@@ -9,7 +9,7 @@ VNNI = Avx2ISA(
     "x86-64 with AVX-512 VNNI",
     "x86_64",
     "cascadelake",
-    ("avx512f", "avx512bw", "avx512_vnni"),
+    ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"),
     512,
     channels_last_int8=True,
 )
