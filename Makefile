@@ -38,10 +38,18 @@ lint: setup
 	$(BIN)/ruff check fxpress tests tools examples
 	$(BIN)/ruff format --check fxpress tests tools examples
 
-bench: setup
+# the bench extra (openvino, nncf) on top of the dev set-up; neither may replace the pinned CPU torch
+BENCH_STAMP := $(VENV)/.fxpress-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -c "import torch, openvino, nncf; assert torch.__version__ == '2.13.0+cpu', torch.__version__; print('bench set up: openvino', openvino.__version__, 'nncf', nncf.__version__)"
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
 	$(BIN)/python -m tools.bench
 
-bench-quick: setup
+bench-quick: setup $(BENCH_STAMP)
 	$(BIN)/python -m tools.bench --quick --out-dir build/bench-quick
 
 clean:

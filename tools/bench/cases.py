@@ -2,7 +2,9 @@
 
 Cases: ``digits-cnn`` (the demo's `DigitsCNN`, 1x1x8x8, seeded init: latency
 does not depend on training), ``resnet18`` (the ResNet-18-shaped net at
-1x3xSxS, S=224 by default), ``minilm-b1`` and ``minilm-b8`` (all-MiniLM-L6-v2,
+1x3xSxS, S=224 by default), ``efficientnet-lite0`` (the EfficientNet-Lite0-shaped
+net at the same 1x3xSxS: depthwise convs and inverted residuals, the shape
+int8 edge deployments meet, where ResNet has only dense 3x3s), ``minilm-b1`` and ``minilm-b8`` (all-MiniLM-L6-v2,
 batch 1 and 8 at a fixed sequence length, 128 by default, real sentences
 padded to that length: the cost does not depend on the padding). A case
 whose model cannot be had here (the demo not written yet, transformers not
@@ -19,7 +21,7 @@ import torch
 from torch import nn
 
 Inputs = tuple[torch.Tensor, ...]
-CASE_NAMES = ("digits-cnn", "resnet18", "minilm-b1", "minilm-b8")
+CASE_NAMES = ("digits-cnn", "resnet18", "efficientnet-lite0", "minilm-b1", "minilm-b8")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,13 @@ def _resnet(size: int) -> tuple[nn.Module, Inputs]:
     return resnet18(seed=0), (example_input(1, size, seed=1),)
 
 
+def _efficientnet(size: int) -> tuple[nn.Module, Inputs]:
+    from fxpress.models.efficientnet import efficientnet_lite0
+    from fxpress.models.resnet import example_input
+
+    return efficientnet_lite0(seed=0), (example_input(1, size, seed=1),)
+
+
 @functools.cache
 def _minilm_model(attn: str) -> nn.Module:
     try:
@@ -74,7 +83,8 @@ def _minilm(batch: int, seq_len: int, attn: str) -> tuple[nn.Module, Inputs]:
     return model, example_inputs(batch, seq_len)
 
 
-def _resnet_calibration(size: int) -> list[Inputs]:
+def _image_calibration(size: int) -> list[Inputs]:
+    """Eight seeded 1x3xSxS batches (seeds 2-9: the timing input is seed 1); for both CNN cases."""
     from fxpress.models.resnet import example_input
 
     return [(example_input(1, size, seed=seed),) for seed in range(2, 10)]
@@ -101,7 +111,15 @@ def make_cases(*, image_size: int = 224, seq_len: int = 128, attn: str = "eager"
             1,
             f"1x3x{image_size}x{image_size}",
             functools.partial(_resnet, image_size),
-            functools.partial(_resnet_calibration, image_size),
+            functools.partial(_image_calibration, image_size),
+        ),
+        "efficientnet-lite0": Case(
+            "efficientnet-lite0",
+            "efficientnet-lite0",
+            1,
+            f"1x3x{image_size}x{image_size}",
+            functools.partial(_efficientnet, image_size),
+            functools.partial(_image_calibration, image_size),
         ),
         **{
             f"minilm-b{b}": Case(

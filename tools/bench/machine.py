@@ -15,7 +15,11 @@ _FLAGS = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
     "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
 )  # fmt: skip
-_PACKAGES = ("torch", "apache-tvm", "apache-tvm-ffi", "onnxruntime", "onnx", "numpy", "transformers")
+# the flags that decide which fp32 / int8 kernels a CPU can run (AVX2 u8s8, AVX-512, VNNI, AMX): named in the report
+KEY_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_int8")
+_PACKAGES = (
+    "torch", "apache-tvm", "apache-tvm-ffi", "onnxruntime", "onnx", "openvino", "nncf", "numpy", "transformers",
+)  # fmt: skip
 _ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT")
 
 
@@ -71,6 +75,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu_model": cpu.get("model name"),
         "cpu_flags": [f for f in _FLAGS if f in flags],
+        "isa_flags": {f: f in flags for f in KEY_FLAGS},
         "llvm_cpu": _llvm_cpu(),
         "logical_cpus": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -84,4 +89,11 @@ def machine_info() -> dict[str, Any]:
 
 
 def flags_summary(info: dict[str, Any]) -> str:
+    """The recorded instruction-set flags, space-separated."""
     return " ".join(info.get("cpu_flags") or []) or "unknown"
+
+
+def isa_summary(info: dict[str, Any]) -> str:
+    """The key flags as ``avx2 yes, avx512f yes, avx512_vnni no, ...`` (runs recorded before they were kept: derived)."""
+    have = info.get("isa_flags") or {f: f in (info.get("cpu_flags") or []) for f in KEY_FLAGS}
+    return ", ".join(f"{f} {'yes' if have.get(f) else 'no'}" for f in KEY_FLAGS)

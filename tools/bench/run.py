@@ -1,16 +1,19 @@
 """The benchmark's command line: ``python -m tools.bench`` or ``python tools/bench/run.py``.
 
-For each model case and thread count: build every contender (eager,
-fxpress, ort) at that thread count, warm them up, run interleaved rounds
-(see `tools.bench.measure`), and add one row per contender. Errors while
-building or running a contender become rows with an ``error``; an
-unavailable model becomes a note. Writes ``results.json`` and ``results.md``
-under ``--out-dir`` (``bench/`` at the repo root; ``bench/quick/`` with
-``--quick``).
+For each model case and thread count: build every contender that applies
+to the case (eager, fxpress, ort, openvino, and the int8 ones where the case
+has calibration data; see `tools.bench.contenders`) at that thread count,
+warm them up, run interleaved rounds (see `tools.bench.measure`), and add one
+row per contender. Errors while building or running a contender become rows
+with an ``error``; an unavailable model, or a contender whose package is not
+installed, becomes a note. Writes ``results.json`` and ``results.md`` under
+``--out-dir`` (``bench/`` at the repo root; ``bench/quick/`` with
+``--quick``), with the fxpress / ORT / OpenVINO ratios per case and thread
+count (`tools.bench.report.comparisons`).
 
 ``--quick`` is a smoke test that finishes in a few minutes on 2 cores:
-threads 1, 3 rounds, 1 warm-up, ResNet at 64x64 and MiniLM at sequence
-length 32. Any option given explicitly overrides the quick value.
+threads 1, 3 rounds, 1 warm-up, ResNet and EfficientNet at 64x64 and MiniLM
+at sequence length 32. Any option given explicitly overrides the quick value.
 """
 
 from __future__ import annotations
@@ -61,13 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--contenders", default=",".join(ct.CONTENDERS), help=f"comma-separated, from {','.join(ct.CONTENDERS)}"
     )
-    p.add_argument("--rounds", type=int, help="interleaved rounds (default 20)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 40)")
     p.add_argument("--warmup", type=int, help="warm-up calls per contender (default 3)")
     p.add_argument("--budget-s", type=float, help="seconds of timed calls a slow contender gets per case (default 60)")
     p.add_argument("--min-rounds", type=int, help="rounds even a slow contender joins (default 3)")
     p.add_argument("--slow-s", type=float, default=2.0, help="a warm-up call longer than this ends warm-up")
     p.add_argument("--gap-ms", type=float, default=20.0, help="sleep between calls, so spinning threads settle")
-    p.add_argument("--image-size", type=int, help="ResNet input height and width (default 224)")
+    p.add_argument("--image-size", type=int, help="ResNet / EfficientNet input height and width (default 224)")
     p.add_argument("--seq-len", type=int, help="MiniLM sequence length (default 128)")
     p.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="MiniLM attention implementation")
     p.add_argument("--out-dir", type=Path, help="where results.json and results.md go (default bench/)")
@@ -125,6 +128,12 @@ def _build(
         return ct.build_torch_int8(model, inputs, threads, ref)
     if onnx is None:
         raise RuntimeError("no ONNX model (export failed: see the notes)")
+    if name in ("openvino", "openvino-default"):
+        return ct.build_openvino(name, onnx[0], inputs, threads, ref, onnx[1])
+    if name == "openvino-int8":
+        assert case.calibration is not None
+        transformer = case.family == "minilm"
+        return ct.build_openvino_int8(onnx[0], inputs, threads, ref, onnx[1], case.calibration(), transformer)
     if name == "ort-int8":
         return ct.build_ort(ct.quantize_onnx(onnx[0]), inputs, threads, ref, onnx[1])
     return ct.build_ort(onnx[0], inputs, threads, ref, onnx[1])
@@ -138,13 +147,12 @@ def bench_threads(
     threads: int,
     onnx: Any,
     args: argparse.Namespace,
+    names: list[str],
 ) -> list[dict[str, Any]]:
-    """Rows for one case at one thread count: build, warm up, interleave, summarise."""
+    """Rows for one case at one thread count: build `names`, warm up, interleave, summarise."""
     torch.set_num_threads(threads)
     rows, built = [], []
-    for name in args.contenders:
-        if name in ct.INT8 and (case.calibration is None or (name != "fxpress-int8" and case.family != "minilm")):
-            continue  # fxpress int8 wherever there is calibration data; the dynamic int8 baselines on MiniLM
+    for name in names:
         log.info("%s threads=%d: building %s", case.name, threads, name)
         try:
             built.append(_build(name, case, model, inputs, threads, ref, onnx))
@@ -187,8 +195,19 @@ def bench_case(case: Case, args: argparse.Namespace, tmp: Path, notes: list[str]
         return []
     with torch.inference_mode():
         ref = ct.first_output(model(*inputs)).astype(np.float64)
+    names = []
+    for name in args.contenders:
+        if not ct.applies(name, case.family, case.calibration is not None):
+            continue  # int8 only with calibration data; the dynamic int8 baselines on MiniLM only
+        missing = ct.missing_packages(name)
+        if missing:
+            note = f"{name}: skipped: {', '.join(missing)} not installed ({ct.install_hint(missing)})"
+            if note not in notes:
+                notes.append(note)
+            continue
+        names.append(name)
     onnx = None
-    if "ort" in args.contenders or "ort-int8" in args.contenders:
+    if any(n in ct.ONNX_BASED for n in names):
         path = tmp / f"{case.name}.onnx"
         try:
             onnx = (path, ct.export_onnx(model, inputs, path))
@@ -198,7 +217,7 @@ def bench_case(case: Case, args: argparse.Namespace, tmp: Path, notes: list[str]
             notes.append(f"{case.name}: ONNX export failed: {_error(exc)}")
     rows = []
     for threads in args.threads:
-        rows += bench_threads(case, model, inputs, ref, threads, onnx, args)
+        rows += bench_threads(case, model, inputs, ref, threads, onnx, args, names)
     return rows
 
 
@@ -223,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "config": config,
         "results": results,
+        "comparisons": report.comparisons(results),
         "notes": notes,
     }
     js, md = report.write(run, Path(args.out_dir))
