@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from fxpress.version import __version__ as __version__  # re-exported
 
 _LAZY = {
     "capture": ("fxpress.ir.capture", "capture"),

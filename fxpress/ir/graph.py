@@ -156,6 +156,24 @@ class Graph:
         node.meta["val"] = value
         return node
 
+    def replace_param(self, node_or_target: torch.fx.Node | str, value: torch.Tensor) -> None:
+        """Store `value` under the attribute a ``get_attr`` node (or path) reads, keeping its kind.
+
+        A parameter stays a (frozen) parameter, a buffer a buffer with its
+        persistence, a plain tensor attribute (a lifted constant) plain. The
+        value is copied, so the caller's tensor is never aliased.
+        """
+        target = node_or_target.target if isinstance(node_or_target, torch.fx.Node) else node_or_target
+        owner_path, _, leaf = str(target).rpartition(".")
+        owner = self.gm.get_submodule(owner_path) if owner_path else self.gm
+        value = value.detach().clone().contiguous()
+        if leaf in owner._parameters:
+            owner.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=False))
+        elif leaf in owner._buffers:
+            owner.register_buffer(leaf, value, persistent=leaf not in owner._non_persistent_buffers_set)
+        else:
+            setattr(owner, leaf, value)
+
     def drop_unused_params(self) -> int:
         """Erase unused ``get_attr`` nodes and delete the tensors no node refers to.
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors.numpy import save_file
 
 from fxpress.errors import ArtifactError
 from fxpress.runtime.artifact import LIBRARY, WEIGHTS, write_artifact
-from fxpress.runtime.module import CompiledModule
+
+if TYPE_CHECKING:  # module.py imports this module when a module is saved
+    from fxpress.runtime.module import CompiledModule
 
 
 def save_module(module: CompiledModule, directory: str | Path) -> Path:

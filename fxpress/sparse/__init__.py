@@ -8,10 +8,13 @@ they found.
   linear/conv weights a pattern applies to (`weight_sites`, `select`),
   magnitude masks per layer or global, and measurements (element, block and
   N:M density);
+- `masks`: `MagnitudeMasks`, a whole request (density, pattern, scope, which
+  weights) and the masks it gives; ``sparsify`` applies it, ``fine_tune`` ramps it;
 - `annotations`: `Sparsity`, the fact recorded on a weight's ``get_attr`` node.
 """
 
 from fxpress.sparse.annotations import Sparsity
+from fxpress.sparse.masks import MagnitudeMasks, MaskSource
 from fxpress.sparse.pattern import (
     Pattern,
     SparsityError,
@@ -28,6 +31,8 @@ from fxpress.sparse.pattern import (
 )
 
 __all__ = [
+    "MagnitudeMasks",
+    "MaskSource",
     "Pattern",
     "Sparsity",
     "SparsityError",

@@ -1,0 +1,49 @@
+"""Graph properties: the facts passes require, establish and invalidate, declared once.
+
+A property is something true of a whole graph after some pass ran
+(``calibrated``: every observed activation has quantization parameters). A pass
+declares which it ``requires``, ``establishes`` and ``invalidates``; the pass
+manager keeps the set on `Graph.properties`, and `check_order` refuses a
+pipeline in which a requirement would not hold, naming the pass to run first.
+
+`Property` is a `StrEnum`: a member equals and hashes like its text, so
+``"calibrated" in graph.properties`` holds, and messages, traces and manifests
+show the text. Passes use the members, never bare strings, so a misspelt
+property fails at import instead of being a requirement nothing establishes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Property(StrEnum):
+    """Every graph property a pass may require, establish or invalidate."""
+
+    BN_FOLDED = "bn-folded"
+    """Inference batch norms after a conv or linear are folded into its weights (fold-bn)."""
+    OBSERVED = "observed"
+    """Quantizable values carry observer slots, and weights their quantization parameters (observe)."""
+    CALIBRATED = "calibrated"
+    """Every observed activation carries quantization parameters from data (calibrate)."""
+    QUANTIZED = "quantized"
+    """Calibrated linears, convs and matmuls run as integer ops (fold-qdq)."""
+    CHANNELS_PRUNED = "channels-pruned"
+    """Channel groups were sliced smaller (prune-channels)."""
+    SPARSIFIED = "sparsified"
+    """Linear and conv weights were magnitude-pruned to a pattern (sparsify, fine-tune with sparsify)."""
+    SPARSITY_ANNOTATED = "sparsity-annotated"
+    """Sparse weights carry a measured `Sparsity` annotation (annotate-sparsity)."""
+    FINE_TUNED = "fine-tuned"
+    """The float parameters were trained on data (fine-tune)."""
+
+
+WEIGHT_DEPENDENT: frozenset[Property] = frozenset({Property.OBSERVED, Property.CALIBRATED})
+"""What a pass that rewrites or replaces weights invalidates.
+
+``observe`` computed the weights' quantization parameters and put observer
+slots on the weight nodes; a new or changed weight carries neither (or stale
+ones), and calibrated output ranges of a layer whose weights changed no longer
+hold, so both must be made again: ``observe,fold-bn,calibrate`` is refused with
+"run observe before it".
+"""
