@@ -15,7 +15,7 @@ import time
 
 import fxpress
 from fxpress.models.resnet import example_input, resnet18
-from fxpress.passes.prune import prune_report
+from fxpress.reports.prune_report import prune_report
 
 
 def median_ms(module: fxpress.CompiledModule, x: object, runs: int = 7) -> float:

@@ -32,7 +32,9 @@ class UsageError(FxpressError):
     """A command-line argument is wrong."""
 
 
-QUANT_PIPELINE = "fold-bn,observe{per-channel=true},calibrate,fold-qdq"  # = fxpress.quant.report.DEFAULT_PIPELINE
+QUANT_PIPELINE = (
+    "int8"  # the registry's named int8 pipeline (fxpress.passes.registry.PIPELINES), by name: no torch import
+)
 
 
 def _progress(msg: str) -> float:
@@ -100,7 +102,7 @@ def _capture_factory(args: argparse.Namespace) -> Any:
 
 def cmd_prune_report(args: argparse.Namespace) -> int:
     import fxpress
-    from fxpress.passes.prune import prune_report
+    from fxpress.reports.prune_report import prune_report
 
     graph = _capture_factory(args)
     if args.passes:
@@ -140,9 +142,9 @@ def _with_calibration(passes: list[Any], calibration: str | None, graph: Any) ->
 
 
 def cmd_quant_report(args: argparse.Namespace) -> int:
-    from fxpress.passes.pipeline import parse_pipeline
+    from fxpress.passes.registry import parse_pipeline
     from fxpress.quant.calib_data import load_calibration
-    from fxpress.quant.report import quant_report
+    from fxpress.reports.quant_report import quant_report
 
     parse_pipeline(args.passes)  # bad pipeline text fails before any work
     if args.limit < 0:
@@ -160,7 +162,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     import fxpress
     from fxpress.backends.tvm.targets import resolve_target
     from fxpress.passes.manager import DumpIR, Instrument, PrintIRAfter, Timing
-    from fxpress.passes.pipeline import parse_pipeline
+    from fxpress.passes.registry import parse_pipeline
 
     passes = parse_pipeline(args.passes)  # bad pipeline text fails before any work
     _check_calibration_flag(passes, args.calibration)
@@ -195,7 +197,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     import fxpress
     from fxpress.backends.tvm.targets import resolve_target
     from fxpress.backends.tvm.tune import tune
-    from fxpress.passes.pipeline import parse_pipeline
+    from fxpress.passes.registry import parse_pipeline
 
     if args.budget_s <= 0:
         raise UsageError(f"--budget-s must be a positive number of seconds, got {args.budget_s:g}")
@@ -293,8 +295,9 @@ def cmd_passes(args: argparse.Namespace) -> int:
         print(f"  {name:16} {doc}")
         for f in dataclasses.fields(cls):
             print(f"  {'':16}   {f.name.replace('_', '-')}: {f.type} = {f.default!r}")
-        if cls.requires or cls.establishes:
-            print(f"  {'':16}   requires {sorted(cls.requires)}, establishes {sorted(cls.establishes)}")
+        facts = {"requires": cls.requires, "establishes": cls.establishes, "invalidates": cls.invalidates}
+        if any(facts.values()):
+            print(f"  {'':16}   " + ", ".join(f"{k} {sorted(str(f) for f in v)}" for k, v in facts.items()))
     print("named pipelines:")
     for name, text in PIPELINES.items():
         print(f"  {name:16} {text}")
@@ -320,7 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 1,3,224,224 (repeat per input)")
     c.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
     c.add_argument("--passes", default="default", help='pipeline text, e.g. "fold-bn,dce" (default: default)')
-    c.add_argument("--target", default="x86", help="x86 (the host, its strongest ISA), x86-64, x86-avx2, x86-avx512, x86-vnni, x86-amx, arm, cuda")
+    c.add_argument(
+        "--target",
+        default="x86",
+        help="x86 (the host, its strongest ISA), x86-64, x86-avx2, x86-avx512, x86-vnni, x86-amx, arm, cuda",
+    )
     c.add_argument("--threads", type=int, default=None, help="threads the compiled code uses (default: all cores)")
     c.add_argument("--cross", action="store_true", help="build for another machine (skip the host CPU check)")
     c.add_argument("-o", "--output", required=True, help="artifact directory to write")
@@ -373,7 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     qr.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 8,3,32,32 (repeat per input)")
     qr.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
     qr.add_argument("--calibration", required=True, metavar="DATA", help="a .npy/.npz directory or MODULE:FUNCTION")
-    qr.add_argument("--passes", default=QUANT_PIPELINE, help=f"quantization pipeline (default {QUANT_PIPELINE})")
+    qr.add_argument(
+        "--passes",
+        default=QUANT_PIPELINE,
+        help=f"quantization pipeline (default {QUANT_PIPELINE}; `fxpress passes` lists it)",
+    )
     qr.add_argument("--limit", type=int, default=0, help="use at most N calibration batches (default 0: all)")
     qr.add_argument("--json", action="store_true", help="print the report as JSON")
     qr.set_defaults(func=cmd_quant_report)

@@ -119,6 +119,24 @@ def test_gradual_pruning_reaches_the_density_exactly(graph, optimizer):
     assert (graph.param("fc1.weight") != 0).all()  # the input graph is dense still
 
 
+def test_the_pass_and_the_request_below_it_prune_alike(graph):
+    """fine_tune takes the sparsify pass or the `MagnitudeMasks` request it states (train imports no pass)."""
+    from fxpress.sparse import MagnitudeMasks
+
+    request = MagnitudeMasks(density=0.25, pattern="16x1", skip=("head",))
+    assert Sparsify(density=0.25, pattern="16x1", skip=("head",)).magnitude_masks() == request
+    kwargs = {"epochs": 2, "lr": 1e-2, "ramp_epochs": 1, "progress": False}
+    torch.manual_seed(0)
+    by_request = fine_tune(graph, _data(), sparsify=request, **kwargs)
+    torch.manual_seed(0)
+    by_pass = fine_tune(graph, _data(), sparsify=Sparsify(density=0.25, pattern="16x1", skip=("head",)), **kwargs)
+    assert str(by_request) == str(by_pass)
+    for name, value in by_request.params().items():
+        torch.testing.assert_close(value, by_pass.param(name), rtol=0, atol=0)
+    with pytest.raises(PassError, match="sparsify must be a MagnitudeMasks"):
+        fine_tune(graph, _data(), sparsify="16x1", epochs=2, lr=1e-2, progress=False)
+
+
 def test_schedules():
     assert ramp_density(0.1, 0, 4) == 1.0  # Zhu & Gupta: cubic from dense to the target
     assert ramp_density(0.1, 2, 4) == pytest.approx(0.1 + 0.9 * 0.5**3)

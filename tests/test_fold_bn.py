@@ -8,9 +8,10 @@ from conftest import randomize_bn
 from torch import nn
 
 import fxpress
+from fxpress.errors import PipelineError
 from fxpress.ir.capture import _strip_guards
 from fxpress.ir.graph import Graph
-from fxpress.passes import FoldBatchNorm
+from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
 
 
 class ConvBN(nn.Module):
@@ -101,6 +102,11 @@ CASES = {
         (2, 3, 11, 11),
         1,
     ),
+    "conv2d-padding-same": (  # aten.conv2d.padding: every conv overload folds (one conv set: fxpress.ir.opsets)
+        lambda: _seq(nn.Conv2d(3, 8, 3, padding="same"), nn.BatchNorm2d(8)),
+        (2, 3, 9, 9),
+        1,
+    ),
     "grouped-conv": (lambda: _seq(nn.Conv2d(4, 8, 3, groups=2), nn.BatchNorm2d(8)), (2, 4, 9, 9), 1),
     "depthwise-conv": (lambda: _seq(nn.Conv2d(6, 6, 3, groups=6), nn.BatchNorm2d(6)), (2, 6, 9, 9), 1),
     "conv3d": (lambda: _seq(nn.Conv3d(2, 4, 3), nn.BatchNorm3d(4)), (1, 2, 5, 6, 7), 1),
@@ -165,6 +171,30 @@ def test_core_aten_form():
         "  %0 = aten.convolution(%input_1, %0_weight_bnfold, %0_bias_bnfold, [1, 1], [0, 0], [1, 1], false, [0, 0], 2) : f32[2,8,6,6]",
     ]
     torch.testing.assert_close(out(x), model(x), rtol=0, atol=1e-5)
+
+
+# -- order ---------------------------------------------------------------------
+
+
+def test_after_observe_it_is_refused_before_calibrate(cnn, cnn_input):
+    """fold-bn's folded weights are new parameters without observer slots: observe must run after it."""
+    graph = fxpress.capture(cnn, (cnn_input,))
+    data = [(cnn_input,)]
+    for pipeline, history in (
+        ([Observe(), FoldBatchNorm(), Calibrate(data=data), FoldQDQ()], ["observe", "fold-bn"]),
+        ([FoldBatchNorm(), Calibrate(data=data)], ["observe", "fold-bn"]),  # observe ran in an earlier call
+    ):
+        start = graph if pipeline[0].name == "observe" else fxpress.optimize(graph, "observe")
+        with pytest.raises(PipelineError) as info:
+            fxpress.optimize(start, pipeline)
+        assert str(info.value) == (
+            f"calibrate requires ['observed']; ran so far: {history}; run observe before it "
+            "('observed' was invalidated by fold-bn)"
+        )
+    # the order it asks for quantizes every conv and linear
+    out = fxpress.optimize(graph, [FoldBatchNorm(), Observe(), Calibrate(data=data), FoldQDQ()])
+    assert out.trace[-1].stats == {"folded": 2, "float": {}}
+    assert out.properties == frozenset({"bn-folded", "observed", "calibrated", "quantized"})
 
 
 # -- leave alone ---------------------------------------------------------------

@@ -163,6 +163,17 @@ class DanglingParam(Pass):
         return PassResult(graph, modified=True)
 
 
+@dataclass(frozen=True)
+class NodeError(Pass):
+    """Raises a structured error about the relu: node and notes, no pass name in the message."""
+
+    name = "node-error"
+
+    def run(self, graph, am):
+        relu = next(n for n in graph.nodes("call_function") if n.target == aten.relu.default)
+        raise PassError("cannot take this relu", node=relu.name, notes=["  %1 = aten.relu(%0)", "  ^^^"])
+
+
 @pytest.fixture(autouse=True)
 def _register(monkeypatch):
     for cls in (
@@ -176,6 +187,7 @@ def _register(monkeypatch):
         BreakShapes,
         PythonCall,
         DanglingParam,
+        NodeError,
     ):
         monkeypatch.setitem(PASSES, cls.name, cls)
     LOG.clear()
@@ -335,20 +347,46 @@ def test_analysis_manager_directly(graph):
 
 
 def test_pass_returning_something_else(graph):
-    with pytest.raises(PassError, match=r"^pass returns-none returned NoneType, not a PassResult \(after \['dce'\]\)$"):
+    with pytest.raises(
+        PassError, match=r"^in pass returns-none \(after \['dce'\]\): returned NoneType, not a PassResult$"
+    ):
         fxpress.optimize(graph, "dce,returns-none")
 
 
 def test_pass_raising_names_the_pass_and_the_passes_before_it(graph):
     with pytest.raises(PassError) as info:
         fxpress.optimize(fxpress.optimize(graph, "fold-bn"), "dce,boom")
-    assert str(info.value) == "pass boom failed (after ['fold-bn', 'dce']): RuntimeError: kaput"
+    assert str(info.value) == "in pass boom (after ['fold-bn', 'dce']): RuntimeError: kaput"
     assert isinstance(info.value.__cause__, RuntimeError)
+    assert (info.value.pass_name, info.value.history, info.value.message) == (
+        "boom",
+        ("fold-bn", "dce"),
+        "RuntimeError: kaput",
+    )
 
 
-def test_fxpress_error_inside_a_pass_keeps_its_type(graph):
-    with pytest.raises(VerifyError, match=r"^in pass boom-fx \(after \['dce'\]\): something is off$"):
+def test_fxpress_error_inside_a_pass_keeps_its_type_and_fields(graph):
+    with pytest.raises(VerifyError, match=r"^in pass boom-fx \(after \['dce'\]\): something is off$") as info:
         fxpress.optimize(graph, "dce,boom-fx")
+    err = info.value
+    assert (err.message, err.pass_name, err.history, err.after_pass) == ("something is off", "boom-fx", ("dce",), False)
+    assert err.__cause__ is None  # the pass's own error, given context, not wrapped in another
+
+
+def test_a_pass_error_carries_its_node_and_notes(graph):
+    with pytest.raises(PassError) as info:
+        fxpress.optimize(graph, "dce,node-error")
+    err = info.value
+    assert (err.node, err.pass_name, err.message) == ("relu", "node-error", "cannot take this relu")
+    assert str(err) == "in pass node-error (after ['dce']): cannot take this relu\n  %1 = aten.relu(%0)\n  ^^^"
+
+
+def test_context_is_recorded_once_the_innermost_pass_wins():
+    err = PassError("bad").in_pass("inner", ["a"]).in_pass("outer", ["b"])
+    assert (
+        err.pass_name == "inner"
+        and str(err) == "in pass inner (after ['a']): bad\n(while running pass outer after ['b'])"
+    )
 
 
 def test_verifier_runs_after_every_pass(graph):

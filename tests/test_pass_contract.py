@@ -17,6 +17,7 @@ from torch import nn
 
 import fxpress
 import fxpress.passes
+from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
 from fxpress.passes import PASSES, Pass, parse_pipeline
 from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.fine_tune import FineTune
@@ -49,8 +50,8 @@ def test_pass_shape(name):
     p = cls()  # every option has a default, so the bare name is a valid pipeline
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.__setattr__("anything", 1)
-    for facts in (cls.requires, cls.establishes, cls.invalidates):
-        assert isinstance(facts, frozenset) and all(KEBAB.fullmatch(f) for f in facts)
+    for facts in (cls.requires, cls.establishes, cls.invalidates):  # declared once: fxpress.ir.properties
+        assert isinstance(facts, frozenset) and all(isinstance(f, Property) for f in facts), facts
     assert parse_pipeline(p.text()) == [p]
     doc = sys.modules[cls.__module__].__doc__ or ""
     assert doc.startswith(f"{name}: "), "a pass module opens with a docstring naming the pass"
@@ -129,3 +130,17 @@ def test_second_run_changes_nothing(name, graphs):
         assert str(second) == str(first)
         x, v = graph.example_inputs
         torch.testing.assert_close(second(x, v), (first if name in LOSSY else graph)(x, v), rtol=1e-5, atol=1e-5)
+
+
+CONSUMES_WEIGHT_FACTS = {"fold-qdq"}  # rewrites weights from the very parameters `observed`/`calibrated` name
+
+
+@pytest.mark.parametrize("name", sorted(PASSES))
+def test_a_pass_that_rewrites_weights_invalidates_what_depends_on_them(name, graphs):
+    graph = _prepare(name, graphs[0])
+    out = fxpress.optimize(graph, _under_test(name, graph))
+    before, after = graph.params(), out.params()
+    new = set(after) - set(before)
+    changed = {k for k in set(after) & set(before) if not torch.equal(before[k], after[k])}
+    if (new or changed) and name not in CONSUMES_WEIGHT_FACTS:
+        assert PASSES[name].invalidates >= WEIGHT_DEPENDENT, f"{name} rewrites weights {sorted(new | changed)[:3]}"

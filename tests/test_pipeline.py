@@ -10,6 +10,7 @@ import pytest
 
 import fxpress
 from fxpress.errors import PipelineError
+from fxpress.ir.properties import Property
 from fxpress.passes import (
     PASSES,
     PIPELINES,
@@ -17,10 +18,12 @@ from fxpress.passes import (
     FoldBatchNorm,
     FoldConstants,
     Pass,
+    PassRegistry,
     PassResult,
     parse_pipeline,
     print_pipeline,
 )
+from fxpress.passes import pipeline as text
 
 CALLS: list[str] = []
 
@@ -55,25 +58,25 @@ class Record(Pass):
 @dataclass(frozen=True)
 class Calibrate(Record):
     name = "calibrate"
-    establishes = frozenset({"calibrated"})
+    establishes = frozenset({Property.CALIBRATED})
 
 
 @dataclass(frozen=True)
 class NeedsCalibration(Record):
     name = "needs-calibration"
-    requires = frozenset({"calibrated"})
+    requires = frozenset({Property.CALIBRATED})
 
 
 @dataclass(frozen=True)
 class Prune(Record):
     name = "prune"
-    invalidates = frozenset({"calibrated"})
+    invalidates = frozenset({Property.CALIBRATED})
 
 
 @dataclass(frozen=True)
 class NeedsBNFolded(Record):
     name = "needs-bn-folded"
-    requires = frozenset({"bn-folded"})
+    requires = frozenset({Property.BN_FOLDED})
 
 
 @pytest.fixture(autouse=True)
@@ -155,6 +158,32 @@ def test_options_typed_when_annotations_are_real_types(monkeypatch):
     assert type(p.ratio) is float
     with pytest.raises(PipelineError, match="option 'count' takes a int, got 'x'"):
         parse_pipeline("eager-opts{count=x}")
+
+
+def test_the_parser_takes_its_registry():
+    registry = PassRegistry({"record": Record, "options": Options}, {"both": "record,options{count=2}"})
+    assert text.parse_pipeline("both", registry) == [Record(), Options(count=2)]
+    with pytest.raises(
+        PipelineError, match=r"unknown pass 'fold-bn'; valid passes: options, record; named pipelines: both"
+    ):
+        text.parse_pipeline("fold-bn", registry)
+    assert parse_pipeline("fold-bn") == [FoldBatchNorm()]  # fxpress.passes.parse_pipeline: fxpress's registry
+    assert parse_pipeline("record", registry) == [Record()]
+
+
+def test_option_types_are_real_types_under_string_annotations():
+    assert text.option_types(Options) == {
+        "flag": bool,
+        "count": int,
+        "ratio": float,
+        "sizes": tuple[int, ...],
+        "mode": str,
+        "limit": int | None,
+    }
+
+
+def test_int8_is_a_named_pipeline():
+    assert print_pipeline(parse_pipeline("int8")) == "fold-bn,observe{per-channel=true},calibrate,fold-qdq"
 
 
 def test_named_pipeline_expands():
@@ -289,6 +318,16 @@ def test_order_check_counts_passes_of_earlier_optimize_calls(mlp, mlp_input):
     ):
         fxpress.optimize(graph, "record,needs-calibration")
     assert CALLS == []
+
+
+def test_an_invalidated_requirement_names_the_pass_that_invalidated_it(mlp, mlp_input):
+    graph = fxpress.capture(mlp, (mlp_input,))
+    with pytest.raises(PipelineError) as info:
+        fxpress.optimize(graph, "calibrate,prune,record,needs-calibration")
+    assert str(info.value) == (
+        "needs-calibration requires ['calibrated']; ran so far: ['calibrate', 'prune', 'record']; "
+        "run calibrate before it ('calibrated' was invalidated by prune)"
+    )
 
 
 def test_order_satisfied_and_invalidated(mlp, mlp_input):

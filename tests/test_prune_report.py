@@ -13,7 +13,8 @@ from torch import nn
 
 import fxpress
 from fxpress.errors import FxpressError
-from fxpress.passes.prune import PruneError, analyze, importance, prune_report
+from fxpress.passes.prune import PruneError, analyze, importance
+from fxpress.reports.prune_report import prune_report
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from torch import nn
 import fxpress
 from fxpress.errors import FxpressError, InputError
 from fxpress.passes import Calibrate, FoldQDQ, Observe
-from fxpress.quant.report import LayerRow, quant_report, skip_pattern
+from fxpress.reports.quant_report import LayerRow, quant_report, skip_pattern
 
 
 class MLP(nn.Module):

@@ -14,13 +14,14 @@ from fxpress.passes.fold_constants import FoldConstants
 from fxpress.passes.fold_qdq import FoldQDQ
 from fxpress.passes.manager import DumpIR, Instrument, PassManager, PrintIRAfter, Timing, optimize
 from fxpress.passes.observe import Observe
-from fxpress.passes.pipeline import parse_pipeline, print_pipeline
-from fxpress.passes.registry import PASSES, PIPELINES
+from fxpress.passes.pipeline import PassRegistry, print_pipeline
+from fxpress.passes.registry import PASSES, PIPELINES, REGISTRY, parse_pipeline
 from fxpress.passes.sparsify import Sparsify
 
 __all__ = [
     "PASSES",
     "PIPELINES",
+    "REGISTRY",
     "Analysis",
     "AnalysisManager",
     "AnnotateSparsity",
@@ -35,6 +36,7 @@ __all__ = [
     "Observe",
     "Pass",
     "PassManager",
+    "PassRegistry",
     "PassResult",
     "PrintIRAfter",
     "Sparsify",

@@ -33,6 +33,7 @@ import torch
 
 from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
+from fxpress.ir.properties import Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
 from fxpress.sparse.annotations import Sparsity
 from fxpress.sparse.pattern import (
@@ -50,7 +51,7 @@ class AnnotateSparsity(Pass):
     """Record the measured sparsity pattern of every sparse weight (see the module docstring)."""
 
     name = "annotate-sparsity"
-    establishes = frozenset({"sparsity-annotated"})
+    establishes = frozenset({Property.SPARSITY_ANNOTATED})
 
     blocks: tuple[str, ...] = ("16x1", "8x1", "4x1", "1x1")
     nm: tuple[str, ...] = ("2:4", "4:8", "1:4")

@@ -8,8 +8,13 @@ text. Class attributes declare:
 - ``requires``: graph properties that must hold before it runs
   (``calibrated``), checked by the manager before anything runs;
 - ``establishes``: properties that hold after it runs (``bn-folded``);
-- ``invalidates``: properties it destroys (a pruning pass invalidates
-  ``calibrated``).
+- ``invalidates``: properties it destroys (a pass that rewrites weights
+  invalidates ``observed`` and ``calibrated``).
+
+Properties are members of `fxpress.ir.properties.Property`, never bare strings.
+``text()`` prints the pass back as pipeline text (`print_pass`); parsing lives
+in ``pipeline.py``, above this module, which imports nothing else of fxpress's
+passes.
 
 ``run(graph, am)`` edits `graph` in place (the manager hands it a private copy)
 and returns a `PassResult`. ``modified`` must be honest: a second run of the
@@ -26,6 +31,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from fxpress.ir.properties import Property  # at run time: typing.get_type_hints reads these annotations
 
 if TYPE_CHECKING:
     from fxpress.ir.graph import Graph
@@ -46,9 +53,9 @@ class Pass:
     """Base class of all passes (see the module docstring for the contract)."""
 
     name: ClassVar[str] = ""
-    requires: ClassVar[frozenset[str]] = frozenset()
-    establishes: ClassVar[frozenset[str]] = frozenset()
-    invalidates: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[frozenset[Property]] = frozenset()
+    establishes: ClassVar[frozenset[Property]] = frozenset()
+    invalidates: ClassVar[frozenset[Property]] = frozenset()
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         raise NotImplementedError(f"pass {self.name!r} does not implement run()")
@@ -60,9 +67,32 @@ class Pass:
 
     def text(self) -> str:
         """This pass as pipeline text: ``name{opt=value,...}`` (non-defaults only)."""
-        from fxpress.passes.pipeline import print_pass
-
         return print_pass(self)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, tuple | list):
+        return "[" + ",".join(_format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def print_pass(p: Pass) -> str:
+    """One pass as text: options that differ from their defaults, in field order."""
+    opts = []
+    for f in dataclasses.fields(p):
+        value = getattr(p, f.name)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        )
+        if value != default:
+            opts.append(f"{f.name.replace('_', '-')}={_format_value(value)}")
+    return f"{p.name}{{{','.join(opts)}}}" if opts else p.name
 
 
 class Analysis:

@@ -44,21 +44,17 @@ import torch
 import torch.fx
 from tqdm import tqdm
 
-from fxpress.errors import InputError, PassError
+from fxpress.errors import PassError
 from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
 from fxpress.ir.printer import locate
-from fxpress.passes.base import AnalysisManager, Pass, PassResult
-from fxpress.passes.pipeline import print_pass
+from fxpress.ir.properties import Property
+from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
 from fxpress.quant.annotations import ObserverSlot, QuantParams
+from fxpress.quant.calib_data import check_batch
 from fxpress.quant.observers import Observer
 
 _HOW = "give it in Python: fxpress.passes.Calibrate(data=[(x,), ...]), one tuple of input tensors per batch"
-
-
-def _shape(t: Any) -> str:
-    """``[2, 3, 8, 8]``; a dynamic size prints as ``*``."""
-    return "[" + ", ".join(str(d) if isinstance(d, int) else "*" for d in t.shape) + "]"
 
 
 class _Feeder(torch.fx.Interpreter):
@@ -76,8 +72,10 @@ class _Feeder(torch.fx.Interpreter):
             if not bool(torch.isfinite(out).all()):
                 what = "NaN" if bool(torch.isnan(out).any()) else "Inf"
                 raise PassError(
-                    f"calibrate: {what} in the output of {n.name} ({n.target}), which is to be quantized; "
-                    f"check the calibration data and the model\n{locate(self.owner, n)}"
+                    f"{what} in the output of {n.name} ({n.target}), which is to be quantized; "
+                    "check the calibration data and the model",
+                    node=n.name,
+                    notes=[locate(self.owner, n)],
                 )
             observer.observe(out)
         return out
@@ -88,8 +86,8 @@ class Calibrate(Pass):
     """Observe activations on calibration data (see the module docstring)."""
 
     name = "calibrate"
-    requires = frozenset({"observed"})
-    establishes = frozenset({"calibrated"})
+    requires = frozenset({Property.OBSERVED})
+    establishes = frozenset({Property.CALIBRATED})
     data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
     limit: int = 0
 
@@ -131,7 +129,9 @@ class Calibrate(Pass):
     def _params(self, graph: Graph, node: torch.fx.Node, observer: Observer) -> QuantParams:
         if observer.empty:
             raise PassError(
-                f"calibrate: {node.name} produced only empty tensors; nothing to observe\n{locate(graph, node)}"
+                f"{node.name} produced only empty tensors; nothing to observe",
+                node=node.name,
+                notes=[locate(graph, node)],
             )
         return observer.qparams()
 
@@ -149,36 +149,10 @@ class Calibrate(Pass):
             ) as bar,
         ):
             for item in bar:
-                feeder.run(*self._check_item(graph, item, batches))
+                feeder.run(*check_batch(graph, item, batches))
                 batches += 1
         if batches == 0:
             raise PassError(
-                "calibrate: the calibration data is empty (an exhausted generator? give a list or a DataLoader); "
-                + _HOW
+                "the calibration data is empty (an exhausted generator? give a list or a DataLoader); " + _HOW
             )
         return batches
-
-    def _check_item(self, graph: Graph, item: Any, index: int) -> tuple[torch.Tensor, ...]:
-        names = graph.input_names
-        if not isinstance(item, tuple | list) or not all(isinstance(t, torch.Tensor) for t in item):
-            got = f"a {type(item).__name__}" if not isinstance(item, tuple | list) else "a tuple holding non-tensors"
-            raise InputError(
-                f"calibrate: data[{index}] is {got}, not a tuple of tensors; each item must be a tuple with one "
-                f"tensor per graph input ({', '.join(names)}), e.g. data=[(x,) for x in batches]"
-            )
-        if len(item) != len(names):
-            raise InputError(
-                f"calibrate: data[{index}] has {len(item)} tensors but the graph takes {len(names)} inputs "
-                f"({', '.join(names)}); give the model inputs only (no labels)"
-            )
-        for name, node, t in zip(names, graph.inputs, item, strict=True):
-            want = node.meta["val"]
-            sizes_ok = t.dim() == want.dim() and all(
-                not isinstance(w, int) or w == g for w, g in zip(want.shape, t.shape, strict=True)
-            )
-            if not sizes_ok or t.dtype != want.dtype:
-                raise InputError(
-                    f"calibrate: data[{index}], input {name!r}: got {t.dtype} {_shape(t)}, "
-                    f"but the graph takes {want.dtype} {_shape(want)}"
-                )
-        return tuple(item)

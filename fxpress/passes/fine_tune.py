@@ -42,9 +42,9 @@ import torch.nn.functional as F
 
 from fxpress.errors import PassError
 from fxpress.ir.graph import Graph
-from fxpress.passes.base import AnalysisManager, Pass, PassResult
-from fxpress.passes.pipeline import print_pass
-from fxpress.train.fine_tune import HOW, INVALIDATES, OPTIMIZERS, SCHEDULES, fine_tune
+from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
+from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
+from fxpress.train.fine_tune import HOW, OPTIMIZERS, SCHEDULES, fine_tune
 
 _HOW = f"give it in Python: fxpress.passes.FineTune(data=[(x, y), ...], epochs=3); {HOW}"
 
@@ -54,8 +54,8 @@ class FineTune(Pass):
     """Train the parameters on data with fixed sparsity masks (see the module docstring)."""
 
     name = "fine-tune"
-    establishes = frozenset({"fine-tuned"})
-    invalidates = INVALIDATES
+    establishes = frozenset({Property.FINE_TUNED})
+    invalidates = WEIGHT_DEPENDENT
 
     data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
     loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = field(default=None, compare=False, repr=False)

@@ -8,7 +8,10 @@ inference mode whose input is an ``aten.conv1d/2d/3d``, a non-transposed
 with constant weights and no other user. The folded weights are computed in
 float64 and stored as new parameters; the original ones are dropped.
 
-Requires: nothing. Establishes: ``bn-folded``. Numerics: exact up to float32
+Requires: nothing. Establishes: ``bn-folded``; invalidates ``observed`` and
+``calibrated`` (the folded weights are new parameters without observer slots,
+and a folded conv's output range is the BN's: run observe after fold-bn, as
+`check_order` tells a pipeline that does not). Numerics: exact up to float32
 rounding of the folded weights (tests hold it to 1e-5 of eager). Leaves alone:
 BN in training mode, BN after any other op, a conv whose output has other users.
 Runs first in most pipelines, before quantization observes the weights.
@@ -23,11 +26,11 @@ import torch
 import torch.fx
 
 from fxpress.ir.graph import Graph
+from fxpress.ir.opsets import BATCH_NORM, CONV, is_transposed_conv, packet
+from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
 
 aten = torch.ops.aten
-_BN = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
-_CONV = {aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default}
 
 
 def _const(graph: Graph, a: object) -> torch.Tensor | None:
@@ -38,9 +41,11 @@ def _bn_parts(graph: Graph, bn: torch.fx.Node) -> tuple[torch.fx.Node, list[torc
     """(input, [gamma, beta, mean, var], eps) of an inference-mode BN, else None."""
     if bn.target == aten.batch_norm.default:
         x, w, b, mean, var, training, _momentum, eps = bn.args[:8]
-    else:
+    elif bn.target == aten._native_batch_norm_legit_no_training.default:
         x, w, b, mean, var, _momentum, eps = bn.args[:7]
         training = any(u.target is not operator.getitem or u.args[1] != 0 for u in bn.users)
+    else:  # _native_batch_norm_legit: batch statistics, a training-mode op
+        return None
     if training:
         return None
     tensors = [_const(graph, a) if a is not None else None for a in (w, b, mean, var)]
@@ -57,9 +62,7 @@ def _bn_parts(graph: Graph, bn: torch.fx.Node) -> tuple[torch.fx.Node, list[torc
 def _producer_ok(graph: Graph, x: object) -> bool:
     if not isinstance(x, torch.fx.Node) or x.op != "call_function" or len(x.users) != 1:
         return False
-    if x.target == aten.convolution.default and x.args[6]:  # transposed
-        return False
-    if x.target not in _CONV | {aten.linear.default}:
+    if packet(x) not in CONV | {aten.linear} or is_transposed_conv(x):
         return False
     if x.target == aten.linear.default and x.meta["val"].dim() != 2:
         return False
@@ -72,11 +75,12 @@ class FoldBatchNorm(Pass):
     """Fold inference BatchNorm into the preceding conv / linear (see module doc)."""
 
     name = "fold-bn"
-    establishes = frozenset({"bn-folded"})
+    establishes = frozenset({Property.BN_FOLDED})
+    invalidates = WEIGHT_DEPENDENT
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         folded = 0
-        for bn in [n for n in graph.nodes("call_function") if n.target in _BN]:
+        for bn in [n for n in graph.nodes("call_function") if packet(n) in BATCH_NORM]:
             parts = _bn_parts(graph, bn)
             if parts is None or not _producer_ok(graph, parts[0]):
                 continue

@@ -10,7 +10,9 @@ PyTorch and stored as a new parameter; the now-dead constant nodes are
 removed. A result larger than `max_growth` times the bytes of the parameters it
 reads is not materialized (folding ``expand`` would only cost memory).
 
-Requires: nothing. Establishes: nothing. Numerics: the folded values are exact
+Requires: nothing. Establishes: nothing; invalidates ``observed`` and
+``calibrated`` (a folded value becomes a new parameter without the observer
+slot or parameters its node had). Numerics: the folded values are exact
 (the same ATen kernels run, ahead of time); an op that read a view (``aten.t``)
 now reads a contiguous tensor, which may change its float rounding in the last
 bit. Leaves alone: graphs whose every op depends on an input.
@@ -24,6 +26,7 @@ import torch
 import torch.fx
 
 from fxpress.ir.graph import Graph
+from fxpress.ir.properties import WEIGHT_DEPENDENT
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
 
 
@@ -45,6 +48,7 @@ class FoldConstants(Pass):
     """Precompute constant subexpressions (see the module docstring)."""
 
     name = "fold-constants"
+    invalidates = WEIGHT_DEPENDENT
     max_growth: float = 1.0
 
     def __post_init__(self) -> None:

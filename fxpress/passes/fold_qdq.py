@@ -51,16 +51,15 @@ import torch.fx
 from fxpress.ir import ops
 from fxpress.ir.annotations import META_KEY, get
 from fxpress.ir.graph import Graph
+from fxpress.ir.opsets import CONV, CONV_TRANSPOSE, bind, is_transposed_conv, packet
+from fxpress.ir.properties import Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
-from fxpress.passes.observe import SHARED_PARAMS
 from fxpress.quant.annotations import QuantParams
+from fxpress.quant.opsets import SHARED_PARAMS
 
 aten = torch.ops.aten
 fx_ops = torch.ops.fxpress
-_LINEAR = {aten.linear.default}
-_CONV = {aten.conv2d.default, aten.conv2d.padding, aten.convolution.default}
-_TRANSPOSED = {aten.conv_transpose2d.input}
-_MATMUL = {aten.matmul.default, aten.bmm.default}
+_MATMUL = {aten.matmul.default, aten.bmm.default}  # the products quantized_matmul takes (observe's roots)
 
 
 def _int8_view(p: QuantParams) -> tuple[float, int, int, int]:
@@ -107,26 +106,13 @@ def _cancels(src: Any, q: torch.fx.Node) -> bool:
     )
 
 
-def _arguments(node: torch.fx.Node) -> dict[str, Any]:
-    """The node's arguments by schema name, defaults filled in."""
-    out = {}
-    for i, a in enumerate(node.target._schema.arguments):  # type: ignore[union-attr]
-        if i < len(node.args):
-            out[a.name] = node.args[i]
-        elif a.name in node.kwargs:
-            out[a.name] = node.kwargs[a.name]
-        elif a.has_default_value():
-            out[a.name] = a.default_value
-    return out
-
-
 def _pair(v: Any) -> list[int]:
     return [int(i) for i in v] * (2 if len(v) == 1 else 1)
 
 
 def _conv_attrs(node: torch.fx.Node, args: dict[str, Any]) -> tuple[Any, ...] | str:
     """(stride, [top, left, bottom, right], dilation, groups) of a conv, or why it has no integer kernel."""
-    if node.target in _TRANSPOSED or args.get("transposed"):
+    if is_transposed_conv(node):
         return "transposed convolution: no integer kernel"
     x, w = args["input"], args["weight"]
     if not all(isinstance(t, torch.fx.Node) and t.meta["val"].dim() == 4 for t in (x, w)):
@@ -248,12 +234,14 @@ class FoldQDQ(Pass):
     """Fold calibrated linears and convolutions into int8 kernels (see module doc)."""
 
     name = "fold-qdq"
-    requires = frozenset({"calibrated"})
-    establishes = frozenset({"quantized"})
+    requires = frozenset({Property.CALIBRATED})
+    establishes = frozenset({Property.QUANTIZED})
+    # it rewrites weights into int8 from the very parameters `calibrated` names, and invalidates
+    # nothing: what it left float keeps its parameters, and a second run must find nothing to do
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         folded, left = 0, {}
-        for node in [n for n in graph.nodes("call_function") if n.target in _LINEAR | _CONV | _TRANSPOSED | _MATMUL]:
+        for node in [n for n in graph.nodes("call_function") if self._candidate(n)]:
             reason = self._try(graph, node)
             if reason is None:
                 folded += 1
@@ -264,13 +252,18 @@ class FoldQDQ(Pass):
             graph.drop_unused_params()
         return PassResult(graph, modified=folded > 0 or cancelled > 0, stats={"folded": folded, "float": left})
 
+    @staticmethod
+    def _candidate(node: torch.fx.Node) -> bool:
+        """A linear, convolution (any: non-2-D ones are reported float) or quantizable matmul."""
+        return node.target in _MATMUL or packet(node) in CONV | CONV_TRANSPOSE | {aten.linear}
+
     def _try(self, graph: Graph, node: torch.fx.Node) -> str | None:
         """Fold `node`, or say why it stays float."""
         if node.target in _MATMUL:
             return _why_not_matmul(node) or self._fold_matmul(graph, node)
-        args = _arguments(node)
+        args = bind(node.target, node.args, node.kwargs)
         x, w, b = args["input"], args["weight"], args.get("bias")
-        conv = () if node.target in _LINEAR else _conv_attrs(node, args)
+        conv = () if packet(node) is aten.linear else _conv_attrs(node, args)
         if isinstance(conv, str):
             return conv
         if not (isinstance(w, torch.fx.Node) and w.op == "get_attr"):

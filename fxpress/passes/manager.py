@@ -15,6 +15,12 @@ changed), and after each pass:
 - records a `TraceRecord` (wall time, op count and parameter bytes before and
   after, modified, the pass's stats) on the graph;
 - calls its instruments (`PrintIRAfter`, `Timing`, `DumpIR`).
+
+Errors keep their type and fields: an `FxpressError` leaving a pass (or the
+check after it) is told where it happened (`FxpressError.in_pass`: the pass,
+the passes before it) and raised again; any other exception becomes a
+`PassError` carrying the same context, with the original as its cause. Pipeline
+text is parsed against a `PassRegistry` (fxpress's own unless one is given).
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import torch
 from fxpress.errors import FxpressError, PassError
 from fxpress.ir.graph import Graph, TraceRecord
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
-from fxpress.passes.pipeline import as_passes, check_order, print_pipeline
+from fxpress.passes.pipeline import PassRegistry, as_passes, check_order, print_pipeline
+from fxpress.passes.registry import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +139,10 @@ class PassManager:
         verify: bool | None = None,
         debug: bool = False,
         instruments: Sequence[Instrument] = (),
+        registry: PassRegistry = REGISTRY,
     ) -> None:
-        self.passes = as_passes(passes)
+        self.registry = registry
+        self.passes = as_passes(passes, registry)
         self.verify = _verify_default() if verify is None else verify
         self.debug = debug
         self.instruments = list(instruments)
@@ -147,7 +156,7 @@ class PassManager:
         if not isinstance(graph, Graph):
             raise PassError(f"optimize() takes an fxpress Graph (from fxpress.capture), got {type(graph).__name__}")
         history = [r.pipeline.split("{")[0] for r in graph.trace]
-        check_order(self.passes, graph.properties, history)
+        check_order(self.passes, graph.properties, self.registry, history)
         work = graph.copy()
         am = AnalysisManager(work)
         records: list[TraceRecord] = []
@@ -186,13 +195,12 @@ class PassManager:
         try:
             result = p.run(graph, am)
         except FxpressError as exc:
-            if p.name in str(exc):
-                raise
-            raise type(exc)(f"in pass {p.text()} (after {history}): {exc}") from exc
+            exc.in_pass(p.text(), history)
+            raise  # the same object: its type, fields and traceback kept
         except Exception as exc:
-            raise PassError(f"pass {p.text()} failed (after {history}): {type(exc).__name__}: {exc}") from exc
+            raise PassError(f"{type(exc).__name__}: {exc}").in_pass(p.text(), history) from exc
         if not isinstance(result, PassResult):
-            raise PassError(f"pass {p.text()} returned {type(result).__name__}, not a PassResult (after {history})")
+            raise PassError(f"returned {type(result).__name__}, not a PassResult").in_pass(p.text(), history)
         return result
 
     def _check(self, p: Pass, graph: Graph, history: list[str], *, recompile: bool) -> None:
@@ -209,9 +217,10 @@ class PassManager:
             if not self.verify:
                 graph.propagate_shapes()
         except FxpressError as exc:
-            raise type(exc)(f"after pass {p.text()} (ran before it: {history}): {exc}") from exc
+            exc.in_pass(p.text(), history, after=True)
+            raise
         except Exception as exc:
-            raise PassError(f"after pass {p.text()} (ran before it: {history}): the graph is broken: {exc}") from exc
+            raise PassError(f"the graph is broken: {exc}").in_pass(p.text(), history, after=True) from exc
 
 
 def optimize(
@@ -221,6 +230,7 @@ def optimize(
     verify: bool | None = None,
     debug: bool = False,
     instruments: Sequence[Instrument] = (),
+    registry: PassRegistry = REGISTRY,
 ) -> Graph:
-    """Run `passes` (pass objects or pipeline text) over a copy of `graph`."""
-    return PassManager(passes, verify=verify, debug=debug, instruments=instruments).run(graph)
+    """Run `passes` (pass objects or pipeline text, parsed against `registry`) over a copy of `graph`."""
+    return PassManager(passes, verify=verify, debug=debug, instruments=instruments, registry=registry).run(graph)

@@ -63,38 +63,16 @@ import torch.fx
 from fxpress.errors import PassError
 from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
+from fxpress.ir.opsets import module_path
 from fxpress.ir.printer import locate
+from fxpress.ir.properties import Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
 from fxpress.quant.annotations import DynamicQuant, ObserverSlot, QuantParams
 from fxpress.quant.observers import OBSERVERS, ObserverSpec
+from fxpress.quant.opsets import OWN_RANGE, QUANTIZABLE, SHARED_PARAMS
 from fxpress.quant.scheme import QScheme
 
-aten = torch.ops.aten
-_ROOTS = {
-    aten.linear.default: "linear",
-    aten.conv2d.default: "conv2d",
-    aten.conv2d.padding: "conv2d",
-    aten.matmul.default: "matmul",
-    aten.bmm.default: "bmm",
-    aten.add.Tensor: "add",
-    aten.add_.Tensor: "add",
-    aten.cat.default: "cat",
-}
 _WEIGHT_AXIS = {"linear": 0, "conv2d": 0}  # kind -> per-channel axis of args[1]; matmul/bmm: its last axis
-_OWN_RANGE = {aten.relu.default, aten.relu_.default}
-SHARED_PARAMS = {  # outputs are some of the input's values: the input's parameters hold exactly
-    aten.max_pool2d.default,
-    aten.reshape.default,
-    aten.view.default,
-    aten.flatten.using_ints,
-    aten.permute.default,
-    aten.transpose.int,
-    aten.t.default,
-    aten.contiguous.default,
-    aten.squeeze.dim,
-    aten.unsqueeze.default,
-    aten.slice.Tensor,
-}
 
 
 def _is_float(node: object) -> bool:
@@ -102,18 +80,13 @@ def _is_float(node: object) -> bool:
     return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
-def _module_path(node: torch.fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    return str(list(stack.values())[-1][0]) if stack else ""
-
-
 @dataclass(frozen=True)
 class Observe(Pass):
     """Attach observer slots to quantizable values (see the module docstring)."""
 
     name = "observe"
-    establishes = frozenset({"observed"})
-    invalidates = frozenset({"calibrated"})
+    establishes = frozenset({Property.OBSERVED})
+    invalidates = frozenset({Property.CALIBRATED})
     per_channel: bool = False
     symmetric: bool = False
     dtype: str = "int8"
@@ -130,9 +103,11 @@ class Observe(Pass):
     dynamic: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.ops) - set(_ROOTS.values()))
+        unknown = sorted(set(self.ops) - set(QUANTIZABLE.values()))
         if unknown:
-            raise ValueError(f"ops {unknown} are not quantizable; valid: {', '.join(sorted(set(_ROOTS.values())))}")
+            raise ValueError(
+                f"ops {unknown} are not quantizable; valid: {', '.join(sorted(set(QUANTIZABLE.values())))}"
+            )
         for pattern in (*self.skip, *self.only, *self.dynamic):
             try:
                 re.compile(pattern)
@@ -156,7 +131,7 @@ class Observe(Pass):
     @staticmethod
     def _matches(node: torch.fx.Node, patterns: tuple[str, ...]) -> bool:
         """Some regex of `patterns` is found in the node's name or its module path."""
-        names = [s for s in (node.name, _module_path(node)) if s]
+        names = [s for s in (node.name, module_path(node)) if s]
         return any(re.search(p, s) for p in patterns for s in names)
 
     def _selected(self, node: torch.fx.Node, root: bool) -> bool:
@@ -207,7 +182,7 @@ class Observe(Pass):
                 continue
             if node.target in SHARED_PARAMS:
                 slots[node] = ObserverSlot("activation", shared=True)
-            elif node.target in _OWN_RANGE:
+            elif node.target in OWN_RANGE:
                 slots[node] = ObserverSlot("activation", act)
         modified = self._apply(graph, slots, weights, dynamic)
         shared = sum(1 for s in slots.values() if s.shared)
@@ -220,7 +195,7 @@ class Observe(Pass):
         """The selected quantizable ops and their kinds."""
         roots = []
         for node in graph.nodes("call_function"):
-            kind = _ROOTS.get(node.target)  # type: ignore[arg-type]
+            kind = QUANTIZABLE.get(node.target)  # type: ignore[arg-type]
             if kind is None or (self.ops and kind not in self.ops) or not _is_float(node):
                 continue
             if not self._selected(node, root=True):
@@ -234,7 +209,9 @@ class Observe(Pass):
         weight = graph.param(node)
         if not bool(torch.isfinite(weight).all()):
             raise PassError(
-                f"observe: weight {node.target!r} holds NaN or Inf; it cannot be quantized\n{locate(graph, node)}"
+                f"weight {node.target!r} holds NaN or Inf; it cannot be quantized",
+                node=node.name,
+                notes=[locate(graph, node)],
             )
         observer = spec.make()
         observer.observe(weight)

@@ -7,12 +7,18 @@ Grammar (MLIR's flat form)::
     option   := KEY "=" VALUE          KEY in kebab-case (per-channel) or snake_case
     VALUE    := true | false | INT | FLOAT | WORD | "[" VALUE ("," VALUE)* "]"
 
-NAME is a registered pass or a named pipeline (``default``), which expands in
-place. Values are converted by the type of the pass's option field; an unknown
-pass or option, or a value of the wrong type, is a `PipelineError` that lists
-what is valid. `print_pipeline(parse_pipeline(t))` equals the canonical form of
-`t` (options in declaration order, defaults omitted), and parsing that again
-gives equal pass objects.
+NAME is a registered pass or a named pipeline (``default``, ``int8``), which
+expands in place. What names exist is a `PassRegistry` the caller passes in
+(``fxpress.passes.registry.REGISTRY`` holds fxpress's own), so this module
+imports no pass and the registry, which imports every pass, sits above it.
+Values are converted by the type of the pass's option field, read with
+`typing.get_type_hints` (so ``from __future__ import annotations`` makes no
+difference): bool, int, float, str, ``X | None`` and ``tuple[X, ...]``; other
+types get the text as it is and the pass's ``__post_init__`` judges it. An
+unknown pass or option, or a value of the wrong type, is a `PipelineError` that
+lists what is valid. `print_pipeline(parse_pipeline(t, r))` equals the canonical
+form of `t` (options in declaration order, defaults omitted), and parsing that
+again gives equal pass objects.
 """
 
 from __future__ import annotations
@@ -20,19 +26,26 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fxpress.errors import PipelineError
-from fxpress.passes.base import Pass
+from fxpress.passes.base import Pass, print_pass
+
+__all__ = ["PassRegistry", "as_passes", "check_order", "option_types", "parse_pipeline", "print_pass", "print_pipeline"]
 
 _NAME = re.compile(r"[a-z][a-z0-9-]*")
 
 
-def _registry() -> tuple[dict[str, type[Pass]], dict[str, str]]:
-    from fxpress.passes.registry import PASSES, PIPELINES
+@dataclass(frozen=True, eq=False)
+class PassRegistry:
+    """What pipeline text may name: passes by name, and named pipelines (text that expands in place)."""
 
-    return PASSES, PIPELINES
+    passes: Mapping[str, type[Pass]]
+    pipelines: Mapping[str, str]
 
 
 def _split_top(text: str, sep: str = ",") -> list[str]:
@@ -61,51 +74,52 @@ def _suggest(word: str, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _type_text(typ: Any) -> str:
-    """A field's type as text (``"int | None"``), whether the annotation is a string or a type."""
-    if isinstance(typ, str):
-        return typ
-    return typ.__name__ if isinstance(typ, type) else str(typ)
+def option_types(cls: type[Pass]) -> dict[str, Any]:
+    """The real type of each option of `cls` (string annotations resolved in the pass's module)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except NameError as exc:
+        raise TypeError(f"pass {cls.name!r}: an option annotation cannot be resolved ({exc})") from exc
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls)}
 
 
-def _convert(pass_name: str, key: str, typ: str, raw: str) -> Any:
-    optional = "None" in typ
-    base = typ.replace("| None", "").replace("None |", "").strip()
+def _unoptional(typ: Any) -> tuple[Any, bool]:
+    """(`typ` without ``None``, whether ``None`` was allowed) for ``X | None`` / ``Optional[X]``."""
+    if typing.get_origin(typ) not in (types.UnionType, typing.Union):
+        return typ, False
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    optional = len(args) < len(typing.get_args(typ))
+    return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), optional  # noqa: UP007
+
+
+def _convert(pass_name: str, key: str, typ: Any, raw: str) -> Any:
+    base, optional = _unoptional(typ)
     if optional and raw in ("none", "None"):
         return None
-    if base.startswith("tuple"):
+    if typing.get_origin(base) is tuple:
         inner = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
-        item_type = base[base.index("[") + 1 : base.index(",") if "," in base else -1].strip()
+        item_type = next(iter(typing.get_args(base)), str)
         return tuple(_convert(pass_name, key, item_type, v) for v in _split_top(inner) if v)
     try:
-        if base == "bool":
+        if base is bool:
             if raw not in ("true", "false"):
                 raise ValueError
             return raw == "true"
-        if base == "int":
+        if base is int:
             return int(raw)
-        if base == "float":
+        if base is float:
             return float(raw)
     except ValueError:
-        raise PipelineError(f"{pass_name}: option {key!r} takes a {base}, got {raw!r}") from None
+        raise PipelineError(f"{pass_name}: option {key!r} takes a {base.__name__}, got {raw!r}") from None
     return raw
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    if isinstance(value, tuple | list):
-        return "[" + ",".join(_format_value(v) for v in value) + "]"
-    return str(value)
-
-
-def _parse_item(item: str, passes: dict[str, type[Pass]], pipelines: dict[str, str], depth: int) -> list[Pass]:
+def _parse_item(item: str, registry: PassRegistry, depth: int) -> list[Pass]:
     m = re.fullmatch(r"([^{}]*)(?:\{(.*)\})?", item, re.S)
     name = (m.group(1) if m else item).strip()
     if not name or not _NAME.fullmatch(name):
         raise PipelineError(f"{name or item!r} is not a pass name (pass names are kebab-case, e.g. fold-bn)")
+    passes, pipelines = registry.passes, registry.pipelines
     if name in pipelines:
         if m and m.group(2) is not None:
             raise PipelineError(
@@ -113,14 +127,14 @@ def _parse_item(item: str, passes: dict[str, type[Pass]], pipelines: dict[str, s
             )
         if depth > 8:
             raise PipelineError(f"named pipeline {name!r} expands into itself")
-        return _parse(pipelines[name], depth + 1)
+        return _parse(pipelines[name], registry, depth + 1)
     if name not in passes:
         valid = ", ".join(sorted(passes)) + "; named pipelines: " + ", ".join(sorted(pipelines))
         raise PipelineError(
             f"unknown pass {name!r}{_suggest(name, list(passes) + list(pipelines))}; valid passes: {valid}"
         )
     cls = passes[name]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = option_types(cls)
     kwargs: dict[str, Any] = {}
     body = m.group(2) if m else None
     for opt in _split_top(body) if body and body.strip() else []:
@@ -131,45 +145,29 @@ def _parse_item(item: str, passes: dict[str, type[Pass]], pipelines: dict[str, s
         if attr not in fields:
             valid = ", ".join(f.replace("_", "-") for f in fields) or "(none)"
             raise PipelineError(f"{name}: unknown option {key!r}{_suggest(attr, list(fields))}; valid options: {valid}")
-        kwargs[attr] = _convert(name, key, _type_text(fields[attr].type), raw)
+        kwargs[attr] = _convert(name, key, fields[attr], raw)
     try:
         return [cls(**kwargs)]
     except (TypeError, ValueError) as exc:
         raise PipelineError(f"{name}: {exc}") from exc
 
 
-def _parse(text: str, depth: int = 0) -> list[Pass]:
-    passes, pipelines = _registry()
+def _parse(text: str, registry: PassRegistry, depth: int = 0) -> list[Pass]:
     if not text.strip():
         return []
     out: list[Pass] = []
     for item in _split_top(text.strip()):
         if not item:
             raise PipelineError(f"empty item in pipeline text {text!r} (two commas in a row?)")
-        out.extend(_parse_item(item, passes, pipelines, depth))
+        out.extend(_parse_item(item, registry, depth))
     return out
 
 
-def parse_pipeline(text: str) -> list[Pass]:
-    """Parse pipeline text into pass objects; raises `PipelineError` on bad text."""
+def parse_pipeline(text: str, registry: PassRegistry) -> list[Pass]:
+    """Parse pipeline text into pass objects of `registry`; raises `PipelineError` on bad text."""
     if not isinstance(text, str):
         raise PipelineError(f"pipeline text must be a str, got {type(text).__name__}")
-    return _parse(text)
-
-
-def print_pass(p: Pass) -> str:
-    """One pass as text: options that differ from their defaults, in field order."""
-    opts = []
-    for f in dataclasses.fields(p):
-        value = getattr(p, f.name)
-        default = (
-            f.default
-            if f.default is not dataclasses.MISSING
-            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-        )
-        if value != default:
-            opts.append(f"{f.name.replace('_', '-')}={_format_value(value)}")
-    return f"{p.name}{{{','.join(opts)}}}" if opts else p.name
+    return _parse(text, registry)
 
 
 def print_pipeline(passes: Sequence[Pass]) -> str:
@@ -177,10 +175,10 @@ def print_pipeline(passes: Sequence[Pass]) -> str:
     return ",".join(print_pass(p) for p in passes)
 
 
-def as_passes(passes: str | Pass | Sequence[Pass | str]) -> list[Pass]:
-    """Normalize what `optimize` accepts (text, a pass, or a list of either)."""
+def as_passes(passes: str | Pass | Sequence[Pass | str], registry: PassRegistry) -> list[Pass]:
+    """Normalize what `optimize` accepts (text, a pass, or a list of either); text is parsed against `registry`."""
     if isinstance(passes, str):
-        return parse_pipeline(passes)
+        return parse_pipeline(passes, registry)
     if isinstance(passes, Pass):
         return [passes]
     if isinstance(passes, type) and issubclass(passes, Pass):
@@ -188,7 +186,7 @@ def as_passes(passes: str | Pass | Sequence[Pass | str]) -> list[Pass]:
     out: list[Pass] = []
     for i, p in enumerate(passes):
         if isinstance(p, str):
-            out.extend(parse_pipeline(p))
+            out.extend(parse_pipeline(p, registry))
         elif isinstance(p, Pass):
             out.append(p)
         elif isinstance(p, type) and issubclass(p, Pass):
@@ -198,21 +196,32 @@ def as_passes(passes: str | Pass | Sequence[Pass | str]) -> list[Pass]:
     return out
 
 
-def check_order(passes: Sequence[Pass], properties: frozenset[str], history: Sequence[str] = ()) -> None:
+def check_order(
+    passes: Sequence[Pass], properties: frozenset[str], registry: PassRegistry, history: Sequence[str] = ()
+) -> None:
     """Raise `PipelineError` if some pass's `requires` would not hold when it runs.
 
     `properties` are those the graph already has; `history` names the passes
-    that ran on it in earlier `optimize` calls (for the message only).
+    that ran on it in earlier `optimize` calls (for the message only); the
+    passes of `registry` that establish a missing property are named as the fix.
+    A requirement that an earlier pass of the pipeline invalidated names that
+    pass too: ``calibrate requires ['observed']; ran so far: ['observe', 'fold-bn'];
+    run observe before it ('observed' was invalidated by fold-bn)``.
     """
-    registry, _ = _registry()
     have = set(properties)
     ran: list[str] = list(history)
+    lost: dict[str, str] = {}  # property -> the pass of this pipeline that last invalidated it
     for p in passes:
-        missing = sorted(p.requires - have)
+        missing = sorted(str(f) for f in p.requires - have)
         if missing:
-            makers = sorted({c.name for c in registry.values() if c.establishes & set(missing)})
+            makers = sorted({c.name for c in registry.passes.values() if c.establishes & set(missing)})
             hint = f"; run {' or '.join(makers)} before it" if makers else ""
-            raise PipelineError(f"{p.name} requires {missing}; ran so far: {ran}{hint}")
+            lost_by = ", ".join(f"{f!r} was invalidated by {lost[f]}" for f in missing if f in lost)
+            why = f" ({lost_by})" if lost_by else ""
+            raise PipelineError(f"{p.name} requires {missing}; ran so far: {ran}{hint}{why}")
+        lost.update({str(f): p.name for f in p.invalidates & have})
         have -= p.invalidates
         have |= p.establishes
+        for f in p.establishes:
+            lost.pop(str(f), None)
         ran.append(p.name)

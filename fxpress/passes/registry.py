@@ -1,11 +1,19 @@
 """The explicit registry of passes and named pipelines, one line each.
 
 A contract test checks that every pass class in ``fxpress/passes`` is listed
-here and has tests. Named pipelines expand in pipeline text like a pass name.
+here and has tests. Named pipelines expand in pipeline text like a pass name:
+``default`` (fold-bn, fold-constants, dce) and ``int8``, the post-training
+quantization the CLI's ``quant-report`` and `fxpress.reports.quant_report` run
+by default (written once, here).
+
+`REGISTRY` bundles both for the parser (`fxpress.passes.pipeline` takes a
+registry as an argument and imports no pass); `parse_pipeline` here is that
+parser with this registry as its default, the one ``fxpress.passes`` exports.
 """
 
 from __future__ import annotations
 
+from fxpress.passes import pipeline
 from fxpress.passes.annotate_sparsity import AnnotateSparsity
 from fxpress.passes.base import Pass
 from fxpress.passes.calibrate import Calibrate
@@ -15,6 +23,7 @@ from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
 from fxpress.passes.fold_qdq import FoldQDQ
 from fxpress.passes.observe import Observe
+from fxpress.passes.pipeline import PassRegistry
 from fxpress.passes.prune.prune_channels import PruneChannels
 from fxpress.passes.sparsify import Sparsify
 
@@ -33,4 +42,12 @@ PASSES: dict[str, type[Pass]] = {
 
 PIPELINES: dict[str, str] = {
     "default": "fold-bn,fold-constants,dce",
+    "int8": "fold-bn,observe{per-channel=true},calibrate,fold-qdq",
 }
+
+REGISTRY = PassRegistry(PASSES, PIPELINES)
+
+
+def parse_pipeline(text: str, registry: PassRegistry = REGISTRY) -> list[Pass]:
+    """Parse pipeline text into pass objects (of `registry`, fxpress's own by default)."""
+    return pipeline.parse_pipeline(text, registry)

@@ -18,9 +18,12 @@ measured density on it. Options:
   path, module path) fully matches it (default: every linear and conv weight);
 - ``skip``: regexes of weights to leave dense (e.g. the classifier).
 
-Parameters are replaced by new frozen parameters under the same name.
+Parameters are replaced by new frozen parameters under the same name. The
+options and the masks they give are `fxpress.sparse.MagnitudeMasks` (the same
+request `fxpress.train.fine_tune` ramps); this pass applies them.
 
-Requires: nothing. Establishes: ``sparsified``; invalidates ``calibrated``.
+Requires: nothing. Establishes: ``sparsified``; invalidates ``observed`` and
+``calibrated`` (weights changed: observe and calibrate afterwards).
 Numerics: the graph computes what the original computes with the zeroed weights
 set to zero in eager PyTorch (bit-exact: only weights change). Bad input, each a
 `SparsityError`: bad pattern text, N > M, a density outside (0, 1] or not N/M
@@ -34,41 +37,17 @@ pattern (a second run changes nothing). Sits after ``fold-bn`` and
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
+from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
 from fxpress.sparse.annotations import Sparsity
-from fxpress.sparse.pattern import (
-    SparsityError,
-    WeightSite,
-    check_density,
-    check_divides,
-    global_masks,
-    magnitude_mask,
-    parse_pattern,
-    select,
-    weight_sites,
-)
-
-SCOPES = ("per-layer", "global")
-
-
-def replace_param(graph: Graph, node: torch.fx.Node, value: torch.Tensor) -> None:
-    """Store `value` as the (frozen) parameter `node` reads, under the same attribute name."""
-    owner, _, leaf = str(node.target).rpartition(".")
-    module = graph.gm.get_submodule(owner) if owner else graph.gm
-    if leaf in module._buffers:
-        module.register_buffer(leaf, value.detach().clone().contiguous())
-        return
-    delattr(module, leaf)
-    module.register_parameter(leaf, nn.Parameter(value.detach().clone().contiguous(), requires_grad=False))
+from fxpress.sparse.masks import MagnitudeMasks
+from fxpress.sparse.pattern import WeightSite, parse_pattern
 
 
 @dataclass(frozen=True)
@@ -76,8 +55,8 @@ class Sparsify(Pass):
     """Zero the smallest weights (or blocks) of linear and conv layers (see the module docstring)."""
 
     name = "sparsify"
-    establishes = frozenset({"sparsified"})
-    invalidates = frozenset({"calibrated"})
+    establishes = frozenset({Property.SPARSIFIED})
+    invalidates = WEIGHT_DEPENDENT
 
     density: float | None = None
     pattern: str = "unstructured"
@@ -86,46 +65,23 @@ class Sparsify(Pass):
     skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        pattern = parse_pattern(self.pattern)
-        if self.density is not None:
-            check_density(self.density)
-        if pattern.is_nm and self.density is not None and not math.isclose(self.density, pattern.nm_density):
-            raise SparsityError(
-                f"pattern {pattern.text} keeps {pattern.nm_density:g} of the weights; "
-                f"leave density unset or set it to {pattern.nm_density:g} (got {self.density})"
-            )
-        if self.scope not in SCOPES:
-            raise SparsityError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
-        for regex in (self.layers, *self.skip):
-            try:
-                re.compile(regex or "")
-            except re.error as exc:
-                raise SparsityError(f"bad regex {regex!r} in layers/skip: {exc}") from None
+        self.magnitude_masks()  # validates the options
+
+    def magnitude_masks(self) -> MagnitudeMasks:
+        """The request this pass applies (what `fxpress.train.fine_tune(sparsify=...)` ramps)."""
+        return MagnitudeMasks(self.density, self.pattern, self.scope, self.layers, self.skip)
 
     @property
     def target_density(self) -> float:
-        pattern = parse_pattern(self.pattern)
-        return pattern.nm_density if pattern.is_nm else (0.5 if self.density is None else float(self.density))
+        return self.magnitude_masks().target_density
 
     def sites(self, graph: Graph) -> list[WeightSite]:
         """The weights this pass sparsifies (checked: the pattern divides each one)."""
-        everything = weight_sites(graph)
-        sites = select(everything, self.layers, self.skip)
-        if self.layers is not None and not sites:
-            names = ", ".join(s.layer for s in everything) or "(none)"
-            raise SparsityError(f"layers {self.layers!r} matches no linear or conv weight; the layers are: {names}")
-        pattern = parse_pattern(self.pattern)
-        for s in sites:
-            check_divides(graph.param(s.node).shape, pattern, s.layer)
-        return sites
+        return self.magnitude_masks().sites(graph)
 
     def masks(self, graph: Graph, sites: list[WeightSite] | None = None) -> dict[str, torch.Tensor]:
         """Parameter path -> boolean mask of the weights kept (of `sites`, default `self.sites(graph)`)."""
-        pattern, density = parse_pattern(self.pattern), self.target_density
-        sites = self.sites(graph) if sites is None else sites
-        if self.scope == "global":
-            return global_masks({str(s.node.target): graph.param(s.node) for s in sites}, pattern, density)
-        return {str(s.node.target): magnitude_mask(graph.param(s.node), pattern, density, s.layer) for s in sites}
+        return self.magnitude_masks().masks(graph, sites)
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         pattern = parse_pattern(self.pattern)
@@ -137,7 +93,7 @@ class Sparsify(Pass):
             node, weight = nodes[target], graph.param(target)
             new = torch.where(mask, weight.detach(), torch.zeros((), dtype=weight.dtype))
             if not torch.equal(new, weight):
-                replace_param(graph, node, new)
+                graph.replace_param(node, new)
                 modified = True
             note = Sparsity.of(new, pattern)
             if notes.get(node, Sparsity.key) != note:

@@ -9,7 +9,13 @@ these to decide how each value is quantized and to record it on the graph.
 - `observers`: statistics collectors (min-max, moving-average, torch-compatible
   histogram, percentile, MSE, entropy) that choose that range from data;
 - `annotations`: `ObserverSlot` and `QuantParams`, the facts passes attach to
-  nodes.
+  nodes;
+- `opsets`: the quantizable roots and the ops whose ranges pass through,
+  shared by ``observe``, ``fold-qdq`` and quant-report;
+- `calib_data`: calibration batches from files or a factory, and
+  `check_batch`, the check every calibration batch passes.
+
+quant-report runs the passes, so it lives above them (`fxpress.reports`).
 """
 
 from fxpress.quant.annotations import ObserverSlot, QuantParams

@@ -18,9 +18,9 @@ A factory is called without arguments and returns an iterable (a list, a
 generator) of batches; each batch is a tuple of tensors or numpy arrays (a bare
 tensor is a batch of one input). The iterable is read once and kept.
 
-Every batch is checked against the graph with ``calibrate``'s own checks (input
-count, dtype, static sizes; no conversion, so save float32 arrays for a float32
-model); a bad file, a missing path, an empty directory, keys that match no
+Every batch is checked against the graph with `check_batch`, the check the
+``calibrate`` pass applies to every batch too (input count, dtype, static
+sizes; no conversion, so save float32 arrays for a float32 model); a bad file, a missing path, an empty directory, keys that match no
 input, a factory that cannot be imported or gives nothing: each an `InputError`
 that names the file or the factory.
 """
@@ -37,7 +37,6 @@ import torch
 from fxpress.errors import InputError
 from fxpress.ir.graph import Graph
 from fxpress.loading import import_module_or_file
-from fxpress.passes.calibrate import Calibrate
 
 _FORMS = "a directory of .npy / .npz batches, one .npy / .npz file, or MODULE:FUNCTION returning input tuples"
 
@@ -52,9 +51,45 @@ def load_calibration(spec: str, graph: Graph) -> list[tuple[torch.Tensor, ...]]:
     raise InputError(f"calibration data {spec!r}: no such file or directory; give {_FORMS}")
 
 
+def _shape(t: Any) -> str:
+    """``[2, 3, 8, 8]``; a dynamic size prints as ``*``."""
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "*" for d in t.shape) + "]"
+
+
+def check_batch(graph: Graph, item: Any, index: int) -> tuple[torch.Tensor, ...]:
+    """`item` as a tuple of tensors, one per input of `graph` with its dtype and static sizes; else `InputError`.
+
+    The check every calibration batch passes, whether ``calibrate`` reads it
+    or `load_calibration` does; messages name the batch as ``data[index]``.
+    """
+    names = graph.input_names
+    if not isinstance(item, tuple | list) or not all(isinstance(t, torch.Tensor) for t in item):
+        got = f"a {type(item).__name__}" if not isinstance(item, tuple | list) else "a tuple holding non-tensors"
+        raise InputError(
+            f"data[{index}] is {got}, not a tuple of tensors; each item must be a tuple with one "
+            f"tensor per graph input ({', '.join(names)}), e.g. data=[(x,) for x in batches]"
+        )
+    if len(item) != len(names):
+        raise InputError(
+            f"data[{index}] has {len(item)} tensors but the graph takes {len(names)} inputs "
+            f"({', '.join(names)}); give the model inputs only (no labels)"
+        )
+    for name, node, t in zip(names, graph.inputs, item, strict=True):
+        want = node.meta["val"]
+        sizes_ok = t.dim() == want.dim() and all(
+            not isinstance(w, int) or w == g for w, g in zip(want.shape, t.shape, strict=True)
+        )
+        if not sizes_ok or t.dtype != want.dtype:
+            raise InputError(
+                f"data[{index}], input {name!r}: got {t.dtype} {_shape(t)}, "
+                f"but the graph takes {want.dtype} {_shape(want)}"
+            )
+    return tuple(item)
+
+
 def _check(graph: Graph, item: tuple[torch.Tensor, ...], index: int, where: str) -> tuple[torch.Tensor, ...]:
     try:
-        return Calibrate()._check_item(graph, item, index)  # the checks calibrate applies to every batch
+        return check_batch(graph, item, index)
     except InputError as exc:
         raise InputError(f"calibration data {where}: {exc}") from None
 

@@ -2,7 +2,7 @@
 
     tuned = fine_tune(pruned, batches, epochs=5, lr=1e-3)            # recover accuracy
     tuned = fine_tune(graph, batches, epochs=10, lr=1e-3,
-                      sparsify=Sparsify(density=0.08), ramp_epochs=6)  # gradual magnitude pruning
+                      sparsify=MagnitudeMasks(density=0.08), ramp_epochs=6)  # gradual magnitude pruning
 
 Returns a new `Graph` (the given one is never changed) whose float parameters
 were trained with `loss(graph(*inputs), target)` on `data`, an iterable of
@@ -12,7 +12,8 @@ gradient is masked before each step, the mask is applied again after it, and
 the optimizer's state (Adam's moments) is cleared at masked entries whenever a
 mask changes, so momentum cannot resurrect a pruned weight.
 
-With ``sparsify`` the masks come from that pass instead, on a gradual schedule
+With ``sparsify`` (a `fxpress.sparse.MagnitudeMasks`, or the ``sparsify``
+pass, which states the same request) the masks come from it instead, on a gradual schedule
 (Zhu & Gupta, 2017): at the start of epoch ``e <= ramp_epochs`` the weights
 are magnitude-pruned to density ``d + (1 - d) * (1 - e / ramp_epochs) ** 3``
 (1.0 at epoch 0, the target ``d`` from epoch ``ramp_epochs`` on), then training
@@ -33,7 +34,7 @@ import dataclasses
 import math
 import sys
 from collections.abc import Callable, Iterable, Sequence, Sized
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,17 +44,16 @@ from tqdm import tqdm
 from fxpress.errors import InputError, PassError
 from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
+from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
 from fxpress.sparse.annotations import Sparsity
+from fxpress.sparse.masks import MagnitudeMasks, MaskSource
 from fxpress.sparse.pattern import parse_pattern, weight_sites
-
-if TYPE_CHECKING:
-    from fxpress.passes.sparsify import Sparsify
 
 Loss = Callable[[Any, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
-INVALIDATES = frozenset({"observed", "calibrated"})
+INVALIDATES = WEIGHT_DEPENDENT  # weights moved: observe and calibrate again
 HOW = "give data as an iterable of (inputs..., target) tuples, e.g. data=[(x, y) for x, y in batches]"
 
 
@@ -74,7 +74,7 @@ def fine_tune(
     optimizer: str | OptimizerFactory = "adam",
     schedule: str = "constant",
     weight_decay: float = 0.0,
-    sparsify: Sparsify | None = None,
+    sparsify: MaskSource | None = None,
     ramp_epochs: int = 0,
     progress: bool = True,
     history: list[float] | None = None,
@@ -86,6 +86,7 @@ def fine_tune(
     the mean loss of every epoch.
     """
     _check_options(data, epochs, lr, optimizer, schedule, ramp_epochs, sparsify)
+    request = sparsify.magnitude_masks() if sparsify is not None else None
     new = graph.copy()
     params = _trainable(new)
     opt = _optimizer(optimizer, params, lr, weight_decay)
@@ -94,8 +95,8 @@ def fine_tune(
     bar = tqdm(total=total, desc="fine-tune", unit="batch", leave=False, disable=not (progress and sys.stderr.isatty()))
     try:
         for epoch in range(epochs):
-            if sparsify is not None and epoch <= ramp_epochs:
-                masks = _prune(new, sparsify, epoch, ramp_epochs, masks, opt)
+            if request is not None and epoch <= ramp_epochs:
+                masks = _prune(new, request, epoch, ramp_epochs, masks, opt)
             for group in opt.param_groups:
                 group["lr"] = schedule_lr(group.setdefault("initial_lr", group["lr"]), schedule, epoch, epochs)
             mean = _epoch(new, data, loss, opt, masks, epoch, bar)
@@ -107,7 +108,7 @@ def fine_tune(
             p.requires_grad_(False)
             p.grad = None
     _annotate(new)
-    new.properties = (new.properties - INVALIDATES) | ({"sparsified"} if sparsify is not None else set())
+    new.properties = (new.properties - INVALIDATES) | ({Property.SPARSIFIED} if request is not None else set())
     return new
 
 
@@ -117,7 +118,7 @@ def schedule_lr(lr: float, schedule: str, epoch: int, epochs: int) -> float:
 
 
 def _check_options(
-    data: Any, epochs: int, lr: float, optimizer: Any, schedule: str, ramp_epochs: int, sparsify: Sparsify | None
+    data: Any, epochs: int, lr: float, optimizer: Any, schedule: str, ramp_epochs: int, sparsify: MaskSource | None
 ) -> None:
     if data is None or isinstance(data, str | bytes) or not isinstance(data, Iterable):
         raise PassError(f"fine-tune needs training data, got {type(data).__name__}; {HOW}")
@@ -130,7 +131,11 @@ def _check_options(
     if schedule not in SCHEDULES:
         raise PassError(f"fine-tune: unknown schedule {schedule!r}; choose {', '.join(SCHEDULES)}")
     if ramp_epochs < 0 or (ramp_epochs and sparsify is None):
-        raise PassError(f"fine-tune: ramp_epochs={ramp_epochs} needs a sparsify=Sparsify(...) to ramp, and >= 0")
+        raise PassError(f"fine-tune: ramp_epochs={ramp_epochs} needs a sparsify=MagnitudeMasks(...) to ramp, and >= 0")
+    if sparsify is not None and not callable(getattr(sparsify, "magnitude_masks", None)):
+        raise PassError(
+            f"fine-tune: sparsify must be a MagnitudeMasks (or a Sparsify pass), got {type(sparsify).__name__}"
+        )
     if sparsify is not None and ramp_epochs >= epochs:
         raise PassError(
             f"fine-tune: ramp_epochs ({ramp_epochs}) must be below epochs ({epochs}), so that training "
@@ -180,18 +185,18 @@ def _apply(graph: Graph, masks: dict[str, torch.Tensor], opt: torch.optim.Optimi
 
 def _prune(
     graph: Graph,
-    sparsify: Sparsify,
+    request: MagnitudeMasks,
     epoch: int,
     ramp_epochs: int,
     masks: dict[str, torch.Tensor],
     opt: torch.optim.Optimizer,
 ) -> dict[str, torch.Tensor]:
-    """Magnitude masks of `sparsify` at this epoch's density, merged with the masks there were."""
-    pattern = parse_pattern(sparsify.pattern)
-    density = pattern.nm_density if pattern.is_nm else ramp_density(sparsify.target_density, epoch, ramp_epochs)
+    """Magnitude masks of `request` at this epoch's density, merged with the masks there were."""
+    pattern = parse_pattern(request.pattern)
+    density = pattern.nm_density if pattern.is_nm else ramp_density(request.target_density, epoch, ramp_epochs)
     if density >= 1.0:
         return masks
-    step = sparsify if pattern.is_nm else dataclasses.replace(sparsify, density=density)
+    step = request if pattern.is_nm else dataclasses.replace(request, density=density)
     new = dict(masks)
     for target, keep in step.masks(graph).items():  # a zero stays a zero: masks only shrink
         new[target] = keep & masks[target] if target in masks else keep

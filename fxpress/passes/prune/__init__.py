@@ -1,14 +1,16 @@
-"""Structured pruning: the channel-dependency analysis, importance, report and pass.
+"""Structured pruning: the channel-dependency analysis, importance, planning and pass.
 
     groups = analyze(graph)                         # every set of coupled channels
-    print(prune_report(graph, 0.5).text())          # what ratio 0.5 would remove
     fxpress.optimize(graph, "prune-channels{ratio=0.5}")
+
+prune-report, which shows what a ratio would remove before anything changes,
+is a report and lives above the passes: `fxpress.reports.prune_report`.
 
 Files, one concern each: ``atoms`` (the union-find over channel indices),
 ``ops`` (how each ATen op moves channels), ``propagate`` (the walk over the
 graph), ``groups`` (the ``channel-groups`` analysis and its result),
-``importance``, ``plan`` (ratio, rounding, protection, checks), ``report``
-(``prune-report``), ``rewrite`` (slicing parameters, shape constants) and
+``importance``, ``plan`` (ratio, rounding, protection, checks), ``rewrite``
+(slicing parameters, shape constants) and
 ``prune_channels`` (the pass).
 """
 
@@ -18,7 +20,6 @@ from fxpress.passes.prune.groups import ChannelGroups, ChannelGroupsAnalysis, Gr
 from fxpress.passes.prune.importance import IMPORTANCE, importance
 from fxpress.passes.prune.plan import ChannelsPruned, PrunePlan, plan_pruning
 from fxpress.passes.prune.prune_channels import PruneChannels
-from fxpress.passes.prune.report import PruneReport, prune_report
 
 __all__ = [
     "IMPORTANCE",
@@ -31,9 +32,7 @@ __all__ = [
     "PruneChannels",
     "PruneError",
     "PrunePlan",
-    "PruneReport",
     "analyze",
     "importance",
     "plan_pruning",
-    "prune_report",
 ]

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fxpress.ir.opsets import BATCH_NORM, bind, packet
 from fxpress.passes.prune.errors import PruneError
 from fxpress.passes.prune.groups import Group, Member
-from fxpress.passes.prune.ops import aten, bind
 
 if TYPE_CHECKING:
     from fxpress.ir.graph import Graph
@@ -38,7 +38,6 @@ TAYLOR_HOW = (
     "tuple per batch; loss= a loss(output, target), default cross-entropy), or plan_pruning(..., data=...)"
 )
 Loss = Callable[[Any, torch.Tensor], torch.Tensor]
-_BN = {aten.batch_norm, aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit}
 
 
 def _per_index(t: torch.Tensor, axis: int, power: int) -> np.ndarray:
@@ -57,10 +56,7 @@ def _is_bn_weight(graph: Graph, m: Member) -> bool:
     if node is None:
         return False
     for user in node.users:
-        if (
-            getattr(user.target, "overloadpacket", None) in _BN
-            and bind(user.target, user.args, user.kwargs).get("weight") is node
-        ):
+        if packet(user) in BATCH_NORM and bind(user.target, user.args, user.kwargs).get("weight") is node:
             return True
     return False
 

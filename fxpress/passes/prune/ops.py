@@ -32,6 +32,8 @@ from typing import Any
 import torch
 import torch.fx
 
+from fxpress.ir.opsets import BATCH_NORM, CONV, CONV_TRANSPOSE, bind
+
 aten = torch.ops.aten
 Shape = tuple[int, ...]
 ShapeOf = Callable[[Any], Shape | None]
@@ -47,19 +49,6 @@ class Spec:
     normalize: frozenset[str] = frozenset()
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def bind(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The op's arguments by schema name (defaults filled in)."""
-    out: dict[str, Any] = {}
-    for i, arg in enumerate(target._schema.arguments):
-        if i < len(args) and not arg.kwarg_only:
-            out[arg.name] = args[i]
-        elif arg.name in kwargs:
-            out[arg.name] = kwargs[arg.name]
-        elif arg.has_default_value():
-            out[arg.name] = arg.default_value
-    return out
 
 
 def arg_index(target: Any, name: str) -> int:
@@ -168,9 +157,7 @@ ELEMENTWISE = {
     aten.expand_as,  # the shape of the second operand: broadcasting, as far as channels go
 }
 
-_BN = {aten.batch_norm, aten._native_batch_norm_legit_no_training, aten._native_batch_norm_legit, aten.instance_norm}
-_CONV = {aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution}
-_CONV_T = {aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d}
+_CHANNEL_NORMS = BATCH_NORM | {aten.instance_norm}  # per-channel affine and statistics: channels pass through
 _REDUCE = {
     aten.mean: "mean",
     aten.sum: "sum",
@@ -324,7 +311,7 @@ def _conv(node: torch.fx.Node, b: dict[str, Any], shape: ShapeOf, out: Any) -> S
     xs, ws = shape(x), shape(w)
     assert xs is not None and ws is not None
     nsp = len(ws) - 2
-    transposed = bool(b.get("transposed", False)) or node.target.overloadpacket in _CONV_T
+    transposed = bool(b.get("transposed", False)) or node.target.overloadpacket in CONV_TRANSPOSE
     groups = int(b.get("groups", 1))
     if transposed and groups != 1:
         return None
@@ -436,13 +423,13 @@ def spec_for(node: torch.fx.Node, shape: ShapeOf, out: Any) -> Spec | None:
         return _softmax(node, b, shape, out)
     if packet is aten.layer_norm:
         return _layer_norm(node, b, shape, out)
-    if packet in _BN:
+    if packet in _CHANNEL_NORMS:
         return _batch_norm(node, b, shape, out)
     if packet is aten.group_norm:
         return _group_norm(node, b, shape, out)
     if packet is aten.linear:
         return _linear(node, b, shape, out)
-    if packet in _CONV | _CONV_T:
+    if packet in CONV | CONV_TRANSPOSE:
         return _conv(node, b, shape, out)
     if packet in (aten.matmul, aten.bmm, aten.mm, aten.addmm):
         return _matmul(node, b, shape, out)

@@ -26,9 +26,10 @@ import torch
 import torch.fx
 
 from fxpress.ir.graph import Graph
+from fxpress.ir.opsets import bind
 from fxpress.ir.printer import op_name
 from fxpress.passes.prune.atoms import AtomTable, Blocker, Site
-from fxpress.passes.prune.ops import IDENTITY, MOVEMENT, Spec, aten, bind, spec_for
+from fxpress.passes.prune.ops import IDENTITY, MOVEMENT, Spec, aten, spec_for
 
 _NO_EFFECT = {aten._assert_tensor_metadata, aten.sym_size, aten.sym_numel, aten.sym_stride, aten._assert_async}
 _LIKE = {aten.zeros_like, aten.ones_like, aten.empty_like, aten.full_like, aten.rand_like, aten.randn_like}

@@ -18,7 +18,8 @@ cross-entropy): ``PruneChannels(importance="taylor", data=batches)``; without
 data it is an error that says so.
 
 Requires: nothing (run ``fold-bn`` first to prune folded convs). Establishes:
-``channels-pruned``; invalidates ``calibrated``. Numerics: exact for every group
+``channels-pruned``; invalidates ``observed`` and ``calibrated`` (weights are
+sliced: observe and calibrate afterwards). Numerics: exact for every group
 the analysis marks exact: the pruned graph computes what the original computes
 with the pruned channels' parameters set to zero; a group normalized over its
 channels (layer_norm, softmax, mean) is approximate and says so in the report.
@@ -35,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fxpress.ir.graph import Graph
-from fxpress.passes.base import AnalysisManager, Pass, PassResult
-from fxpress.passes.pipeline import print_pass
+from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
+from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
 from fxpress.passes.prune.errors import PruneError
 from fxpress.passes.prune.groups import ChannelGroupsAnalysis
 from fxpress.passes.prune.importance import TAYLOR_HOW, Loss
@@ -49,8 +50,8 @@ class PruneChannels(Pass):
     """Remove the least important channels of every prunable group (see module doc)."""
 
     name = "prune-channels"
-    establishes = frozenset({"channels-pruned"})
-    invalidates = frozenset({"calibrated"})
+    establishes = frozenset({Property.CHANNELS_PRUNED})
+    invalidates = WEIGHT_DEPENDENT
 
     ratio: float = 0.5
     per_layer: bool = True

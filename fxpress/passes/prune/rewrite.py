@@ -27,10 +27,11 @@ import torch.fx
 
 from fxpress.errors import PassError
 from fxpress.ir.annotations import annotate, get
+from fxpress.ir.opsets import CONV, bind
 from fxpress.ir.printer import locate, op_name
 from fxpress.passes.prune.errors import PruneError
 from fxpress.passes.prune.groups import ChannelGroups
-from fxpress.passes.prune.ops import arg_index, aten, bind
+from fxpress.passes.prune.ops import arg_index, aten
 from fxpress.passes.prune.plan import ChannelsPruned, PrunePlan, site_kept
 
 if TYPE_CHECKING:
@@ -58,18 +59,6 @@ def _set(node: torch.fx.Node, name: str, value: Any) -> None:
         node.kwargs = {**node.kwargs, name: value}
 
 
-def _replace_param(graph: Graph, node: torch.fx.Node, value: torch.Tensor) -> None:
-    owner_path, _, leaf = str(node.target).rpartition(".")
-    owner = graph.gm.get_submodule(owner_path) if owner_path else graph.gm
-    value = value.detach().clone().contiguous()
-    if leaf in owner._parameters:
-        owner.register_parameter(leaf, torch.nn.Parameter(value, requires_grad=False))
-    elif leaf in owner._buffers:
-        owner.register_buffer(leaf, value, persistent=leaf not in owner._non_persistent_buffers_set)
-    else:
-        setattr(owner, leaf, value)
-
-
 def _slice_params(graph: Graph, groups: ChannelGroups, plan: PrunePlan) -> int:
     sliced = 0
     for node in graph.nodes("get_attr"):
@@ -81,7 +70,7 @@ def _slice_params(graph: Graph, groups: ChannelGroups, plan: PrunePlan) -> int:
         original = note.original if isinstance(note, ChannelsPruned) else tuple(int(d) for d in tensor.shape)
         for d, idx in sorted(kept.items()):
             tensor = tensor.index_select(d, torch.as_tensor(idx, dtype=torch.long))
-        _replace_param(graph, node, tensor)
+        graph.replace_param(node, tensor)
         annotate(node, ChannelsPruned(original))
         sliced += 1
     return sliced
@@ -125,7 +114,7 @@ def _rewrite(graph: Graph, groups: ChannelGroups, plan: PrunePlan, node: torch.f
         kept, size = x_kept[dim], shape[dim]  # type: ignore[index]
         if packet is aten.slice:
             if b.get("step", 1) != 1:
-                raise PassError(f"prune-channels: a strided slice over pruned channels:\n{locate(graph, node)}")
+                raise PassError("a strided slice over pruned channels", node=node.name, notes=[locate(graph, node)])
             end = size if b.get("end") is None else b["end"]
             _set(node, "start", _position(kept, b.get("start") or 0, size))
             _set(node, "end", _position(kept, end, size))
@@ -136,7 +125,11 @@ def _rewrite(graph: Graph, groups: ChannelGroups, plan: PrunePlan, node: torch.f
         else:
             index = b["index"] + size if b["index"] < 0 else b["index"]
             if index not in kept:
-                raise PassError(f"prune-channels would remove the channel this op selects:\n{locate(graph, node)}")
+                raise PassError(
+                    "prune-channels would remove the channel this op selects",
+                    node=node.name,
+                    notes=[locate(graph, node)],
+                )
             _set(node, "index", int(np.searchsorted(kept, index)))
     elif packet in (aten.split, aten.split_with_sizes, aten.chunk) and x_kept:
         dim = b["dim"] % len(shape)  # type: ignore[arg-type]
@@ -146,7 +139,7 @@ def _rewrite(graph: Graph, groups: ChannelGroups, plan: PrunePlan, node: torch.f
         sizes = [len(_kept(groups, node.name, j, plan).get(dim, range(p[dim]))) for j, p in enumerate(pieces)]
         node.target = aten.split_with_sizes.default
         node.args, node.kwargs = (x, sizes, dim), {}
-    elif packet in (aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution) and b.get("groups", 1) != 1 and out:
+    elif packet in CONV and b.get("groups", 1) != 1 and out:
         c = 1 if len(groups.shapes[node.name]) == len(groups.shapes[b["weight"].name]) else 0
         if c in out:
             old = groups.shapes[node.name][c]
@@ -172,9 +165,10 @@ def _check_shapes(graph: Graph, groups: ChannelGroups, plan: PrunePlan) -> None:
             for d, kept in _kept(groups, node.name, j, plan).items():
                 if v.shape[d] != len(kept):
                     raise PassError(
-                        f"prune-channels: dim {d} of this op is {v.shape[d]} after pruning, the channel analysis "
-                        f"expected {len(kept)} ({op_name(node.target)}); a bug in the analysis of this op:\n"
-                        f"{locate(graph, node)}"
+                        f"dim {d} of this op is {v.shape[d]} after pruning, the channel analysis "
+                        f"expected {len(kept)} ({op_name(node.target)}); a bug in the analysis of this op",
+                        node=node.name,
+                        notes=[locate(graph, node)],
                     )
 
 

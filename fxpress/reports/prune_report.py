@@ -10,6 +10,9 @@ op the analysis does not understand, ...) or makes it approximate. The totals
 are parameters and multiply-accumulates (conv, linear, matmul, attention) on
 the graph's example inputs, before and after; both are computed from the shapes
 the pruned graph would have, so they are what `prune-channels` will deliver.
+
+A report, so it sits above the passes: it reads the ``channel-groups``
+analysis and the pruning plan of ``fxpress.passes.prune`` and changes nothing.
 """
 
 from __future__ import annotations
@@ -22,39 +25,36 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.fx
 
+from fxpress.ir.opsets import CONV, CONV_TRANSPOSE, MATMUL, bind, is_transposed_conv, packet
 from fxpress.passes.base import AnalysisManager
 from fxpress.passes.prune.groups import ChannelGroups, ChannelGroupsAnalysis
 from fxpress.passes.prune.importance import Loss
-from fxpress.passes.prune.ops import aten, bind
 from fxpress.passes.prune.plan import PrunePlan, plan_pruning, pruned_shape
 
 if TYPE_CHECKING:
     from fxpress.ir.graph import Graph
 
-_CONV = {aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution}
-_CONV_T = {aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d}
-_MATMUL = {aten.matmul, aten.bmm, aten.mm}
+aten = torch.ops.aten
 
 
 def node_macs(n: torch.fx.Node, shape: Callable[[Any], Any]) -> int:
     """Multiply-accumulates of one op, given the shapes of its operands and output."""
-    packet = getattr(n.target, "overloadpacket", None)
-    if packet is None:
+    op = packet(n)
+    if op is None:
         return 0
     b = bind(n.target, n.args, n.kwargs)
     out = shape(n)
-    if packet in _CONV | _CONV_T:
+    if op in CONV | CONV_TRANSPOSE:
         w, x = shape(b["weight"]), shape(b["input"])
-        transposed = packet in _CONV_T or bool(b.get("transposed", False))
         per = math.prod(w[1:])
-        return math.prod(x) * per if transposed else math.prod(out) * per
-    if packet is aten.linear:
+        return math.prod(x) * per if is_transposed_conv(n) else math.prod(out) * per
+    if op is aten.linear:
         return math.prod(out) * shape(b["weight"])[1]
-    if packet in _MATMUL:
+    if op in MATMUL:
         return math.prod(out) * shape(b["self"])[-1]
-    if packet is aten.addmm:
+    if op is aten.addmm:
         return math.prod(out) * shape(b["mat1"])[-1]
-    if packet is aten.scaled_dot_product_attention:
+    if op is aten.scaled_dot_product_attention:
         q, k, v = shape(b["query"]), shape(b["key"]), shape(b["value"])
         return math.prod(q[:-1]) * k[-2] * q[-1] + math.prod(out[:-1]) * k[-2] * v[-1]
     return 0

@@ -1,6 +1,6 @@
 """quant-report: how much int8 costs each layer, worst first, before anything is compiled.
 
-    report = quant_report(model, batches, passes="fold-bn,observe{per-channel=true},calibrate,fold-qdq")
+    report = quant_report(model, batches)   # passes="int8": the registry's fold-bn,observe{per-channel=true},calibrate,fold-qdq
     print(report.text())     # one row per quantizable layer, worst first; then what stays float
     report.to_json()         # the same as JSON-ready data
 
@@ -39,8 +39,8 @@ are reused; from the start when the graph has in-place ops), so `limit`
 matters on big models (MiniLM, 4 batches of 8 x 64 tokens, 69 layers: under
 3 minutes on one core).
 
-This module sits above the passes (it runs them); the user's model and graph
-are never changed.
+This module sits in the reports layer, above the passes (it runs them); the
+user's model and graph are never changed.
 """
 
 from __future__ import annotations
@@ -62,15 +62,19 @@ from fxpress.errors import InputError
 from fxpress.ir.annotations import get
 from fxpress.ir.capture import capture
 from fxpress.ir.graph import Graph
+from fxpress.ir.opsets import module_path
+from fxpress.ir.properties import Property
 from fxpress.passes.base import Pass
 from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.fold_qdq import FoldQDQ
 from fxpress.passes.manager import optimize
-from fxpress.passes.observe import _ROOTS, Observe, _module_path
+from fxpress.passes.observe import Observe
 from fxpress.passes.pipeline import as_passes
+from fxpress.passes.registry import PIPELINES, REGISTRY
 from fxpress.quant.annotations import QuantParams
+from fxpress.quant.opsets import QUANTIZABLE
 
-DEFAULT_PIPELINE = "fold-bn,observe{per-channel=true},calibrate,fold-qdq"
+DEFAULT_PIPELINE = "int8"  # the registry's named pipeline: fold-bn,observe{per-channel=true},calibrate,fold-qdq
 
 
 class _Error:
@@ -282,14 +286,14 @@ def quant_report(
     if not batches:
         raise InputError("quant-report: the calibration data is empty; give at least one tuple of input tensors")
     graph = graph_or_model if isinstance(graph_or_model, Graph) else capture(graph_or_model, batches[0])
-    if "quantized" in graph.properties:
+    if Property.QUANTIZED in graph.properties:
         raise InputError("quant-report: the graph is already quantized (fold-qdq ran); give the float graph or model")
-    items = as_passes(passes)
+    items = as_passes(passes, REGISTRY)
     before, after = _split(items, batches)
-    if not any(isinstance(p, Observe) for p in before) and "observed" not in graph.properties:
+    if not any(isinstance(p, Observe) for p in before) and Property.OBSERVED not in graph.properties:
         raise InputError(
             f"quant-report: the pipeline {_text(items)!r} has no observe pass, so nothing is quantized; "
-            f"e.g. {DEFAULT_PIPELINE!r}"
+            f"e.g. {DEFAULT_PIPELINE!r} ({PIPELINES[DEFAULT_PIPELINE]})"
         )
     calibrated = optimize(graph, before)
     folded = optimize(calibrated, after)
@@ -298,11 +302,11 @@ def quant_report(
         if record.pipeline.startswith(FoldQDQ.name):
             fold_stats.update(record.stats.get("float", {}))
     left = {(n.name, n.target) for n in folded.nodes("call_function")}
-    roots = [n for n in calibrated.nodes("call_function") if n.target in _ROOTS and _is_layer_op(n)]
+    roots = [n for n in calibrated.nodes("call_function") if n.target in QUANTIZABLE and _is_layer_op(n)]
     layers = [n for n in roots if isinstance(get(n, QuantParams.key), QuantParams)]
     int8 = frozenset(n for n in layers if (n.name, n.target) not in left)
     float_ops = [
-        FloatOp(n.name, _ROOTS[n.target], _module_path(n), _float_reason(n, fold_stats))  # type: ignore[index]
+        FloatOp(n.name, QUANTIZABLE[n.target], module_path(n), _float_reason(n, fold_stats))
         for n in roots
         if (n.name, n.target) in left
     ]
@@ -310,8 +314,8 @@ def quant_report(
     rows = [
         LayerRow(
             n.name,
-            _ROOTS[n.target],  # type: ignore[index]
-            _module_path(n),
+            QUANTIZABLE[n.target],
+            module_path(n),
             n in int8,
             errors[n][0].sqnr_db,
             errors[n][0].cosine,
