@@ -1,9 +1,10 @@
-"""TE builders of `quantized_conv2d`: the generic NCHW int32 convolution and the AVX2 direct forms.
+"""TE builders of `quantized_conv2d`: the generic NCHW int32 convolution and the direct panel forms.
 
-The AVX2 forms lay out a padded NHWC input in channel pairs (int16 ``x -
+The direct forms lay out a padded NHWC input in channel pairs (int16 ``x -
 x_zp``) or quads (uint8 ``x + 128``, padding ``x_zp + 128``) and weights as
-``[O/8, KH, KW, C/V, 8, V]`` for kernels/int8_conv_avx2.py; the
-requantization writes NCHW int8 from each register tile.
+``[O/L, KH, KW, C/V, L, V]`` for kernels/int8_conv_avx2.py (L = 8 lanes on
+AVX2, 8 or 16 with VNNI, read from the weights' shape); the requantization
+writes NCHW (or NHWC) int8 from each register tile.
 """
 
 from __future__ import annotations
@@ -142,11 +143,12 @@ def te_quantized_conv2d_pmadd(
     """NHWC-group direct conv for vpmaddwd / vpmaddubsw (kernels/int8_conv_avx2.py), requantized into NCHW int8.
 
     With `scale` (float32 ``[O]``): NCHW float out, ``float32(acc + bias) * scale`` (quantized_conv2d_float).
-    With `channels_last` the output is NHWC: each tile's 8-channel vectors are stored whole.
+    With `channels_last` the output is NHWC: each tile's L-channel vectors are stored whole.
+    `b16` is ``[O/L, KH, KW, C/V, L, V]``; `bias` with `narrow` is ``[O/L, L]`` int32.
     """
     (sh, sw), _, (dh, dw), _ = attrs
     n, hp, wp = p16.shape[:3]
-    o8, kh, kw, c2 = (int(d) for d in b16.shape[:4])
+    o8, kh, kw, c2, lanes = (int(d) for d in b16.shape[:5])
     ry, rx = te.reduce_axis((0, kh), name="ry"), te.reduce_axis((0, kw), name="rx")
     cp, kk = te.reduce_axis((0, c2), name="c2"), te.reduce_axis((0, int(b16.shape[5])), name="kk")
 
@@ -154,10 +156,10 @@ def te_quantized_conv2d_pmadd(
         a = p16[b, yy * sh + ry * dh, xx * sw + rx * dw, cp, kk].astype("int32")
         return te.sum(a * b16[g, ry, rx, cp, lane, kk].astype("int32"), axis=[ry, rx, cp, kk])
 
-    shape = (n, _conv_out(hp, 0, 0, kh, sh, dh), _conv_out(wp, 0, 0, kw, sw, dw), o8, 8)
+    shape = (n, _conv_out(hp, 0, 0, kh, sh, dh), _conv_out(wp, 0, 0, kw, sw, dw), o8, lanes)
     acc = te.compute(shape, acc_body, name="qconv_acc")
     acc = add_bias_panels(acc, bias) if narrow else acc
-    read = lambda b, f, yy, xx: acc[b, yy, xx, f // 8, f % 8]  # noqa: E731
+    read = lambda b, f, yy, xx: acc[b, yy, xx, f // lanes, f % lanes]  # noqa: E731
     bias_after = None if narrow else bias
     n_, oh, ow = acc.shape[:3]
     if scale is not None:

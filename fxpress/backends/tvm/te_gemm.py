@@ -1,9 +1,11 @@
-"""TE builders of the int8 GEMMs: `quantized_linear` and `quantized_matmul`, generic and AVX2 forms.
+"""TE builders of the int8 GEMMs: `quantized_linear` and `quantized_matmul`, generic and panel forms.
 
-The AVX2 forms lay their operands out for the micro-kernels of
+The panel forms lay their operands out for the micro-kernels of
 kernels/int8_avx2.py: int16 pairs for ``vpmaddwd`` (s16), uint8 / int8 quads
-for ``vpmaddubsw`` (u8s8); the accumulation block has the shape the
-CPUInt8MatmulAVX2 rule tensorizes, the requantization is its epilogue.
+for ``vpmaddubsw`` or VNNI's ``vpdpbusd`` (u8s8); the accumulation block
+``C[rows, N/L, L]`` has the shape the CPUInt8Gemm rule tensorizes, the
+requantization is its epilogue. The lane width L (8: ymm, 16: zmm) is the
+weight panels' (``B[N/L, K/V, L, V]``), read from their shape.
 """
 
 from __future__ import annotations
@@ -69,6 +71,22 @@ def te_shift_u8(x: te.Tensor, k4: int) -> te.Tensor:
     return te.compute([*x.shape[:-1], k4, 4], body, name="shift_u8")
 
 
+def te_panel_acc(a: te.Tensor, b: te.Tensor) -> te.Tensor:
+    """``C[m.., g, lane] = sum_(k2, kk) A[m.., k2, kk] * B[g, k2, lane, kk]`` in int32: the block the GEMM rule tensorizes.
+
+    `a` ``[m.., K/V, V]`` (uint8 | int16), `b` ``[N/L, K/V, L, V]`` (int8 | int16); C is ``[m.., N/L, L]``.
+    """
+    groups, k2, lanes, v = (int(d) for d in b.shape)
+    kp = te.reduce_axis((0, k2), name="k2")
+    kk = te.reduce_axis((0, v), name="kk")
+
+    def acc_body(*idx: tirx.Var) -> tirx.PrimExpr:
+        *rest, g, lane = idx
+        return te.sum(a[(*rest, kp, kk)].astype("int32") * b[g, kp, lane, kk].astype("int32"), axis=[kp, kk])
+
+    return te.compute([*a.shape[:-2], groups, lanes], acc_body, name="qmatmul_acc")
+
+
 def te_quantized_linear_pmadd(
     a16: te.Tensor,
     b16: te.Tensor,
@@ -80,25 +98,18 @@ def te_quantized_linear_pmadd(
     narrow: bool = False,
     scale: te.Tensor | None = None,
 ) -> te.Tensor:
-    """The vpmaddwd (int16 pairs) or vpmaddubsw (uint8 x int8 quads) GEMM, by the operands' layout.
+    """The s16 (int16 pairs) or u8s8 (uint8 x int8 quads) panel GEMM, by the operands' layout and lane width.
 
-    `narrow`: `bias` is ``[N/8, 8]`` int32 (`_bias_panels`), added to the
+    `b16` is ``[N/L, K/V, L, V]``: L (8 or 16) is the accumulators' lane width.
+    `narrow`: `bias` is ``[N/L, L]`` int32 (bias panels), added to the
     accumulators in int32, and the requantization runs in int32 (see `requantize`).
     `scale` (float32 ``[N]``): float out, ``float32(acc + bias) * scale`` (quantized_linear_float).
     """
-    groups, k2, v = int(b16.shape[0]), int(b16.shape[1]), int(b16.shape[3])
-    kp = te.reduce_axis((0, k2), name="k2")
-    kk = te.reduce_axis((0, v), name="kk")
+    lanes = int(b16.shape[2])
     lead = list(a16.shape[:-2])
-
-    def acc_body(*idx: tirx.Var) -> tirx.PrimExpr:
-        *rest, g, lane = idx
-        product = a16[(*rest, kp, kk)].astype("int32") * b16[g, kp, lane, kk].astype("int32")
-        return te.sum(product, axis=[kp, kk])
-
-    acc = te.compute([*lead, groups, 8], acc_body, name="qmatmul_acc")
+    acc = te_panel_acc(a16, b16)
     acc = add_bias_panels(acc, bias) if narrow else acc
-    read = lambda rest, j: acc[(*rest, j // 8, j % 8)]  # noqa: E731
+    read = lambda rest, j: acc[(*rest, j // lanes, j % lanes)]  # noqa: E731
     if scale is not None:
         with_bias = read if narrow else lambda rest, j: read(rest, j).astype("int64") + bias[j].astype("int64")
         return te_scaled([*lead, n], lambda *i: with_bias(list(i[:-1]), i[-1]), scale)
@@ -147,19 +158,19 @@ def _bcast_index(dims: list[Any], index: list[tirx.Var]) -> list[Any]:
     return [0 if isinstance(d, int | tirx.IntImm) and int(d) == 1 else i for d, i in zip(dims, index, strict=True)]
 
 
-def te_pack_activation(b: te.Tensor, b_zero_point: int, k2: int) -> te.Tensor:
-    """B16[f * N8 + g, k/2, n%8, k%2] = b[batch f, k, n] - b_zp as int16, zero past K and N (per call)."""
+def te_pack_activation(b: te.Tensor, b_zero_point: int, k2: int, lanes: int = 8) -> te.Tensor:
+    """B16[f * N/L + g, k/2, n%L, k%2] = b[batch f, k, n] - b_zp as int16, zero past K and N (per call)."""
     *batch, kdim, n = b.shape
-    n8 = (int(n) + 7) // 8
+    n8 = (int(n) + lanes - 1) // lanes
 
     def body(row: tirx.Var, kp: tirx.Var, lane: tirx.Var, kk: tirx.Var) -> tirx.PrimExpr:
         index, g = _unflatten(row // n8, batch), row % n8
-        k, j = kp * 2 + kk, g * 8 + lane
+        k, j = kp * 2 + kk, g * lanes + lane
         value = b[(*index, tirx.min(k, kdim - 1), tirx.min(j, n - 1))].astype("int16")
         inside = tirx.all(k < kdim, j < n)
         return tirx.if_then_else(inside, value - tirx.const(b_zero_point, "int16"), tirx.const(0, "int16"))
 
-    return te.compute([_product(batch) * n8, k2, 8, 2], body, name="pack_activation")
+    return te.compute([_product(batch) * n8, k2, lanes, 2], body, name="pack_activation")
 
 
 def te_widen_rows(a: te.Tensor, a_zero_point: int, k2: int) -> te.Tensor:
@@ -204,6 +215,7 @@ def te_quantized_matmul_pmadd(
 ) -> te.Tensor:
     """vpmaddwd GEMM over rows (batch, i) (kernels/int8_avx2.py; B panels per batch), requantized per tensor.
 
+    `b16` is ``[batch * N/L, K/2, L, 2]`` (`te_pack_activation`): L is the lane width.
     With `scale`: float32 out, ``float32(acc) * scale`` (quantized_matmul_float).
 
     The accumulator's rows are one dimension: the GEMM rule fuses several
@@ -213,8 +225,8 @@ def te_quantized_matmul_pmadd(
     epilogue instead of running after a reshape; with `batch` None (symbolic)
     it is ``[rows, n]``.
     """
-    rows, k2 = a16.shape[0], a16.shape[1]
-    n8 = tirx.const((n + 7) // 8, "int64")
+    rows, k2, lanes = a16.shape[0], a16.shape[1], int(b16.shape[2])
+    n8 = tirx.const((n + lanes - 1) // lanes, "int64")
     kp = te.reduce_axis((0, k2), name="k2")
     kk = te.reduce_axis((0, 2), name="kk")
 
@@ -222,7 +234,7 @@ def te_quantized_matmul_pmadd(
         a = a16[row, kp, kk].astype("int32")
         return te.sum(a * b16[row // m * n8 + g, kp, lane, kk].astype("int32"), axis=[kp, kk])
 
-    acc = te.compute([rows, n8, 8], acc_body, name="qmatmul_acc", attrs={ROW_GROUP: int(m)})
+    acc = te.compute([rows, n8, lanes], acc_body, name="qmatmul_acc", attrs={ROW_GROUP: int(m)})
 
     shape = [rows] if batch is None else [*batch, m]
 
@@ -230,7 +242,7 @@ def te_quantized_matmul_pmadd(
         row = tirx.const(0, "int64")
         for i, d in zip(index, shape, strict=True):  # the row of an output index: row-major over `shape`
             row = row * d + i
-        return acc[row, j // 8, j % 8]
+        return acc[row, j // lanes, j % lanes]
 
     if scale is not None:
         return te_scaled([*shape, n], lambda *i: read(list(i[:-1]), i[-1]), scale)

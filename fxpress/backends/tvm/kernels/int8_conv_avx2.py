@@ -22,9 +22,17 @@ Padding is materialized by the prologue, so the inner loop has no bounds
 checks; strided and dilated convolutions only change which pixel a row
 broadcasts. ``XR`` divides the output width where possible (a predicated tail
 costs more than a narrower tile); ``NR`` = 2 vectors of 8 output channels.
+
+The rule is lane-width generic (`CPUInt8Conv2d`): with weights ``[O/L, KH,
+KW, C/V, L, V]`` the accumulator is ``acc[n, y, x, O/L, L]`` and the
+`MicroKernels` table passed in picks the intrinsic by (dtypes, L) and the
+tile sizes (isa/x86_vnni: vpdpbusd, L = 16 in zmm registers).
+`CPUInt8Conv2dAVX2` is the rule with the AVX2 table.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import get_extent
@@ -39,36 +47,25 @@ from fxpress.backends.tvm.kernels.base import (
     parallel_if_worth_it,
     work,
 )
-from fxpress.backends.tvm.kernels.int8_avx2 import has_avx2, micro_kernel
-
-# Output columns per tile, tried in order: the first that divides the width (a
-# predicated tail is many times slower than a narrow tile). NR = 2 vectors of
-# output channels where the tile still fits the registers (`_fits`), else 1.
-XR_ORDER = (6, 4, 7, 5, 3, 2, 1)
+from fxpress.backends.tvm.kernels.int8_avx2 import AVX2, MicroKernels, divides
 
 
-def _fits(xr: int, nr: int) -> bool:
-    """An XR x NR tile fits AVX2's 16 ymm registers: accumulators, NR weight vectors, broadcast, product, ones.
+def _is_conv(kernels: MicroKernels) -> Callable[[s_tir.Schedule, s_tir.schedule.SBlockRV], bool]:
+    """``acc[n, y, x, o/L, o%L] += P[n, .., .., c/V, k] * B[o/L, ky, kx, c/V, o%L, k]`` (a micro-kernel of `kernels`)."""
 
-    Measured (interleaved, ResNet-18): the 7-wide stages run about 20 % faster
-    with 7 x 1 tiles than with 7 x 2, which spills; the 14-wide ones break even.
-    (Before accumulators left workspace memory, 7 x 2 was a little ahead.)
-    """
-    return xr * nr + nr + 3 <= 16
+    def accept(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+        stmt = sch.get(block)
+        kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars)
+        return (
+            is_multiply_accumulate(stmt, kinds)
+            and kinds.rstrip("R").count("R") == 0
+            and stmt.writes[0].source.dtype == "int32"
+            and len(stmt.writes[0].source.shape) == 5
+            and kernels.intrinsic(stmt) is not None
+            and sorted(len(r.source.shape) for r in stmt.reads) == [5, 6]
+        )
 
-
-def _is_pmadd_conv(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
-    """``acc[n, y, x, o/8, o%8] += P[n, .., .., c/V, k] * B[o/8, ky, kx, c/V, o%8, k]`` (a micro-kernel's dtypes)."""
-    stmt = sch.get(block)
-    kinds = "".join("S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in stmt.iter_vars)
-    return (
-        is_multiply_accumulate(stmt, kinds)
-        and kinds.rstrip("R").count("R") == 0
-        and stmt.writes[0].source.dtype == "int32"
-        and len(stmt.writes[0].source.shape) == 5
-        and micro_kernel(stmt) is not None
-        and sorted(len(r.source.shape) for r in stmt.reads) == [5, 6]
-    )
+    return accept
 
 
 def _roles(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> dict[str, s_tir.schedule.LoopRV | None]:
@@ -121,17 +118,25 @@ def _vector_epilogue(sch: s_tir.Schedule, moved: list[s_tir.schedule.SBlockRV]) 
             sch.vectorize(inner)
 
 
-class CPUInt8Conv2dAVX2(FxpressCPURule):
-    """Tensorized vpmaddubsw / vpmaddwd direct conv2d for `quantized_conv2d` (see module docstring)."""
+class CPUInt8Conv2d(FxpressCPURule):
+    """Tensorized direct conv2d for `quantized_conv2d`, with the micro-kernels of one ISA (see module docstring).
+
+    `micro_kernels`: `AVX2` (vpmaddubsw / vpmaddwd, 8 lanes) by default, or
+    isa/x86_vnni's tables (vpdpbusd, 8 or 16 lanes).
+    """
+
+    def __init__(self, micro_kernels: MicroKernels = AVX2) -> None:
+        self.micro_kernels = micro_kernels
 
     def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
-        if not has_avx2(target):
+        kernels = self.micro_kernels
+        if not kernels.available(target):
             return None
-        kernel = find_kernel(func, _is_pmadd_conv)
+        kernel = find_kernel(func, _is_conv(kernels))
         if kernel is None:
             return None
         sch, main = kernel.sch, kernel.main
-        intrin = micro_kernel(sch.get(main))
+        intrin = kernels.intrinsic(sch.get(main))
         macs = work(sch, main)
         loop = _roles(sch, main)
         reduction = [loop[r] for r in ("ky", "kx", "c2") if loop[r] is not None]
@@ -141,12 +146,12 @@ class CPUInt8Conv2dAVX2(FxpressCPURule):
         xr = 1
         if loop["x"] is not None:
             width = get_extent(sch, loop["x"])
-            xr = next((r for r in XR_ORDER if isinstance(width, int) and width % r == 0), 1)
+            xr = next((r for r in kernels.conv_columns if isinstance(width, int) and width % r == 0), 1)
             xo, xi = sch.split(loop["x"], factors=[None, xr])
         if loop["g"] is not None:
             groups = get_extent(sch, loop["g"])
-            nr = 2 if isinstance(groups, int) and groups % 2 == 0 and _fits(xr, 2) else 1
-            go, gi = sch.split(loop["g"], factors=[None, nr])
+            fitting = (v for v in kernels.conv_vectors if v == 1 or (divides(v, groups) and kernels.fits(xr, v)))
+            go, gi = sch.split(loop["g"], factors=[None, next(fitting, 1)])
         outer_loops = [lp for lp in (loop["n"], go, loop["y"]) if lp is not None]
         order = [*outer_loops, xo, *reduction, xi, gi, loop["lane"], loop["kk"]]
         sch.reorder(*[lp for lp in order if lp is not None])
@@ -167,3 +172,7 @@ class CPUInt8Conv2dAVX2(FxpressCPURule):
             if lp is not None:
                 sch.unroll(lp)
         return sch
+
+
+class CPUInt8Conv2dAVX2(CPUInt8Conv2d):
+    """`CPUInt8Conv2d` with the AVX2 micro-kernels (vpmaddubsw / vpmaddwd)."""
