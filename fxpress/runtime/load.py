@@ -14,6 +14,7 @@ from safetensors.numpy import load_file
 
 from fxpress.errors import ArtifactError
 from fxpress.runtime.artifact import LIBRARY, WEIGHTS, read_manifest
+from fxpress.runtime.amx import request_amx_permission
 from fxpress.runtime.cpu import host_cpu_flags
 from fxpress.runtime.module import CompiledModule
 
@@ -42,6 +43,8 @@ def load(directory: str | os.PathLike[str], *, num_threads: int | None = None) -
             f"artifact {root} was built for target {target.get('name')!r} and needs CPU features {lacking} "
             "that this machine lacks; recompile it with target 'x86' on this machine"
         )
+    if target.get("isa") == "x86-amx":
+        request_amx_permission()  # before the first tile instruction; a refusal is an error that says why
     device = tvm.cpu() if target.get("device", "cpu") == "cpu" else tvm.cuda()
     params = [tvm.runtime.tensor(weights[k], device) for k in manifest["params"]]
     if num_threads is not None:

@@ -29,7 +29,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
-from fxpress import __version__
+from fxpress.version import __version__
 from fxpress.backends.tvm.block_sparse import lower_block_sparse
 from fxpress.backends.tvm.channels_last import lower_channels_last
 from fxpress.backends.tvm.convert_map import converters
@@ -133,6 +133,8 @@ def compile_graph(
     timings: dict[str, float] = {}
     records, applied = open_records(spec, tuning), []
     exe = _build(mod, spec, timings, apply_records(records, applied) if records else None)
+    if spec.host_runnable:
+        spec.isa.prepare_runtime()  # e.g. AMX tile permission, before anything of the build runs
     host_exe = exe if spec.host_runnable else _build(mod, resolve_target("x86"), {})
     final = _transform_params(host_exe, params)
     names = [f"p{i}_{v.name}" for i, v in enumerate(mod["main"].params[int(mod["main"].attrs["num_input"]) :])]

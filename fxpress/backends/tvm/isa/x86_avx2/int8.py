@@ -72,7 +72,7 @@ def u8s8_bias(bb: Any, w: relax.Expr, bias: relax.Expr, x_zero_point: int, narro
     return bb.emit(relax.op.astype(shifted, "int32")) if narrow else shifted
 
 
-def _is_to_nhwc(expr: relax.Expr | None) -> bool:
+def is_to_nhwc(expr: relax.Expr | None) -> bool:
     """`expr` is ``permute_dims(x, [0, 2, 3, 1])`` (NCHW to NHWC)."""
     return (
         isinstance(expr, relax.Call)
@@ -124,7 +124,7 @@ class Avx2Int8(GenericInt8):
         b = pack_conv(bb, w.expr, 4 if fast else 2, self.lanes)
         source, reads_nhwc = x, channels_last
         bound = bb.lookup_binding(x) if channels_last and isinstance(x, relax.Var) else None
-        if _is_to_nhwc(bound):
+        if is_to_nhwc(bound):
             # an NCHW tensor (the stem's input) made NHWC only for this conv: the prologue packs it directly,
             # and stage dead-code drops the transpose
             source, reads_nhwc = bound.args[0], False

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fxpress.backends.tvm.isa.x86_avx2 import Avx2ISA
+from fxpress.backends.tvm.isa.x86_vnni.int8 import VnniISA
 
-VNNI = Avx2ISA(
+VNNI = VnniISA(
     "x86-vnni",
     "x86-64 with AVX-512 VNNI",
     "x86_64",
