@@ -13,8 +13,8 @@ import tvm
 from safetensors.numpy import load_file
 
 from fxpress.errors import ArtifactError
-from fxpress.runtime.artifact import LIBRARY, WEIGHTS, read_manifest
 from fxpress.runtime.amx import request_amx_permission
+from fxpress.runtime.artifact import LIBRARY, WEIGHTS, read_manifest
 from fxpress.runtime.cpu import host_cpu_flags
 from fxpress.runtime.module import CompiledModule
 

@@ -29,7 +29,6 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.torch import from_exported_program
 
-from fxpress.version import __version__
 from fxpress.backends.tvm.block_sparse import lower_block_sparse
 from fxpress.backends.tvm.channels_last import lower_channels_last
 from fxpress.backends.tvm.convert_map import converters
@@ -40,6 +39,7 @@ from fxpress.backends.tvm.tune import apply_records, open_records
 from fxpress.errors import BackendError
 from fxpress.ir.graph import Graph
 from fxpress.runtime.module import CompiledModule
+from fxpress.version import __version__
 
 
 def _tensor_spec(val: Any, name: str) -> dict[str, Any]:

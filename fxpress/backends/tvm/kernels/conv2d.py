@@ -26,13 +26,17 @@ other than the batch that are symbolic, return None.
 
 from __future__ import annotations
 
+import contextlib
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.base import get_extent
 from tvm.target import Target
+from tvm.tirx import IndexMap
 
 from fxpress.backends.tvm.kernels.base import (
     PARALLEL_MIN_ELEMENTS,
     FxpressCPURule,
+    Kernel,
     attach_epilogue,
     find_kernel,
     is_multiply_accumulate,
@@ -40,7 +44,7 @@ from fxpress.backends.tvm.kernels.base import (
     vector_lanes,
     work,
 )
-from fxpress.backends.tvm.kernels.matmul import register_tile
+from fxpress.backends.tvm.te_depthwise import PLANE, WIDE
 
 
 def _is_conv2d(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
@@ -65,14 +69,77 @@ def _is_conv2d(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
 TILE_SCOPE = "local"
 XR_ORDER = (4, 6, 7, 5, 3, 2)
 
+# AVX-512 (32 zmm registers): NR vectors of output channels per tile, in order
+# of preference (the first that divides the channel vectors), and the most
+# output columns XR for each NR. LLVM keeps the broadcast inputs of the XR + KW
+# - 1 columns of a row live across the unrolled window, so the accumulators
+# stay near 16: 2 x 14 and 4 x 7 (28) spilled and ran 2x slower than 2 x 8 on
+# ResNet-18's 56x56 3x3 conv. The tile is a stack buffer with channels
+# innermost (so its vectors are registers; in "local" scope with columns
+# innermost every FMA gathered and scattered its accumulator: 20x slower).
+WIDE_NR = (2, 3, 1)
+WIDE_XR = {1: 14, 2: 8, 3: 5, 4: 4}
+WIDE_SCOPE = "global"
+_TILE_OVERRIDE: tuple[int, int] | None = None  # (NR, XR) for experiments; None in use
+
+
+def conv_panel(out_channels: int, target: Target) -> int:
+    """P, the output channels of one packed weight panel (and of the register tile) for this conv.
+
+    AVX2: 2 vectors of 8 (16), whatever the channel count. AVX-512: NR vectors
+    of 16 (`WIDE_NR`) dividing the channels, 8-lane vectors where 16 does not
+    divide them but 8 does (24, 40), else 16 and the conv computed over the
+    padding (pack_weights.py), so no vector of the tile carries a predicate.
+    """
+    lanes = vector_lanes(target)
+    if lanes < 16:
+        return 2 * lanes
+    lanes = _panel_lanes(out_channels, lanes)
+    return lanes * _wide_vectors(-(-out_channels // lanes))
+
+
+def _panel_lanes(channels: int, lanes: int) -> int:
+    """16-lane vectors where they divide the channels, else 8 (24, 40: ymm, still exact), else 16 with padding."""
+    return 8 if channels % lanes and channels % 8 == 0 else lanes
+
+
+def _wide_vectors(vectors: int) -> int:
+    """NR, the channel vectors of an AVX-512 register tile, dividing the conv's `vectors`."""
+    if _TILE_OVERRIDE is not None and vectors % _TILE_OVERRIDE[0] == 0:
+        return _TILE_OVERRIDE[0]
+    return next((v for v in WIDE_NR if vectors % v == 0), 1)
+
+
+def _wide_columns(nr: int, width: int | None) -> int:
+    """XR for NR vectors: the largest divisor of the width from half the budget up, else the budget with a tail.
+
+    A column tail costs only a branch per column (the channel vectors stay
+    whole), a narrow tile costs its weight loads again per few columns.
+    """
+    if _TILE_OVERRIDE is not None:
+        return _TILE_OVERRIDE[1]
+    budget = WIDE_XR.get(nr, max(16 // nr, 1))
+    if width is None:
+        return budget
+    if width <= budget:
+        return width
+    return next((r for r in range(budget, max(budget // 2, 2) - 1, -1) if width % r == 0), budget)
+
+
+def _is_depthwise_wide(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    stmt = sch.get(block)
+    return stmt.name_hint == WIDE and is_multiply_accumulate(stmt, ("SSSRR", "SSSSRR", "SSRR"))
+
 
 class CPUConv2d(FxpressCPURule):
     """Register-blocked direct NCHW conv2d (see module docstring)."""
 
     def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
-        kernel = find_kernel(func, _is_conv2d)
+        kernel = find_kernel(func, lambda sch, b: _is_conv2d(sch, b) or _is_depthwise_wide(sch, b))
         if kernel is None:
             return None
+        if kernel.sch.get(kernel.main).name_hint == WIDE:
+            return _schedule_depthwise_wide(kernel, target)
         sch, main = kernel.sch, kernel.main
         if not all(isinstance(get_extent(sch, loop), int) for loop in sch.get_loops(main)[1:]):
             # Symbolic sizes past the batch (dynamic H/W): TVM 0.27 bounds this schedule's tiles under the fused
@@ -86,6 +153,9 @@ class CPUConv2d(FxpressCPURule):
         outer = sch.get_loops(main)[0]
         attach_epilogue(sch, [main, acc], kernel.after, outer)
         for block in kernel.before:  # padding: its own parallel loop nest
+            if vector_lanes(target) >= 16:
+                _schedule_padding(sch, block, vector_lanes(target))
+                continue
             loops = sch.get_loops(block)
             pad_loop = sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0]
             parallel_if_worth_it(sch, pad_loop, work(sch, block), PARALLEL_MIN_ELEMENTS)
@@ -95,20 +165,30 @@ class CPUConv2d(FxpressCPURule):
     @staticmethod
     def _schedule_packed(sch: s_tir.Schedule, main: s_tir.schedule.SBlockRV, target: Target) -> s_tir.schedule.SBlockRV:
         """Weights packed [O/P, I, KH, KW, P]: vectors over output channels, XR output columns."""
-        _, nr, lanes = register_tile(target)
         macs = work(sch, main)
         loops = sch.get_loops(main)
         n_red = sum(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(main).iter_vars)
         *batch, f, y, x = loops[: len(loops) - n_red]
         reduction = loops[len(loops) - n_red :]  # rc, ry, rx (rc alone for a 1x1 conv)
         width = get_extent(sch, x)
-        xr = next((r for r in XR_ORDER if isinstance(width, int) and width % r == 0), 6)
+        panel = next(int(r.source.shape[-1]) for r in sch.get(main).reads if len(r.source.shape) == 5)
+        lanes = vector_lanes(target)
+        wide = lanes >= 16
+        if not wide:  # AVX2 and narrower: the 8-lane tile as measured there
+            nr = max(panel // lanes, 1)
+            xr = next((r for r in XR_ORDER if isinstance(width, int) and width % r == 0), 6)
+        else:
+            lanes = _panel_lanes(panel, lanes)
+            nr = max(panel // lanes, 1)
+            xr = _wide_columns(nr, width if isinstance(width, int) else None)
         fo, fi = sch.split(f, factors=[None, nr * lanes])
         xo, xi = sch.split(x, factors=[None, xr])
         sch.reorder(*batch, fo, y, xo, *reduction, xi, fi)
         outer = sch.fuse(*batch, fo, y)
         parallel_if_worth_it(sch, outer, macs)
-        acc = sch.cache_write(main, 0, TILE_SCOPE)
+        acc = sch.cache_write(main, 0, WIDE_SCOPE if wide else TILE_SCOPE)
+        if wide:  # the tile [.., x, f]: channels innermost, each vector one register
+            sch.transform_layout(main, ("write", 0), lambda *i: (*i[:-3], i[-2], i[-1], i[-3]))
         sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
         fi_o, fi_i = sch.split(fi, factors=[nr, lanes])
         sch.vectorize(fi_i)
@@ -142,3 +222,99 @@ class CPUConv2d(FxpressCPURule):
         sch.unroll(xi_o)
         sch.unroll(fi)
         return acc
+
+
+def _vectorize_inner(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """Vectorize `block`'s innermost loop by the widest of `lanes`, 8, 4, 2 that divides it (none: left scalar)."""
+    inner = sch.get_loops(block)[-1]
+    extent = get_extent(sch, inner)
+    vec = next((v for v in (lanes, 8, 4, 2) if v <= lanes and isinstance(extent, int) and extent % v == 0), 0)
+    if vec == extent:
+        sch.vectorize(inner)
+    elif vec:
+        sch.vectorize(sch.split(inner, factors=[None, vec])[1])
+
+
+def _schedule_padding(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """A padding block as a zero fill and an interior copy, each parallel over planes and vectorized along rows.
+
+    As one block, its per-element border test keeps it scalar (TVM does not
+    vectorize a loop whose body branches per lane). Not a padding pattern
+    (or nothing to pad): the block stays one nest, parallel, as it was.
+    """
+    amount = work(sch, block)
+    try:
+        fill = sch.decompose_padding(block, sch.get_loops(block)[0])
+    except Exception:  # not the padding pattern
+        fill = None
+    for b in (fill, block) if fill is not None else (block,):
+        loops = sch.get_loops(b)
+        if fill is not None and len(loops) > 2 and b == fill:  # zeros: whole planes are one contiguous run
+            loops = [*loops[:-2], sch.fuse(*loops[-2:])]
+        _vectorize_inner(sch, b, lanes)
+        loops = sch.get_loops(b)
+        outer = [lp for lp in loops[:-1] if sch.get(lp).kind != tirx.ForKind.VECTORIZED]
+        if len(outer) > 1:
+            outer = [sch.fuse(*outer)]
+        if outer:
+            parallel_if_worth_it(sch, outer[0], amount, PARALLEL_MIN_ELEMENTS)
+
+
+def _schedule_depthwise_wide(kernel: Kernel, target: Target) -> s_tir.Schedule | None:
+    """te_depthwise's wide-row depthwise conv: per channel, pad, [phases], XR vectors of wide outputs, epilogue."""
+    sch, main = kernel.sch, kernel.main
+    lanes = vector_lanes(target)
+    loops = sch.get_loops(main)
+    if not all(isinstance(get_extent(sch, loop), int) for loop in loops):
+        return None
+    # The register tile is XR vectors of the flat (y, q) axis, which may start and end mid-row: the kernel, its
+    # tile buffer and the tile's write-back all iterate that flat axis (a (y, q) write-back would copy whole rows,
+    # some of them stale, and TVM bounds the tile buffer by whole rows)
+    shape = sch.get(main).writes[0].source.shape
+    pitch = int(shape[-1])
+
+    def flat(*i: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
+        return (*i[:-2], i[-2] * pitch + i[-1])
+
+    def flat_iters(*i: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:  # (.., y, q, ry, rx) -> (.., y * Q + q, ry, rx)
+        return (*flat(*i[:-2]), *i[-2:])
+
+    sch.transform_block_layout(main, IndexMap.from_func(flat_iters, ndim=len(loops)))
+    *spatial, f, ry, rx = sch.get_loops(main)
+    vectors = get_extent(sch, f) // lanes
+    xr = next(r for r in (8, 7, 6, 5, 4, 3, 2, 1) if vectors % r == 0)
+    fo, fv, fl = sch.split(f, factors=[None, xr, lanes])
+    sch.reorder(*spatial, fo, ry, rx, fv, fl)
+    outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    parallel_if_worth_it(sch, outer, work(sch, main))
+    acc = sch.cache_write(main, 0, "global")
+    sch.transform_layout(main, ("write", 0), IndexMap.from_func(flat, ndim=len(shape)))
+    sch.transform_block_layout(acc, IndexMap.from_func(flat, ndim=len(sch.get(acc).iter_vars)))
+    sch.reverse_compute_at(acc, fo, preserve_unit_loops=True)
+    sch.vectorize(fl)
+    sch.unroll(fv)
+    sch.unroll(rx)
+    _vectorize_inner(sch, acc, lanes)
+    for block in kernel.after[:-1]:  # the slice to Ho x Wo and the epilogue: one pass
+        with contextlib.suppress(Exception):  # not inlinable: left as its own pass
+            sch.compute_inline(block)
+    for block in attach_epilogue(sch, [main, acc], [b for b in kernel.after if _alive(sch, b)], outer):
+        _vectorize_inner(sch, block, lanes)
+    for block in reversed(kernel.before):  # each channel's planes, right before its taps
+        sch.compute_at(block, outer, preserve_unit_loops=True)
+    for block in kernel.before:
+        if sch.get(block).name_hint == PLANE:
+            fill = sch.decompose_padding(block, sch.get_loops(block)[1])
+            sch.fuse(*sch.get_loops(fill)[1:])  # zeros over the whole plane: one contiguous run
+            _vectorize_inner(sch, fill, lanes)
+        _vectorize_inner(sch, block, lanes)
+    sch.decompose_reduction(main, ry)
+    return sch
+
+
+def _alive(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
+    try:
+        sch.get(block)
+    except Exception:
+        return False
+    return True

@@ -40,6 +40,8 @@ from fxpress.backends.tvm.kernels.base import (
     work,
 )
 
+PACKED = "matmul_packed"  # pack_weights.py's name of the block that reads packed panels
+
 
 def register_tile(target: Target) -> tuple[int, int, int]:
     """(MR rows, NR vectors, VL lanes) of the accumulator tile for `target`.
@@ -50,6 +52,31 @@ def register_tile(target: Target) -> tuple[int, int, int]:
     """
     lanes = vector_lanes(target)
     return (8, 3, lanes) if lanes >= 16 else (6, 2, lanes)
+
+
+# AVX-512 register tiles: rows for NR vectors of 16 lanes, about 24 zmm accumulators of 32.
+_WIDE_ROWS = {3: 8, 2: 12, 4: 6, 1: 14}
+
+
+def matmul_panel(n: int, target: Target) -> int:
+    """P, the columns of one packed weight panel (= the register tile's width) for an N-column matmul.
+
+    AVX2 and narrower: ``NR * VL`` of `register_tile` (16), as measured there.
+    AVX-512: NR vectors of 16 with NR dividing N/16 (3, else 2, 4, 1), so no
+    vector of the tile needs a predicate; N not a multiple of 16 is padded to
+    panels of 48 and the matmul computed over the padding (pack_weights.py).
+    """
+    _, nr, lanes = register_tile(target)
+    if lanes < 16 or n % lanes:
+        return nr * lanes
+    return lanes * next(v for v in (3, 2, 4, 1) if (n // lanes) % v == 0)
+
+
+def _wide_tile(n: int | object, lanes: int) -> int:
+    """NR for an N-column AVX-512 tile over unpacked B (batch matmul): dividing N/16 where it can."""
+    if not isinstance(n, int) or n % lanes:
+        return 3
+    return next(v for v in (3, 2, 4, 1) if (n // lanes) % v == 0)
 
 
 def _rows_per_tile(m: int | object, preferred: int) -> int:
@@ -67,10 +94,26 @@ def _rows_per_tile(m: int | object, preferred: int) -> int:
 
 
 def _is_matmul(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
-    """Spatial iterators then one reduction, two reads, a multiply-accumulate body."""
+    """Spatial iterators then one reduction, two reads, a multiply-accumulate body.
+
+    With one spatial iterator (a single-row matmul, its unit row loop
+    normalized away) only a panel-packed weight (rank 3) is taken: that is the
+    product of a vector and a packed matrix, nothing else reads so.
+    """
     stmt = sch.get(block)
     n = len(stmt.iter_vars)
-    return n >= 3 and len(stmt.reads) == 2 and is_multiply_accumulate(stmt, "S" * (n - 1) + "R")
+    if len(stmt.reads) != 2 or not is_multiply_accumulate(stmt, "S" * (n - 1) + "R"):
+        return False
+    return n >= 3 or (n == 2 and stmt.name_hint.startswith(PACKED))
+
+
+def _panel(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> int | None:
+    """P of a panel-packed ``[N/P, K, P]`` weight read by the matmul block, None when B is not packed."""
+    stmt = sch.get(block)
+    if not stmt.name_hint.startswith(PACKED):
+        return None
+    shapes = [r.source.shape for r in stmt.reads if len(r.source.shape) == 3]
+    return int(shapes[-1][-1]) if shapes and isinstance(shapes[-1][-1], tirx.IntImm | int) else None
 
 
 class CPUMatmul(FxpressCPURule):
@@ -85,16 +128,29 @@ class CPUMatmul(FxpressCPURule):
             sch.compute_inline(block)
         mr, nr, lanes = register_tile(target)
         loops = sch.get_loops(main)
-        *batch, i, j, k = loops
-        mr = _rows_per_tile(get_extent(sch, i), mr)
-        macs = work(sch, main)
+        if len(loops) == 2:  # one row: x[K] times packed panels (AVX-512; elsewhere dlight's reduction rule)
+            if lanes < 16:
+                return None
+            *batch, i, j, k = [], None, *loops
+        else:
+            *batch, i, j, k = loops
         n_extent = get_extent(sch, j)
+        panel = _panel(sch, main)
+        if lanes >= 16:  # AVX-512: NR from the packed panel, or dividing N (a vector with a tail runs scalar)
+            nr = panel // lanes if panel and panel % lanes == 0 else _wide_tile(n_extent, lanes)
+            mr = _WIDE_ROWS.get(nr, mr)
+        mr = _rows_per_tile(get_extent(sch, i), mr) if i is not None else 1
+        macs = work(sch, main)
         if isinstance(n_extent, int) and n_extent < lanes:
             nr, lanes = 1, max(1, n_extent)
-        io, ii = sch.split(i, factors=[None, mr])
         jo, ji = sch.split(j, factors=[None, nr * lanes])
-        sch.reorder(*batch, jo, io, k, ii, ji)
-        outer = sch.fuse(*batch, jo, io)
+        if i is None:
+            sch.reorder(jo, k, ji)
+            outer, ii = jo, None
+        else:
+            io, ii = sch.split(i, factors=[None, mr])
+            sch.reorder(*batch, jo, io, k, ii, ji)
+            outer = sch.fuse(*batch, jo, io)
         parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, ACC_SCOPE)
         sch.reverse_compute_at(acc, outer, preserve_unit_loops=True)
@@ -104,7 +160,8 @@ class CPUMatmul(FxpressCPURule):
         ji_o, ji_i = sch.split(ji, factors=[None, lanes])
         sch.vectorize(ji_i)
         sch.unroll(ji_o)
-        sch.unroll(ii)
+        if ii is not None:
+            sch.unroll(ii)
         sch.decompose_reduction(main, k)
         return sch
 
