@@ -101,3 +101,27 @@ def test_refused_tile_permission_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     model = QLinear(128, 128, seed=2)
     with pytest.raises(amx.AMXPermissionError, match="EPERM"):
         fxpress.compile(fxpress.capture(model, (torch.randn(64, 128),)), target="x86-amx", num_threads=1)
+
+
+class DynamicLinear(torch.nn.Module):
+    """``dynamic_quantized_linear``: rows quantized to uint8 at run time, int8 weights, float out."""
+
+    def __init__(self, k: int, n: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(k + n)
+        self.register_buffer("w", torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8))
+        self.register_buffer("scale", torch.rand(n, generator=g) * 1e-2)
+        self.register_buffer("bias", torch.randn(n, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.dynamic_quantized_linear(x, self.w, self.scale, self.bias)
+
+
+def test_dynamic_linear_runs_on_tiles() -> None:
+    model = DynamicLinear(1536, 384)  # all-MiniLM-L6-v2's FFN down-projection at sequence 128
+    x = torch.randn(1, 128, 1536) * 2
+    compiled = _compile(fxpress.capture(model, (x,)))
+    assert "tdpbusd" in _asm(compiled)
+    _run_or_skip()
+    want = model(x).numpy()
+    np.testing.assert_allclose(compiled(x.numpy()), want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))

@@ -10,6 +10,8 @@ activation matmuls).
   packed ``[N/32, K/4, 32, 4]`` at compile time, the shift undone through
   the bias (``(128 + x_zp) * colsum(w)``, lifted), the requantization (or
   float scaling) one fused element-wise kernel over the GEMM's int32 output.
+- **dynamic linear**: rows quantized to uint8 at run time (te_dynamic.py),
+  the same GEMM, the per-row/per-column float dequantization fused after it.
 - **conv** (groups = 1): the uint8 im2col matrix ``[M, KH, KW, Cp]``
   (te_amx.py; NHWC input makes each row a copy), weights ``[O, KH, KW, Cp]``
   flattened and packed like a linear's, the int32 ``[M, O]`` output read as
@@ -28,10 +30,11 @@ from tvm import relax, tirx
 from fxpress.backends.tvm.isa.base import ConvAttrs, Int8Weight, Requant
 from fxpress.backends.tvm.isa.x86_amx.gemm import amx_gemm
 from fxpress.backends.tvm.isa.x86_amx.layout import GROUP, weight_index_map
-from fxpress.backends.tvm.isa.x86_amx.te_amx import te_gemm_requant, te_im2col_u8
+from fxpress.backends.tvm.isa.x86_amx.te_amx import te_dynamic_dequantize, te_gemm_requant, te_im2col_u8
 from fxpress.backends.tvm.isa.x86_avx2.int8 import is_to_nhwc, u8s8_bias
 from fxpress.backends.tvm.isa.x86_vnni.int8 import VnniInt8
 from fxpress.backends.tvm.te_conv import _conv_out
+from fxpress.backends.tvm.te_dynamic import te_row_params, te_row_quantize
 from fxpress.backends.tvm.te_gemm import te_shift_u8
 
 # Below this many multiply-adds, or this depth, the tile set-up outweighs the tiles: VNNI takes the layer.
@@ -80,6 +83,19 @@ class AmxInt8(VnniInt8):
         bias = u8s8_bias(bb, w.expr, bias, int(x_zp), rq.narrow)
         args = (c, bias, rq.multiplier, rq.shift, int(rq.out_zero_point), rq.narrow, rq.scale)
         return bb.emit(bb.call_te(te_gemm_requant, *args, primfunc_name_hint="amx_requant"))
+
+    def dynamic_linear(self, bb: Any, x2: relax.Expr, w: Int8Weight, weight_scale: Any, bias: Any) -> relax.Expr:
+        m = _static(x2.ty.shape.values[0])
+        n, kdim = (int(d) for d in w.expr.ty.shape.values)
+        if not self.u8s8 or not worth_amx(m, n, kdim):
+            return super().dynamic_linear(bb, x2, w, weight_scale, bias)
+        kp = _round4(kdim)
+        params = bb.emit(bb.call_te(te_row_params, x2, primfunc_name_hint="row_params"))
+        rows = bb.emit(bb.call_te(te_row_quantize, x2, params, GROUP, True, primfunc_name_hint="row_quantize"))
+        c = self._gemm(bb, bb.emit(relax.op.reshape(rows, (m, kp))), w.expr, int(m), n, kp)
+        colsum = bb.emit(relax.op.sum(relax.op.astype(w.expr, "int32"), axis=[1]))
+        args = (c, params, colsum, weight_scale, bias)
+        return bb.emit(bb.call_te(te_dynamic_dequantize, *args, primfunc_name_hint="dynamic_dequantize"))
 
     def conv2d(
         self,

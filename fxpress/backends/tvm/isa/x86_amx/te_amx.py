@@ -84,3 +84,19 @@ def te_gemm_requant(
 
         return te_scaled(shape, body, scale, axis=1 if channels_first else -1)
     return requantize(bias, multiplier, shift, out_zero_point, lead, int(n), read, channels_first, narrow)
+
+
+def te_dynamic_dequantize(
+    c: te.Tensor, params: te.Tensor, colsum: te.Tensor, weight_scale: te.Tensor, bias: te.Tensor
+) -> te.Tensor:
+    """``dynamic_quantized_linear``'s float out from the GEMM of per-row uint8 rows: te_dynamic's u8s8 formula.
+
+    ``y = float(C - zp_row * colsum(w)) * (scale_row * w_scale) + bias``.
+    """
+    rows, n = c.shape
+
+    def body(r: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        total = c[r, j] - params[r, 1].astype("int32") * colsum[j]
+        return total.astype("float32") * (params[r, 0] * weight_scale[j]) + bias[j]
+
+    return te.compute((rows, n), body, name="dynamic_dequantize")
