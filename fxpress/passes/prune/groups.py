@@ -23,6 +23,7 @@ channel atoms); cached by the pass manager as the analysis ``channel-groups``.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -204,45 +205,88 @@ def _meta_shape(node: torch.fx.Node, output: int) -> Any:
     return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
 
+_Entry = tuple[torch.fx.Node, int, Site, np.ndarray]
+"""A site of a node's output: (node, output index, site, the root atom of each of its channels)."""
+
+
 def build_groups(graph: Graph, prop: Propagator) -> ChannelGroups:
     """Turn the propagator's atoms into groups, in graph order (see module docstring)."""
     atoms = prop.atoms
     root_of = atoms.roots()
-
-    def find(a: np.ndarray) -> np.ndarray:
-        return np.where(a >= 0, root_of[np.maximum(a, 0)], -1)
-
     nodes = list(graph.nodes())
-    value_sites: list[tuple[torch.fx.Node, int, Site, np.ndarray]] = []
-    all_sites: list[tuple[torch.fx.Node, int, Site, np.ndarray]] = []
+    entries = _entries(nodes, prop, root_of)
+    buckets = _buckets(prop, entries)
+    result = ChannelGroups(
+        groups=[],
+        blockers=[b for b in prop.blockers if b.kind == "unsupported"],
+        shapes={n.name: prop.shapes.get(n) for n in nodes},
+    )
+    members, values, dynamic = _place_sites(result, prop, entries, _unit_lookup(buckets))
+    frozen_by: dict[int, list[Blocker]] = defaultdict(list)
+    noted: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    for a, reasons in atoms.frozen.items():
+        frozen_by[int(root_of[a])].extend(reasons)
+    for a, pairs in atoms.notes.items():
+        noted[int(root_of[a])].update(pairs)
+    for gid, units in enumerate(buckets):
+        blockers = list(dict.fromkeys(b for r in units for b in frozen_by.get(r, [])))
+        notes = _notes({t for r in units for t in noted.get(r, set())})
+        frozen = np.array([bool(frozen_by.get(r)) for r in units])
+        result.groups.append(
+            Group(
+                gid,
+                len(units),
+                tuple(members[gid]),
+                tuple(values[gid]),
+                frozen,
+                tuple(blockers),
+                tuple(notes),
+                tuple(dict.fromkeys(dynamic[gid])),
+            )
+        )
+    return result
+
+
+def _entries(nodes: list[torch.fx.Node], prop: Propagator, root_of: np.ndarray) -> list[_Entry]:
+    """Every site of every node's outputs, in graph order, with the root atom of each channel (-1: none)."""
+    entries: list[_Entry] = []
     for n in nodes:
         sites = prop.sites.get(n) or []
         per_output = sites if sites and isinstance(sites[0], list) else [sites]
         for j, out in enumerate(per_output):
             for s in out:
-                entry = (n, j, s, find(s.atoms))
-                all_sites.append(entry)
-                if n.op == "call_function" and not prop.const.get(n, False):
-                    value_sites.append(entry)
-    # units seen in activations, in order of first appearance; their signature decides the group
+                entries.append((n, j, s, np.where(s.atoms >= 0, root_of[np.maximum(s.atoms, 0)], -1)))
+    return entries
+
+
+def _buckets(prop: Propagator, entries: list[_Entry]) -> list[list[int]]:
+    """The root atoms seen in activations, bucketed by signature (the groups), in order of first appearance."""
     order: dict[int, int] = {}
     signature: dict[int, set[Any]] = defaultdict(set)
-    for n, j, s, roots in value_sites:
+    for n, j, s, roots in entries:
+        if n.op != "call_function" or prop.const.get(n, False):
+            continue
         for r in roots.reshape(-1).tolist():
             if r >= 0:
                 order.setdefault(r, len(order))
                 signature[r].add(("value", n.name, j, s.dims))
-    params = [(n, s, roots) for n, j, s, roots in all_sites if n.op == "get_attr"]
-    for n, s, roots in params:
+    for n, _, s, roots in entries:
+        if n.op != "get_attr":
+            continue
         for r in np.unique(roots).tolist():
             if r in signature:
                 signature[r].add(("param", str(n.target), s.dims[0]))
     buckets: dict[frozenset[Any], list[int]] = {}
     for r in sorted(order, key=order.__getitem__):
         buckets.setdefault(frozenset(signature[r]), []).append(r)
+    return list(buckets.values())
+
+
+def _unit_lookup(buckets: list[list[int]]) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Root atoms -> (group id, unit index) arrays, -1 where a root is in no group."""
     unit_index: dict[int, tuple[int, int]] = {}
-    for gid, roots in enumerate(buckets.values()):
-        for u, r in enumerate(roots):
+    for gid, units in enumerate(buckets):
+        for u, r in enumerate(units):
             unit_index[r] = (gid, u)
     keys = np.array(sorted(unit_index), dtype=np.int64)
     key_g = np.array([unit_index[r][0] for r in keys.tolist()] + [-1], dtype=np.int64)
@@ -253,15 +297,20 @@ def build_groups(graph: Graph, prop: Propagator) -> ChannelGroups:
         pos = np.where((pos < len(keys)) & (keys[np.minimum(pos, len(keys) - 1)] == roots), pos, len(keys))
         return key_g[pos], key_u[pos]
 
-    result = ChannelGroups(
-        groups=[],
-        blockers=[b for b in prop.blockers if b.kind == "unsupported"],
-        shapes={n.name: prop.shapes.get(n) for n in nodes},
-    )
+    return lookup
+
+
+def _place_sites(
+    result: ChannelGroups,
+    prop: Propagator,
+    entries: list[_Entry],
+    lookup: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> tuple[dict[int, list[Member]], dict[int, list[ValueDims]], dict[int, list[str]]]:
+    """Record each site's map into `result.sites`; the members, values and dynamic dims of each group."""
     members: dict[int, list[Member]] = defaultdict(list)
     values: dict[int, list[ValueDims]] = defaultdict(list)
     dynamic: dict[int, list[str]] = defaultdict(list)
-    for n, j, s, roots in all_sites:
+    for n, j, s, roots in entries:
         gids, uids = lookup(roots)
         result.sites.setdefault((n.name, j), []).append(SiteMap(s.dims, gids, uids))
         for gid in np.unique(gids[gids >= 0]).tolist():
@@ -276,29 +325,7 @@ def build_groups(graph: Graph, prop: Propagator) -> ChannelGroups:
                 for d in s.dims:
                     if shape is not None and not isinstance(shape[d], int):
                         dynamic[gid].append(f"dim {d} of %{n.name} is {shape[d]}")
-    frozen_by: dict[int, list[Blocker]] = defaultdict(list)
-    noted: dict[int, set[tuple[str, str]]] = defaultdict(set)
-    for a, reasons in atoms.frozen.items():
-        frozen_by[int(root_of[a])].extend(reasons)
-    for a, notes in atoms.notes.items():
-        noted[int(root_of[a])].update(notes)
-    for gid, roots in enumerate(buckets.values()):
-        blockers = list(dict.fromkeys(b for r in roots for b in frozen_by.get(r, [])))
-        notes = _notes({t for r in roots for t in noted.get(r, set())})
-        frozen = np.array([bool(frozen_by.get(r)) for r in roots])
-        result.groups.append(
-            Group(
-                gid,
-                len(roots),
-                tuple(members[gid]),
-                tuple(values[gid]),
-                frozen,
-                tuple(blockers),
-                tuple(notes),
-                tuple(dict.fromkeys(dynamic[gid])),
-            )
-        )
-    return result
+    return members, values, dynamic
 
 
 def _notes(pairs: set[tuple[str, str]]) -> list[str]:
