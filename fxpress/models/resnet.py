@@ -85,6 +85,8 @@ def init_weights(model: nn.Module, seed: int = 0) -> nn.Module:
             m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_out) ** 0.5)
         elif isinstance(m, nn.BatchNorm2d):
             n = m.num_features
+            assert m.weight is not None and m.bias is not None  # affine, with running statistics
+            assert m.running_mean is not None and m.running_var is not None
             m.weight.copy_(0.5 + torch.rand(n, generator=gen))  # gamma in [0.5, 1.5)
             m.bias.copy_(0.1 * torch.randn(n, generator=gen))  # beta
             m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))

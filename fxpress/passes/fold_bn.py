@@ -46,7 +46,7 @@ def _bn_parts(graph: Graph, bn: torch.fx.Node) -> tuple[torch.fx.Node, list[torc
         training = any(u.target is not operator.getitem or u.args[1] != 0 for u in bn.users)
     else:  # _native_batch_norm_legit: batch statistics, a training-mode op
         return None
-    if training:
+    if training or not isinstance(x, torch.fx.Node) or not isinstance(eps, float | int):
         return None
     tensors = [_const(graph, a) if a is not None else None for a in (w, b, mean, var)]
     if (
@@ -93,8 +93,9 @@ class FoldBatchNorm(Pass):
     def _fold(
         self, graph: Graph, bn: torch.fx.Node, op: torch.fx.Node, t: list[torch.Tensor | None], eps: float
     ) -> None:
-        weight = graph.param(op.args[1])
-        bias_node = op.args[2] if len(op.args) > 2 else None
+        weight_node, bias_node = op.args[1], op.args[2] if len(op.args) > 2 else None
+        assert isinstance(weight_node, torch.fx.Node) and (bias_node is None or isinstance(bias_node, torch.fx.Node))
+        weight = graph.param(weight_node)
         dtype = weight.dtype
         gamma, beta, mean, var = (v.double() if v is not None else None for v in t)
         assert mean is not None and var is not None
@@ -103,8 +104,9 @@ class FoldBatchNorm(Pass):
         new_w = weight.double() * scale.reshape(-1, *([1] * (weight.dim() - 1)))
         new_b = (bias - mean) * scale + (beta if beta is not None else 0.0)
         args = list(op.args) + [None] * (3 - len(op.args))
-        args[1] = graph.add_param(f"{op.args[1].target}_bnfold", new_w.to(dtype), before=op)
-        args[2] = graph.add_param(f"{op.args[1].target.rsplit('.', 1)[0]}.bias_bnfold", new_b.to(dtype), before=op)
+        weight_path = str(weight_node.target)
+        args[1] = graph.add_param(f"{weight_path}_bnfold", new_w.to(dtype), before=op)
+        args[2] = graph.add_param(f"{weight_path.rsplit('.', 1)[0]}.bias_bnfold", new_b.to(dtype), before=op)
         op.args = tuple(args)
         if bn.target == aten.batch_norm.default:
             bn.replace_all_uses_with(op)

@@ -63,9 +63,11 @@ class FoldConstants(Pass):
                 values[node] = graph.param(node)
                 sources[node] = _bytes(values[node])
             elif _foldable(node) and all(a in values for a in node.all_input_nodes):
+                op = node.target
+                assert isinstance(op, torch._ops.OpOverload)  # _foldable
                 args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), lambda a: values[a])
                 with torch.no_grad():
-                    values[node] = node.target(*args, **kwargs)
+                    values[node] = op(*args, **kwargs)
                 sources[node] = sum(sources[a] for a in node.all_input_nodes)
         folded = 0
         for node, value in values.items():

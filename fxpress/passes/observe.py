@@ -195,7 +195,7 @@ class Observe(Pass):
         """The selected quantizable ops and their kinds."""
         roots = []
         for node in graph.nodes("call_function"):
-            kind = QUANTIZABLE.get(node.target)  # type: ignore[arg-type]
+            kind = QUANTIZABLE.get(node.target)
             if kind is None or (self.ops and kind not in self.ops) or not _is_float(node):
                 continue
             if not self._selected(node, root=True):

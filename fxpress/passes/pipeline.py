@@ -50,7 +50,9 @@ class PassRegistry:
 
 def _split_top(text: str, sep: str = ",") -> list[str]:
     """Split on `sep` outside braces and brackets."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch in "{[":
             depth += 1

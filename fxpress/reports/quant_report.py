@@ -121,7 +121,8 @@ class _FakeQuant(torch.fx.Interpreter):
 
     def __init__(self, gm: torch.fx.GraphModule, layers: Collection[torch.fx.Node], watch: Collection[torch.fx.Node]):
         super().__init__(gm)
-        self.layers, self.watch, self.seen = set(layers), set(watch), {}
+        self.layers, self.watch = set(layers), set(watch)
+        self.seen: dict[torch.fx.Node, Any] = {}
         self.extra_traceback = False
 
     def run_node(self, n: torch.fx.Node) -> Any:

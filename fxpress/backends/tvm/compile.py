@@ -49,8 +49,8 @@ def _tensor_spec(val: Any, name: str) -> dict[str, Any]:
 
 def _signature(graph: Graph) -> dict[str, Any]:
     inputs = [_tensor_spec(p.meta["val"], p.name) for p in graph.inputs]
-    outs = graph.output_node.args[0]
-    outs = list(outs) if isinstance(outs, tuple | list) else [outs]
+    out_arg = graph.output_node.args[0]
+    outs: list[Any] = list(out_arg) if isinstance(out_arg, tuple | list) else [out_arg]
     outputs = [_tensor_spec(o.meta["val"], f"output{i}") for i, o in enumerate(outs)]
     spec = getattr(graph.gm, "_out_spec", None)
     single = bool(spec.is_leaf()) if spec is not None else not isinstance(graph.output_node.args[0], tuple | list)
@@ -131,7 +131,8 @@ def compile_graph(
     spec = target if isinstance(target, TargetSpec) else resolve_target(target, num_threads=num_threads, cross=cross)
     mod, params, sparse = import_graph(graph, spec)
     timings: dict[str, float] = {}
-    records, applied = open_records(spec, tuning), []
+    records = open_records(spec, tuning)
+    applied: list[str] = []
     exe = _build(mod, spec, timings, apply_records(records, applied) if records else None)
     if spec.host_runnable:
         spec.isa.prepare_runtime()  # e.g. AMX tile permission, before anything of the build runs

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.fx
 
-from fxpress.ir.opsets import BATCH_NORM, CONV, CONV_TRANSPOSE, bind
+from fxpress.ir.opsets import BATCH_NORM, CONV, CONV_TRANSPOSE, bind, packet
 
 aten = torch.ops.aten
 Shape = tuple[int, ...]
@@ -49,6 +49,11 @@ class Spec:
     normalize: frozenset[str] = frozenset()
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def self_or_input(b: dict[str, Any]) -> torch.fx.Node:
+    """The tensor operand of a bound op whose schema names it ``self`` or ``input``."""
+    return b["self"] if "self" in b else b["input"]
 
 
 def arg_index(target: Any, name: str) -> int:
@@ -198,7 +203,12 @@ _POOL = {
 
 def _tensor_args(node: torch.fx.Node, shape: ShapeOf) -> list[torch.fx.Node]:
     found: list[torch.fx.Node] = []
-    torch.fx.node.map_arg((node.args, node.kwargs), lambda a: found.append(a) or a)
+
+    def keep(a: torch.fx.Node) -> torch.fx.Node:
+        found.append(a)
+        return a
+
+    torch.fx.node.map_arg((node.args, node.kwargs), keep)
     return [a for a in found if shape(a) is not None]
 
 
@@ -234,7 +244,7 @@ def _dim(d: int, rank: int) -> int:
 
 
 def _reduce(node: torch.fx.Node, b: dict[str, Any], shape: ShapeOf, out: Any) -> Spec:
-    x = b.get("self", b.get("input"))
+    x = self_or_input(b)
     xs = shape(x)
     assert xs is not None
     dims = b.get("dim")
@@ -249,7 +259,7 @@ def _reduce(node: torch.fx.Node, b: dict[str, Any], shape: ShapeOf, out: Any) ->
     outs: list[tuple[str, ...] | None] = [out_labels]
     if isinstance(out, list):  # max.dim / min.dim: (values, indices)
         outs = [out_labels, out_labels]
-    kind = _REDUCE[node.target.overloadpacket]
+    kind = _REDUCE[packet(node)]
     return Spec([(x, labels)], outs, note=f"{kind} over channels")
 
 
@@ -311,7 +321,7 @@ def _conv(node: torch.fx.Node, b: dict[str, Any], shape: ShapeOf, out: Any) -> S
     xs, ws = shape(x), shape(w)
     assert xs is not None and ws is not None
     nsp = len(ws) - 2
-    transposed = bool(b.get("transposed", False)) or node.target.overloadpacket in CONV_TRANSPOSE
+    transposed = bool(b.get("transposed", False)) or packet(node) in CONV_TRANSPOSE
     groups = int(b.get("groups", 1))
     if transposed and groups != 1:
         return None
@@ -342,7 +352,7 @@ def _matmul_labels(a: Shape, b: Shape) -> tuple[tuple[str, ...], tuple[str, ...]
 
 
 def _matmul(node: torch.fx.Node, b: dict[str, Any], shape: ShapeOf, out: Any) -> Spec:
-    if node.target.overloadpacket is aten.addmm:
+    if packet(node) is aten.addmm:
         x, y, bias = b["mat1"], b["mat2"], b["self"]
     else:
         x, y, bias = b["self"], b["mat2"] if "mat2" in b else b["other"], None
@@ -383,10 +393,10 @@ def _embedding(node: torch.fx.Node, b: dict[str, Any], shape: ShapeOf, out: Any)
 
 
 def _pool(node: torch.fx.Node, b: dict[str, Any], shape: ShapeOf, out: Any) -> Spec:
-    x = b.get("self", b.get("input"))
+    x = self_or_input(b)
     xs = shape(x)
     assert xs is not None
-    nsp = _POOL[node.target.overloadpacket]
+    nsp = _POOL[packet(node)]
     lead = tuple(f"d{i}" for i in range(len(xs) - nsp))
     x_labels = (*lead, *(f"sx{i}" for i in range(nsp)))
     out_labels = (*lead, *(f"so{i}" for i in range(nsp)))

@@ -29,7 +29,7 @@ from fxpress.ir.graph import Graph
 from fxpress.ir.opsets import bind
 from fxpress.ir.printer import op_name
 from fxpress.passes.prune.atoms import AtomTable, Blocker, Site
-from fxpress.passes.prune.ops import IDENTITY, MOVEMENT, Spec, aten, spec_for
+from fxpress.passes.prune.ops import IDENTITY, MOVEMENT, Spec, aten, self_or_input, spec_for
 
 _NO_EFFECT = {aten._assert_tensor_metadata, aten.sym_size, aten.sym_numel, aten.sym_stride, aten._assert_async}
 _LIKE = {aten.zeros_like, aten.ones_like, aten.empty_like, aten.full_like, aten.rand_like, aten.randn_like}
@@ -196,7 +196,7 @@ class Propagator(torch.fx.Interpreter):
     def _pad(self, n: torch.fx.Node) -> list[Site]:
         """Padding keeps every channel where it was; padded indices of a channel dim are fixed (-1)."""
         b = bind(n.target, n.args, n.kwargs)
-        source = b.get("self", b.get("input"))
+        source = self_or_input(b)
         rank = len(self.shapes[source])
         widths = {rank - 1 - i // 2: (int(b["pad"][i]), int(b["pad"][i + 1])) for i in range(0, len(b["pad"]), 2)}
         out = []
