@@ -199,18 +199,22 @@ def build_fxpress_int8(
     calibration: list[tuple[torch.Tensor, ...]],
     dynamic: tuple[str, ...],
 ) -> Contender:
-    """Static int8: ``fold-bn, observe{per-channel, weight-reduce-range, dynamic}, calibrate, fold-qdq``.
+    """Static int8: ``fold-bn, observe{per-channel, weight-reduce-range?, dynamic}, calibrate, fold-qdq``.
 
-    Calibrated on the case's batches; 7-bit weights let every layer take the
-    AVX2 u8s8 kernel (kernels/int8_avx2.py); the case's `dynamic` layers
-    (MiniLM's FFN down-projections) quantize their input per row at run time.
+    Calibrated on the case's batches. Where the host's ISA prefers them (AVX2:
+    ``vpmaddubsw`` saturates on some 8-bit weights), 7-bit weights let every
+    layer take the u8s8 kernel; on VNNI and AMX hosts weights keep all 8 bits.
+    The case's `dynamic` layers (MiniLM's FFN down-projections) quantize their
+    input per row at run time.
     """
     import fxpress
+    from fxpress.backends.tvm.targets import resolve_target
     from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
 
     t0 = time.perf_counter()
     graph = fxpress.capture(model, inputs)
-    observe = Observe(per_channel=True, weight_reduce_range=True, dynamic=dynamic)
+    seven_bit = resolve_target("x86").isa.int8_prefers_7bit
+    observe = Observe(per_channel=True, weight_reduce_range=seven_bit, dynamic=dynamic)
     passes = [FoldBatchNorm(), observe, Calibrate(data=calibration), FoldQDQ()]
     graph = fxpress.optimize(graph, passes)
     t1 = time.perf_counter()

@@ -11,6 +11,8 @@ depends on the instruction set asks it instead of testing CPU flags in place:
   compile time);
 - `channels_last_int8`: whether int8 convs are rewritten NHWC before export
   (its direct conv kernels read and write channels last);
+- `int8_prefers_7bit`: whether 7-bit weights (``observe{weight-reduce-range}``)
+  let more layers take its fast int8 kernel (a hint for pipelines);
 - `fp32_lanes`: the float vector width the generic schedules and the
   block-sparse kernel use;
 - `prepare_runtime()`: what a process must do before running its code (AMX
@@ -22,8 +24,7 @@ instance) and one line in the registry (isa/__init__.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -101,7 +102,9 @@ class ISA:
     requires: tuple[str, ...] = ()  # /proc/cpuinfo flags its code needs
     vector_bits: int = 128
     channels_last_int8: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)
+    # its fast int8 kernel saturates on some 8-bit weights (AVX2's vpmaddubsw): 7-bit weights
+    # (observe{weight-reduce-range=true}) let every layer take it; VNNI and AMX need no such thing
+    int8_prefers_7bit: bool = False
 
     @property
     def fp32_lanes(self) -> int:
@@ -115,6 +118,3 @@ class ISA:
 
     def prepare_runtime(self) -> None:
         """Make this process able to run the ISA's code (nothing for most ISAs)."""
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "arch": self.arch, "requires": list(self.requires), **dict(self.options)}

@@ -36,7 +36,14 @@ class Avx2ISA(ISA):
 
 
 AVX2 = Avx2ISA(
-    "x86-avx2", "x86-64 with AVX2 and FMA", "x86_64", "haswell", ("avx2", "fma"), 256, channels_last_int8=True
+    "x86-avx2",
+    "x86-64 with AVX2 and FMA",
+    "x86_64",
+    "haswell",
+    ("avx2", "fma"),
+    256,
+    channels_last_int8=True,
+    int8_prefers_7bit=True,
 )
 AVX512 = Avx2ISA(
     "x86-avx512",
@@ -46,4 +53,5 @@ AVX512 = Avx2ISA(
     ("avx2", "fma", "avx512f", "avx512bw"),
     512,
     channels_last_int8=True,
+    int8_prefers_7bit=True,
 )
