@@ -196,7 +196,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     import fxpress
     from fxpress.backends.tvm.targets import resolve_target
-    from fxpress.backends.tvm.tune import tune
+    from fxpress.backends.tvm.tuning.search import tune
     from fxpress.passes.registry import parse_pipeline
 
     if args.budget_s <= 0:

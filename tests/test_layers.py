@@ -58,11 +58,7 @@ LEAVES: dict[str, tuple[str, ...]] = {
 # reworked by its owner). Remove an entry when its import is fixed; the tests fail on an entry
 # that no longer occurs, so the lists cannot go stale.
 ALLOWED_UPWARD: set[tuple[str, str]] = set()  # (importer, imported) pairs still to fix; none left
-ALLOWED_CYCLES: set[frozenset[str]] = {
-    # compile.py replays tune.py's records and tune.py compiles with compile.py's importer and
-    # stages: split tune.py by job (records, tasks, search, report) so compile imports the records only.
-    frozenset({"fxpress.backends.tvm.compile", "fxpress.backends.tvm.tune"}),
-}
+ALLOWED_CYCLES: set[frozenset[str]] = set()  # cycles still to break; none left
 
 
 def _module_name(path: Path) -> str:

@@ -21,7 +21,9 @@ from tvm.s_tir import meta_schedule as ms
 
 import fxpress
 from fxpress.backends.tvm.targets import resolve_target
-from fxpress.backends.tvm.tune import CACHE_ENV, open_records, target_key, tune, tuning_tasks
+from fxpress.backends.tvm.tuning.records import CACHE_ENV, open_records, target_key
+from fxpress.backends.tvm.tuning.search import tune
+from fxpress.backends.tvm.tuning.tasks import tuning_tasks
 from fxpress.cli import main
 from fxpress.errors import BackendError, TargetError
 from fxpress.runtime.cpu import host_cpu_flags

@@ -9,7 +9,7 @@ Steps, each failing with a `BackendError` that names the step:
    ``LiftTransformParams``: everything computed from weights alone moves to
    ``main_transform_params``, run once here so the saved weights are final;
 3. build with the ordered `lowering_stages` for the resolved target; with
-   tuning records for it (tune.py), an ``apply-records`` stage gives the
+   tuning records for it (tuning/records.py), an ``apply-records`` stage gives the
    functions that have one their tuned schedule before the rules run.
 
 Cross targets (arm, cuda) build for use elsewhere: their module is saved, not
@@ -35,7 +35,7 @@ from fxpress.backends.tvm.convert_map import converters
 from fxpress.backends.tvm.lower import as_pass, lowering_stages
 from fxpress.backends.tvm.pack_weights import pack_weights
 from fxpress.backends.tvm.targets import TargetSpec, resolve_target
-from fxpress.backends.tvm.tune import apply_records, open_records
+from fxpress.backends.tvm.tuning.records import apply_records, open_records
 from fxpress.errors import BackendError
 from fxpress.ir.graph import Graph
 from fxpress.runtime.module import CompiledModule
@@ -89,7 +89,7 @@ def _import(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runt
 def import_graph(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor], list[dict[str, Any]]]:
     """Steps 1-2: the Relax module every build for `spec` starts from, its parameters, the block-sparse decisions.
 
-    Shared by compile and tune (tune.py), so tuned workloads are the functions compile schedules.
+    Shared by compile and tune (tuning/tasks.py), so tuned workloads are the functions compile schedules.
     """
     graph, sparse = lower_block_sparse(graph, spec)
     graph, _ = lower_channels_last(graph, spec)

@@ -50,7 +50,7 @@ def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
 def lowering_stages(spec: TargetSpec, replay: tvm.transform.Pass | None = None) -> list[tuple[str, tvm.transform.Pass]]:
     """The ordered (name, pass) stages that take an imported module to VM code.
 
-    `replay` (tune.py's `apply_records`) runs as ``apply-records`` right before
+    `replay` (`tuning.records.apply_records`) runs as ``apply-records`` right before
     ``schedule``: functions it schedules from tuning records skip the rules.
     """
     t = relax.transform
