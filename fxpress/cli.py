@@ -314,14 +314,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_args(p: argparse.ArgumentParser, example_shape: str = "1,3,224,224") -> None:
+    """The model and its example inputs, as every command that captures a model takes them."""
+    p.add_argument("model", help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path)")
+    p.add_argument("--input-shape", action="append", type=_parse_shape, help=f"e.g. {example_shape} (repeat per input)")
+    p.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fxpress", description="A model-compression compiler for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="capture, optimize and compile a model into an artifact directory")
-    c.add_argument("model", help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path)")
-    c.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 1,3,224,224 (repeat per input)")
-    c.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
+    _add_model_args(c)
     c.add_argument("--passes", default="default", help='pipeline text, e.g. "fold-bn,dce" (default: default)')
     c.add_argument(
         "--target",
@@ -339,9 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compile)
 
     tu = sub.add_parser("tune", help="search kernel schedules (MetaSchedule) for a model; compile replays the winners")
-    tu.add_argument("model", help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path)")
-    tu.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 1,3,224,224 (repeat per input)")
-    tu.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
+    _add_model_args(tu)
     tu.add_argument("--passes", default="default", help="the pipeline you will compile with (default: default)")
     tu.add_argument("--calibration", metavar="DATA", help="calibrate's data: a .npy/.npz directory or MODULE:FUNCTION")
     tu.add_argument("--target", default="x86", help="an x86 preset this machine can run (default x86)")
@@ -365,9 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inspect)
 
     pr = sub.add_parser("prune-report", help="what channel pruning at a ratio would remove (changes nothing)")
-    pr.add_argument("model", help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path)")
-    pr.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 1,3,224,224 (repeat per input)")
-    pr.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
+    _add_model_args(pr)
     pr.add_argument("--ratio", type=float, default=0.5, help="fraction of channels to remove (default 0.5)")
     pr.add_argument("--passes", default="fold-bn", help="pipeline to run first (default fold-bn)")
     pr.add_argument("--global-ranking", action="store_true", help="rank channels across layers, not per layer")
@@ -376,9 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_prune_report)
 
     qr = sub.add_parser("quant-report", help="per-layer int8 error on calibration data, worst first")
-    qr.add_argument("model", help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path)")
-    qr.add_argument("--input-shape", action="append", type=_parse_shape, help="e.g. 8,3,32,32 (repeat per input)")
-    qr.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
+    _add_model_args(qr, example_shape="8,3,32,32")
     qr.add_argument("--calibration", required=True, metavar="DATA", help="a .npy/.npz directory or MODULE:FUNCTION")
     qr.add_argument(
         "--passes",

@@ -19,8 +19,8 @@ measured density on it. Options:
 - ``skip``: regexes of weights to leave dense (e.g. the classifier).
 
 Parameters are replaced by new frozen parameters under the same name. The
-options and the masks they give are `fxpress.sparse.MagnitudeMasks` (the same
-request `fxpress.train.fine_tune` ramps); this pass applies them.
+pass is a `fxpress.sparse.MagnitudeMasks` (the same request `fxpress.train.fine_tune`
+ramps: its options and the masks they give) that applies them.
 
 Requires: nothing. Establishes: ``sparsified``; invalidates ``observed`` and
 ``calibrated`` (weights changed: observe and calibrate afterwards).
@@ -47,41 +47,24 @@ from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
 from fxpress.sparse.annotations import Sparsity
 from fxpress.sparse.masks import MagnitudeMasks
-from fxpress.sparse.pattern import WeightSite, parse_pattern
+from fxpress.sparse.pattern import parse_pattern
 
 
 @dataclass(frozen=True)
-class Sparsify(Pass):
-    """Zero the smallest weights (or blocks) of linear and conv layers (see the module docstring)."""
+class Sparsify(MagnitudeMasks, Pass):
+    """Zero the smallest weights (or blocks) of linear and conv layers (see the module docstring).
+
+    The pass is the `MagnitudeMasks` request it applies: its options (the request's fields, in their
+    order), their checks, `target_density`, `sites` and `masks` are the request's.
+    """
 
     name = "sparsify"
     establishes = frozenset({Property.SPARSIFIED})
     invalidates = WEIGHT_DEPENDENT
 
-    density: float | None = None
-    pattern: str = "unstructured"
-    scope: str = "per-layer"
-    layers: str | None = None
-    skip: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.magnitude_masks()  # validates the options
-
     def magnitude_masks(self) -> MagnitudeMasks:
-        """The request this pass applies (what `fxpress.train.fine_tune(sparsify=...)` ramps)."""
+        """The request this pass applies, as a plain `MagnitudeMasks` (what `fxpress.train.fine_tune` ramps)."""
         return MagnitudeMasks(self.density, self.pattern, self.scope, self.layers, self.skip)
-
-    @property
-    def target_density(self) -> float:
-        return self.magnitude_masks().target_density
-
-    def sites(self, graph: Graph) -> list[WeightSite]:
-        """The weights this pass sparsifies (checked: the pattern divides each one)."""
-        return self.magnitude_masks().sites(graph)
-
-    def masks(self, graph: Graph, sites: list[WeightSite] | None = None) -> dict[str, torch.Tensor]:
-        """Parameter path -> boolean mask of the weights kept (of `sites`, default `self.sites(graph)`)."""
-        return self.magnitude_masks().masks(graph, sites)
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         pattern = parse_pattern(self.pattern)
