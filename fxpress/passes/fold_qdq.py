@@ -10,12 +10,16 @@
       -> fxpress.quantized_matmul(quantize(%a), za, quantize(%b), zb, mult, shift, zy), dequantized
     %y = aten.linear(%x, %w, %b)        # marked dynamic by observe{dynamic=[..]}: weight params only
       -> %y = fxpress.dynamic_quantized_linear(%x, %w_i8, %w_scale, %b_f32)   # per-row uint8 at run time
-    q(S(t), s, z) -> S(q(t, s, z))      # S only moves or maxes values (max-pool, view, permute, ...)
-    q(dq(t, s, z), s, z) -> t           # back-to-back boundaries with equal params cancel
-    dq(quantized_matmul(a, b)) -> quantized_matmul_float(a, b)   # when only float ops read it (Q·Kᵀ)
-    dq(quantized_linear(x, ..)) -> quantized_linear_float(x, ..)  # likewise (FFN up, attention output)
-    dq(quantized_conv2d(x, ..)) -> quantized_conv2d_float(x, ..)  # likewise (a ReLU, a residual add)
-    two equal quantize(%x, ...)  -> one  # Q, K and V share one quantized input
+
+then the clean-up rules (`fxpress.passes.qdq_rules`, run by the greedy driver
+`fxpress.ir.rewrite`) let int8 flow between the integer ops:
+
+    hoist      q(S(t), s, z) -> S(q(t, s, z))      # S only moves or maxes values (max-pool, view, permute, ...)
+    cancel     q(dq(t, s, z), s, z) -> t           # back-to-back boundaries with equal params cancel
+    dedupe     two equal quantize(%x, ...) -> one  # Q, K and V share one quantized input
+    float-out  dq(quantized_matmul(a, b)) -> quantized_matmul_float(a, b)   # when only float ops read it (Q·Kᵀ)
+               dq(quantized_linear(x, ..)) -> quantized_linear_float(x, ..) # likewise (FFN up, attention output)
+               dq(quantized_conv2d(x, ..)) -> quantized_conv2d_float(x, ..) # likewise (a ReLU, a residual add)
 
 Convolutions are NCHW 2-D ones (``aten.conv2d``, its ``padding="same"``
 form, or a non-transposed ``aten.convolution``): regular, depthwise and
@@ -27,6 +31,10 @@ uint8 activation parameters are re-expressed as int8 (zero point - 128: the
 same real values). A ReLU after the op stays a float op between a dequantize
 and a quantize with its own parameters (the integer kernels have no fused
 clamp yet).
+
+Option ``cleanup``: the clean-up rules to run, all four by default;
+``fold-qdq{cleanup=[cancel,dedupe,float-out]}`` leaves quantizes below the
+max-pools and views (tests compare the two).
 
 Requires: ``calibrated``. Establishes: ``quantized``. Numerics: the int8
 result equals the integer reference bit for bit (eager and TVM); against fake
@@ -54,8 +62,8 @@ from fxpress.ir.graph import Graph
 from fxpress.ir.opsets import CONV, CONV_TRANSPOSE, bind, is_transposed_conv, packet
 from fxpress.ir.properties import Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
+from fxpress.passes.qdq_rules import RULES, clean_up, takes_place_of
 from fxpress.quant.annotations import QuantParams
-from fxpress.quant.opsets import SHARED_PARAMS
 
 aten = torch.ops.aten
 fx_ops = torch.ops.fxpress
@@ -69,8 +77,14 @@ def _int8_view(p: QuantParams) -> tuple[float, int, int, int]:
     return float(p.scale.item()), int(p.zero_point.item()) - shift, qmin - shift, qmax - shift
 
 
+def _qparams(node: Any) -> QuantParams | None:
+    """The quantization parameters calibrate gave `node`, if it is a node and has them."""
+    p = get(node, "qparams") if isinstance(node, torch.fx.Node) else None
+    return p if isinstance(p, QuantParams) else None
+
+
 def _why_not(x: Any, w: Any, node: torch.fx.Node) -> str | None:
-    px, pw, py = (get(n, "qparams") if isinstance(n, torch.fx.Node) else None for n in (x, w, node))
+    px, pw, py = _qparams(x), _qparams(w), _qparams(node)
     if px is None or pw is None or py is None:
         return "input, weight or output has no quantization parameters"
     if px.axis is not None or py.axis is not None:
@@ -84,26 +98,16 @@ def _why_not(x: Any, w: Any, node: torch.fx.Node) -> str | None:
 
 def _why_not_matmul(node: torch.fx.Node) -> str | None:
     a, b = node.args[:2]
-    if not all(isinstance(t, torch.fx.Node) and t.op != "get_attr" for t in (a, b)):
+    if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and "get_attr" not in (a.op, b.op)):
         return "an operand is a constant (use a linear for constant weights)"
     if a.meta["val"].dim() < 2 or b.meta["val"].dim() < 2:
         return "a 1-D operand"
-    params = [get(t, "qparams") for t in (a, b, node)]
-    if any(p is None for p in params):
+    pa, pb, py = _qparams(a), _qparams(b), _qparams(node)
+    if pa is None or pb is None or py is None:
         return "an operand or the output has no quantization parameters"
-    if any(p.axis is not None for p in params):
+    if any(p.axis is not None for p in (pa, pb, py)):
         return "per-channel activation parameters"
     return None
-
-
-def _cancels(src: Any, q: torch.fx.Node) -> bool:
-    """`q` re-quantizes a dequantize with the same scale, zero point and full int8 range."""
-    return (
-        isinstance(src, torch.fx.Node)
-        and src.target == fx_ops.dequantize.default
-        and tuple(src.args[1:]) == tuple(q.args[1:3])
-        and tuple(q.args[3:]) == (-128, 127)
-    )
 
 
 def _pair(v: Any) -> list[int]:
@@ -136,97 +140,9 @@ def _quantize_weight(weight: torch.Tensor, row_scales: torch.Tensor, pw: QuantPa
 
 def _replace(graph: Graph, node: torch.fx.Node, y: torch.fx.Node) -> None:
     """`y` (the dequantized integer result) takes `node`'s place, its output facts and source line."""
-    y.meta[META_KEY] = dict(node.meta.get(META_KEY) or {})
-    y.meta["stack_trace"] = node.meta.get("stack_trace")
-    if "val" in node.meta:  # later folds in the same run read their operands' shapes
-        y.meta["val"] = node.meta["val"]
+    takes_place_of(y, node)
     node.replace_all_uses_with(y)
     graph.fx.erase_node(node)
-
-
-def _hoist_quantizes(graph: Graph) -> int:
-    """``q(S(t)) -> S(q(t))`` for ops S whose outputs are some of their input's values (max-pool, reshapes).
-
-    Exact for the quantize's users: quantize is monotone and elementwise, so it
-    commutes with taking, moving and maxing values (a max-pool window always
-    holds a real value, so the int8 padding never wins). Other float users of
-    S read ``dequantize(S(q(t)))``: S shares its input's parameters (observe),
-    so that is the value the observed model gives them. The int8 value then
-    flows from the op that made it: ``q(dq(t))`` cancels and the int8 tensor is
-    what gets pooled or permuted.
-    """
-    hoisted = 0
-    for q in list(graph.nodes("call_function")):
-        if q.target != fx_ops.quantize.default:
-            continue
-        while _is_shared(q.args[0]):
-            shared, qargs = q.args[0], q.args[1:]
-            with graph.fx.inserting_before(shared):
-                inner = graph.fx.call_function(fx_ops.quantize.default, (shared.args[0], *qargs))
-                moved = graph.fx.call_function(shared.target, (inner, *shared.args[1:]), dict(shared.kwargs))
-                floats = [u for u in shared.users if u is not q]
-                if floats:
-                    back = graph.fx.call_function(fx_ops.dequantize.default, (moved, *qargs[:2]))
-                    for user in floats:
-                        user.replace_input_with(shared, back)
-            q.replace_all_uses_with(moved)
-            graph.fx.erase_node(q)
-            graph.fx.erase_node(shared)
-            q, hoisted = inner, hoisted + 1
-    return hoisted
-
-
-_ACC_SCALE = "fxpress_acc_scale"  # transient node meta: x_scale * w_scale (linear, per row) or a_scale * b_scale
-
-
-def _float_products(graph: Graph) -> int:
-    """``dq(quantized_matmul | _linear | _conv2d)`` read only by float ops -> their ``_float`` forms.
-
-    Requantizing a product to its calibrated int8 grid only to dequantize it
-    again costs a rounding (and the epilogue's time) for nothing when no
-    integer op reads it: attention's Q·Kᵀ (read by the softmax), a
-    transformer's FFN up-projection (GELU) and attention output (residual
-    add), a conv read by a float ReLU or a residual add.
-    """
-    changed = 0
-    products = {fx_ops.quantized_matmul.default, fx_ops.quantized_linear.default, fx_ops.quantized_conv2d.default}
-    for dq in list(graph.nodes("call_function")):
-        if dq.target != fx_ops.dequantize.default:
-            continue
-        yq = dq.args[0]
-        if not (isinstance(yq, torch.fx.Node) and yq.target in products and len(yq.users) == 1):
-            continue
-        if any(u.target == fx_ops.quantize.default for u in dq.users) or _ACC_SCALE not in yq.meta:
-            continue
-        scale = yq.meta[_ACC_SCALE]
-        with graph.fx.inserting_before(dq):
-            if yq.target == fx_ops.quantized_matmul.default:
-                y = graph.fx.call_function(fx_ops.quantized_matmul_float.default, (*yq.args[:4], scale))
-            else:
-                x, zx, w, b = yq.args[:4]
-                hint = str(w.target).removesuffix("_weight_i8")
-                scale_node = graph.add_param(f"{hint}.out_scale", scale, before=dq)
-                if yq.target == fx_ops.quantized_linear.default:
-                    y = graph.fx.call_function(fx_ops.quantized_linear_float.default, (x, zx, w, b, scale_node))
-                else:  # a conv: its attributes follow the output zero point
-                    args = (x, zx, w, b, scale_node, *yq.args[7:])
-                    y = graph.fx.call_function(fx_ops.quantized_conv2d_float.default, args)
-        _replace(graph, dq, y)
-        graph.fx.erase_node(yq)
-        changed += 1
-    for node in graph.nodes("call_function"):
-        node.meta.pop(_ACC_SCALE, None)
-    return changed
-
-
-def _is_shared(node: Any) -> bool:
-    """A float op taking its outputs from its first argument's values (observe's shared-parameter ops)."""
-    return (
-        isinstance(node, torch.fx.Node)
-        and node.target in SHARED_PARAMS
-        and isinstance(node.args[0], torch.fx.Node)
-        and not any(isinstance(a, torch.fx.Node) for a in [*node.args[1:], *node.kwargs.values()])
-    )
 
 
 @dataclass(frozen=True)
@@ -239,15 +155,23 @@ class FoldQDQ(Pass):
     # it rewrites weights into int8 from the very parameters `calibrated` names, and invalidates
     # nothing: what it left float keeps its parameters, and a second run must find nothing to do
 
+    cleanup: tuple[str, ...] = RULES
+
+    def __post_init__(self) -> None:
+        unknown = [r for r in self.cleanup if r not in RULES]
+        if unknown:
+            raise ValueError(f"unknown clean-up rules {unknown}; valid: {', '.join(RULES)}")
+
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         folded, left = 0, {}
+        acc_scales: dict[torch.fx.Node, Any] = {}  # each product's x_scale * w_scale, for the float-out rule
         for node in [n for n in graph.nodes("call_function") if self._candidate(n)]:
-            reason = self._try(graph, node)
+            reason = self._try(graph, node, acc_scales)
             if reason is None:
                 folded += 1
             else:
                 left[node.name] = reason
-        cancelled = self._cleanup(graph)
+        cancelled = clean_up(graph, acc_scales, self.cleanup)
         if folded:
             graph.drop_unused_params()
         return PassResult(graph, modified=folded > 0 or cancelled > 0, stats={"folded": folded, "float": left})
@@ -257,10 +181,10 @@ class FoldQDQ(Pass):
         """A linear, convolution (any: non-2-D ones are reported float) or quantizable matmul."""
         return node.target in _MATMUL or packet(node) in CONV | CONV_TRANSPOSE | {aten.linear}
 
-    def _try(self, graph: Graph, node: torch.fx.Node) -> str | None:
-        """Fold `node`, or say why it stays float."""
+    def _try(self, graph: Graph, node: torch.fx.Node, acc_scales: dict[torch.fx.Node, Any]) -> str | None:
+        """Fold `node`, or say why it stays float; a product's accumulator scale goes into `acc_scales`."""
         if node.target in _MATMUL:
-            return _why_not_matmul(node) or self._fold_matmul(graph, node)
+            return _why_not_matmul(node) or self._fold_matmul(graph, node, acc_scales)
         args = bind(node.target, node.args, node.kwargs)
         x, w, b = args["input"], args["weight"], args.get("bias")
         conv = () if packet(node) is aten.linear else _conv_attrs(node, args)
@@ -270,7 +194,7 @@ class FoldQDQ(Pass):
             return "weight is not a parameter"
         if get(node, "dynamic") is not None:
             return self._fold_dynamic(graph, node, x, w, b)
-        return _why_not(x, w, node) or self._fold(graph, node, x, w, b, conv)
+        return _why_not(x, w, node) or self._fold(graph, node, x, w, b, conv, acc_scales)
 
     def _fold_dynamic(self, graph: Graph, node: torch.fx.Node, x: Any, w: torch.fx.Node, b: Any) -> str | None:
         """linear(x, w, b) marked dynamic -> dynamic_quantized_linear(x, w_i8, w_scale, b): float in and out."""
@@ -293,10 +217,18 @@ class FoldQDQ(Pass):
         return None
 
     def _fold(
-        self, graph: Graph, node: torch.fx.Node, x: torch.fx.Node, w: torch.fx.Node, b: Any, conv: tuple[Any, ...]
+        self,
+        graph: Graph,
+        node: torch.fx.Node,
+        x: torch.fx.Node,
+        w: torch.fx.Node,
+        b: Any,
+        conv: tuple[Any, ...],
+        acc_scales: dict[torch.fx.Node, Any],
     ) -> str | None:
         """Replace `node` by quantize -> integer op -> dequantize; `conv` holds a conv's attributes."""
-        px, pw, py = get(x, "qparams"), get(w, "qparams"), get(node, "qparams")
+        px, pw, py = _qparams(x), _qparams(w), _qparams(node)
+        assert px is not None and pw is not None and py is not None  # `_why_not` checked them
         sx, zx, qmin, qmax = _int8_view(px)
         sy, zy, _, _ = _int8_view(py)
         weight = graph.param(w).double()
@@ -322,15 +254,17 @@ class FoldQDQ(Pass):
         with graph.fx.inserting_before(node):
             xq = graph.fx.call_function(fx_ops.quantize.default, (x, sx, zx, qmin, qmax))
             yq = graph.fx.call_function(op, (xq, zx, *params, zy, *conv))
-            yq.meta[_ACC_SCALE] = (sx * sw_rows).float().contiguous()  # for `_float_products`
+            acc_scales[yq] = (sx * sw_rows).float().contiguous()  # for the float-out rule
             _replace(graph, node, graph.fx.call_function(fx_ops.dequantize.default, (yq, sy, zy)))
         return None
 
-    def _fold_matmul(self, graph: Graph, node: torch.fx.Node) -> str | None:
+    def _fold_matmul(self, graph: Graph, node: torch.fx.Node, acc_scales: dict[torch.fx.Node, Any]) -> str | None:
         """matmul(a, b) -> dequantize(quantized_matmul(quantize(a), quantize(b)))."""
         a, b = node.args[:2]
-        (sa, za, *arange), (sb, zb, *brange) = _int8_view(get(a, "qparams")), _int8_view(get(b, "qparams"))
-        sy, zy, _, _ = _int8_view(get(node, "qparams"))
+        pa, pb, py = _qparams(a), _qparams(b), _qparams(node)
+        assert pa is not None and pb is not None and py is not None  # `_why_not_matmul` checked them
+        (sa, za, *arange), (sb, zb, *brange) = _int8_view(pa), _int8_view(pb)
+        sy, zy, _, _ = _int8_view(py)
         real = sa * sb / sy
         if not 2.0**-32 <= real < 2.0**30:
             return "requantization multiplier outside the fixed-point range"
@@ -339,35 +273,6 @@ class FoldQDQ(Pass):
             aq = graph.fx.call_function(fx_ops.quantize.default, (a, sa, za, *arange))
             bq = graph.fx.call_function(fx_ops.quantize.default, (b, sb, zb, *brange))
             yq = graph.fx.call_function(fx_ops.quantized_matmul.default, (aq, za, bq, zb, mult, shift, zy))
-            yq.meta[_ACC_SCALE] = sa * sb  # for `_float_products`, should only float ops read the product
+            acc_scales[yq] = sa * sb  # for the float-out rule, should only float ops read the product
             _replace(graph, node, graph.fx.call_function(fx_ops.dequantize.default, (yq, sy, zy)))
         return None
-
-    @staticmethod
-    def _cleanup(graph: Graph) -> int:
-        changed = _hoist_quantizes(graph) + FoldQDQ._cancel(graph)
-        return changed + _float_products(graph)
-
-    @staticmethod
-    def _cancel(graph: Graph) -> int:
-        changed = 0
-        seen: dict[tuple[Any, ...], torch.fx.Node] = {}
-        for node in list(graph.nodes("call_function")):
-            if node.target != fx_ops.quantize.default:
-                continue
-            src = node.args[0]
-            if _cancels(src, node):  # q(dq(t, s, z), s, z) -> t
-                node.replace_all_uses_with(src.args[0])
-                graph.fx.erase_node(node)
-                if not src.users:
-                    graph.fx.erase_node(src)
-                changed += 1
-                continue
-            key = (src, *node.args[1:])
-            if key in seen:  # the same input quantized twice -> once
-                node.replace_all_uses_with(seen[key])
-                graph.fx.erase_node(node)
-                changed += 1
-            else:
-                seen[key] = node
-        return changed
