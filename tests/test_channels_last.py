@@ -18,6 +18,7 @@ from fxpress.backends.tvm.compile import import_graph
 from fxpress.backends.tvm.lower import as_pass, lowering_stages
 from fxpress.backends.tvm.targets import resolve_target
 from fxpress.ir import layout_ops, ops
+from fxpress.ir.rewrite import rewrite
 from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
 
 aten = torch.ops.aten
@@ -147,11 +148,10 @@ def _permute_chain(in_place_readers: int) -> torch.fx.Graph:
 
 def test_in_place_relu_sinks_only_when_nothing_else_reads_its_input() -> None:
     alone = _permute_chain(1)
-    assert channels_last._sink_once(alone)
-    alone.eliminate_dead_code()
+    assert rewrite(alone, [channels_last.sink_permute]) == 1
     assert [n.target for n in alone.nodes if n.op == "call_function"] == [aten.relu.default, aten.permute.default]
     shared = _permute_chain(2)
-    assert not channels_last._sink_once(shared)  # neg would see relu_'s in-place result
+    assert rewrite(shared, [channels_last.sink_permute]) == 0  # neg would see relu_'s in-place result
 
 
 def test_permute_pairs_cancel_and_other_ops_stop_the_sinking() -> None:
@@ -161,9 +161,8 @@ def test_permute_pairs_cancel_and_other_ops_stop_the_sinking() -> None:
     back = fx.call_function(aten.permute.default, (nchw, TO_NHWC))
     mean = fx.call_function(aten.mean.dim, (nchw, [2, 3]))  # layout-dependent: the permute must stay
     fx.output((back, mean))
-    assert channels_last._cancel_once(fx)
-    fx.eliminate_dead_code()
-    assert not channels_last._sink_once(fx)
+    # the pair cancels (once: the mean keeps the first permute); the mean stops the sinking
+    assert rewrite(fx, [channels_last.sink_permute, channels_last.cancel_permutes]) == 1
     assert [n.target for n in fx.nodes if n.op == "call_function"] == [aten.permute.default, aten.mean.dim]
     assert fx.output_node().args[0][0] is x
 
@@ -174,10 +173,10 @@ def test_binary_ops_sink_only_when_both_sides_are_permuted() -> None:
     pa = fx.call_function(aten.permute.default, (a, TO_NCHW))
     mixed = fx.call_function(aten.add.Tensor, (pa, b))
     fx.output(mixed)
-    assert not channels_last._sink_once(fx)
+    assert rewrite(fx, [channels_last.sink_permute]) == 0
     pb = fx.call_function(aten.permute.default, (b, TO_NCHW))
     mixed.args = (pa, pb)
-    assert channels_last._sink_once(fx)
+    assert rewrite(fx, [channels_last.sink_permute]) == 1
     adds = [n for n in fx.nodes if n.target == aten.add.Tensor]
     assert len(adds) == 1 and adds[0].args == (a, b)
 

@@ -25,7 +25,9 @@ an op that does not care about the layout (``op(to_nchw(a)) -> to_nchw(op(a))``)
 
 ``to_nhwc(to_nchw(a))`` is ``a``. A permute that meets anything else stays
 (ResNet keeps one before its global average pool, 7x7 pixels), so the graph
-computes the same values: the rewrite only moves exact layout changes.
+computes the same values: the rewrite only moves exact layout changes. The two
+rules, `sink_permute` and `cancel_permutes`, run under the greedy rewrite
+driver (`fxpress.ir.rewrite`) until neither applies.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import torch.fx
 from fxpress.backends.tvm.targets import TargetSpec
 from fxpress.ir import layout_ops, ops
 from fxpress.ir.graph import Graph
+from fxpress.ir.rewrite import rewrite
 
 aten = torch.ops.aten
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -77,8 +80,15 @@ def _eligible(node: torch.fx.Node) -> bool:
         return False
     if len(node.args) != len(node.target._schema.arguments):
         return False
-    x, weight = _val(node.args[0]), _val(node.args[2])
-    return x is not None and weight is not None and x.dim() == 4 and weight.dim() == 4 and int(node.args[-1]) == 1
+    x, weight, groups = _val(node.args[0]), _val(node.args[2]), node.args[-1]
+    return (
+        x is not None
+        and weight is not None
+        and x.dim() == 4
+        and weight.dim() == 4
+        and isinstance(groups, int)
+        and groups == 1
+    )
 
 
 def lower_channels_last(graph: Graph, spec: TargetSpec) -> tuple[Graph, int]:
@@ -102,39 +112,29 @@ def lower_channels_last(graph: Graph, spec: TargetSpec) -> tuple[Graph, int]:
             back = fx.call_function(aten.permute.default, (new, TO_NCHW))
         conv.replace_all_uses_with(back)
         fx.erase_node(conv)
-    while _sink_once(fx) or _cancel_once(fx):
-        fx.eliminate_dead_code()
+    fx.eliminate_dead_code()
+    rewrite(fx, [sink_permute, cancel_permutes])
     fx.eliminate_dead_code()
     out.gm.recompile()
     out.propagate_shapes()
     return out, len(convs)
 
 
-def _cancel_once(fx: torch.fx.Graph) -> bool:
-    """Replace one ``to_nhwc(to_nchw(a))`` by ``a``; whether one was found."""
-    for node in fx.nodes:
-        inner = _permute_of(node, TO_NHWC)
-        a = _permute_of(inner, TO_NCHW)
-        if a is not None and node.users:
-            node.replace_all_uses_with(a)
-            return True
-    return False
+def cancel_permutes(node: torch.fx.Node) -> torch.fx.Node | None:
+    """``to_nhwc(to_nchw(a)) -> a``."""
+    a = _permute_of(_permute_of(node, TO_NHWC), TO_NCHW)
+    return a if a is not None and node.users else None
 
 
-def _sink_once(fx: torch.fx.Graph) -> bool:
-    """Move one ``to_nchw`` below the layout-agnostic op that reads it; whether one moved."""
-    for node in fx.nodes:
-        rewrite = _sinking(node)
-        if rewrite is None:
-            continue
-        target, args, kwargs = rewrite
-        with fx.inserting_before(node):
-            moved = fx.call_function(target, args, kwargs)
-            back = fx.call_function(aten.permute.default, (moved, TO_NCHW))
-        node.replace_all_uses_with(back)
-        fx.erase_node(node)
-        return True
-    return False
+def sink_permute(node: torch.fx.Node) -> torch.fx.Node | None:
+    """``op(to_nchw(a), ...) -> to_nchw(op(a, ...))`` for a layout-agnostic op (see the module doc)."""
+    moved = _sinking(node)
+    if moved is None:
+        return None
+    target, args, kwargs = moved
+    with node.graph.inserting_before(node):
+        new = node.graph.call_function(target, args, kwargs)
+        return node.graph.call_function(aten.permute.default, (new, TO_NCHW))
 
 
 def _sinking(node: torch.fx.Node) -> tuple[Callable[..., Any], tuple, dict] | None:
@@ -143,7 +143,7 @@ def _sinking(node: torch.fx.Node) -> tuple[Callable[..., Any], tuple, dict] | No
         return None
     first = node.args[0]
     a = _permute_of(first, TO_NCHW)
-    if a is None:
+    if a is None or not isinstance(first, torch.fx.Node):
         return None
     rest = node.args[1:]
     if any(isinstance(v, torch.fx.Node) for v in node.kwargs.values()):
