@@ -13,6 +13,10 @@ of that one import and restored after it, even when it fails.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 
 def fast_intrinsics_import() -> Callable[[], None]:
@@ -31,7 +35,8 @@ def fast_intrinsics_import() -> Callable[[], None]:
             return
 
         def stack(context: int = 1) -> list[inspect.FrameInfo]:
-            frames, frame = [], sys._getframe(1)
+            frames: list[inspect.FrameInfo] = []
+            frame: FrameType | None = sys._getframe(1)
             while frame is not None:
                 name, line = frame.f_code.co_filename, frame.f_lineno
                 text = linecache.getline(name, line)
