@@ -7,8 +7,9 @@ backend rewrites ``aten.linear`` layers whose weight is worth it into
 blocks in block-ELL form, and the converter lowers that op to fxpress's BSR
 kernel (kernels/bsr.py). A layer stays dense when
 
-- its block has fewer rows than a vector register holds (R not a multiple of
-  the lanes: the kernel would run scalar), or
+- its block's rows are not whole vectors (the kernel would run scalar): R a
+  multiple of the register's lanes, or on AVX-512 of 8 (an 8-row block runs
+  on 8-lane vectors, `block_lanes`), or
 - its *padded* density (the ELL width over the blocks per row) is above
   `MAX_DENSITY`: measured on this machine (tools/bench), the sparse kernel
   runs at about 70 % of the dense GEMM's rate per multiply-add, so below half
@@ -52,6 +53,17 @@ def to_block_ell(weight: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Te
     return data.contiguous(), cols, kept.sum(dim=1).to(torch.int32)
 
 
+def block_lanes(rows: int, lanes: int) -> int:
+    """The vector width of the BSR kernel for R-row blocks on a `lanes`-wide CPU: 0 when R is not whole vectors.
+
+    The register's width where it divides R; else 8 (an AVX-512 CPU runs an
+    8-row block on its 8-lane ymm vectors, at the AVX2 kernel's rate).
+    """
+    if rows % lanes == 0:
+        return lanes
+    return 8 if lanes > 8 and rows % 8 == 0 else 0
+
+
 def _candidate(node: Any, lanes: int) -> tuple[Any, tuple[int, int]] | None:
     """The weight node and block of a linear layer worth running block-sparse, else None."""
     if node.op != "call_function" or node.target is not _LINEAR:
@@ -61,7 +73,7 @@ def _candidate(node: Any, lanes: int) -> tuple[Any, tuple[int, int]] | None:
         return None
     info = notes.get(weight, "sparsity")
     block = tuple(getattr(info, "block", ())) if info is not None else ()
-    if len(block) != 2 or block[0] % lanes:
+    if len(block) != 2 or not block_lanes(int(block[0]), lanes):
         return None
     return weight, (int(block[0]), int(block[1]))
 
@@ -121,7 +133,7 @@ def convert_block_sparse_linear(spec: TargetSpec) -> Any:
         flat = bb.emit(relax.op.reshape(x, (-1, k)))
         rows = flat.ty.shape.values[0]
         static = int(rows.value) if isinstance(rows, tirx.IntImm) else None
-        func = bsr_linear_func(static, int(k), n, (r, c), width, lanes)
+        func = bsr_linear_func(static, int(k), n, (r, c), width, block_lanes(r, lanes) or lanes)
         gv = bb.add_func(func, "block_sparse_linear")
         y = bb.emit(relax.call_tir(gv, [flat, data, cols, counts, bias], relax.TensorType((rows, nb, r), "float32")))
         return bb.emit(relax.op.reshape(y, (*lead, n)))

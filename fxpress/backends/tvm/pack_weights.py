@@ -7,14 +7,19 @@ Runs on the imported module before ``LiftTransformParams``; since ``W`` is
 computed from parameters alone (often ``permute_dims`` of a linear weight),
 the whole ``layout_transform`` is lifted into ``main_transform_params`` and
 runs once at compile time: the artifact stores the packed ``[N/P, K, P]``
-panels. ``P`` is the width of the matmul rule's register tile (NR*VL, 16 on
-AVX2, 48 on AVX-512), so the micro-kernel reads each ``k`` row of its panel as
-contiguous vectors instead of strided rows of ``W``. ``N`` not a multiple of
-``P`` is padded with zeros. Only float32 matmuls whose right operand depends on
-no model input are rewritten, and NCHW/OIHW float32 convolutions with
-groups=1 (the packed conv vectorizes over output channels, which is what the
-7x7 and 14x14 stages of a CNN need; depthwise and grouped convs keep the
-NCHW direct schedule); everything else is left as it is.
+panels. ``P`` is the width of the rules' register tile, so the micro-kernel
+reads each ``k`` row of its panel as contiguous vectors instead of strided
+rows of ``W``: 16 on AVX2 (NR*VL); on AVX-512 per layer, NR vectors of 16
+that divide the layer's N (`matmul_panel`) or output channels (`conv_panel`,
+8-lane vectors for 24 or 40 channels). ``N`` not a multiple of ``P`` is
+padded with zeros; on AVX-512 the kernel then computes the padded panel and
+slices it (a tail vector would run the kernel scalar). Only float32 matmuls
+whose right operand depends on no model input are rewritten, and NCHW/OIHW
+float32 convolutions with groups=1 (the packed conv vectorizes over output
+channels, which is what the 7x7 and 14x14 stages of a CNN need). Depthwise
+convs keep the direct NCHW schedule on AVX2; on AVX-512 static ones become
+te_depthwise's wide-row conv (vectors along flat rows: every width and
+stride a whole vector). Everything else is left as it is.
 """
 
 from __future__ import annotations
@@ -219,7 +224,7 @@ class _Packer(PyExprMutator):
         x, w = new.args
         a = call.attrs
         out_channels = int(call.args[1].ty.shape.values[0])
-        panel = conv_panel(out_channels, self.target)
+        panel = conv_panel(out_channels, self.target, int(call.ty.shape.values[3]))
         wp = self.builder_.emit(
             relax.op.layout_transform(w, lambda o, i, h, k: (o // panel, i, h, k, o % panel), pad_value=0.0)
         )

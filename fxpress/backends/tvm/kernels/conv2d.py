@@ -19,9 +19,28 @@ Schedule, a direct convolution with register blocking:
 The output width is the vector axis (contiguous in NCHW; stride-1 input rows
 are contiguous loads), output channels are the register axis (one weight
 broadcast feeds XR vectors). Widths that do not divide the tile get predicated
-tails. A blocked NCHWc layout would do better on the 7x7 and 14x14 stages;
-that is the next step of the kernel work. Unrecognised functions, and sizes
-other than the batch that are symbolic, return None.
+tails. Packed weights ([O/P, I, KH, KW, P], pack_weights.py) turn it around:
+vectors over P output channels, XR output columns, one broadcast input per
+column. Unrecognised functions, and sizes other than the batch that are
+symbolic, return None.
+
+AVX2 and narrower (8 lanes) use the tiles above as measured there. AVX-512
+(16 lanes, 32 registers) has its own. The 8-lane tiles widened to 16 ran
+ResNet-18 in 1.4 s: panels of 3 x 16 = 48 channels divide none of its 64 to
+512, and TVM runs a vector loop whose body carries a per-lane predicate as
+scalar code; and a "local" tile with columns innermost made every FMA gather
+and scatter its accumulator. So:
+
+- packed: P = NR vectors that divide the channels (`conv_panel`; 8-lane
+  vectors for 24 or 40 channels, a zero-padded panel computed and sliced
+  otherwise), the tile a stack buffer with channels innermost, the padding
+  split into a vector zero fill and a vector interior copy;
+- 1x1, stride 1, unpadded, whole vectors of pixels (`_schedule_pointwise`):
+  ``W @ X[I, H*W]`` with vectors over pixels, so the tile and the epilogue
+  store whole vectors instead of scattering across channel planes;
+- depthwise: te_depthwise's wide rows (`_schedule_depthwise_wide`), every
+  tap one contiguous vector load at any width or stride;
+- other grouped convs: vectors that divide the row (16, 8, 4 or the row).
 """
 
 from __future__ import annotations
@@ -44,7 +63,7 @@ from fxpress.backends.tvm.kernels.base import (
     vector_lanes,
     work,
 )
-from fxpress.backends.tvm.te_depthwise import PLANE, WIDE
+from fxpress.backends.tvm.te_depthwise import PHASES, PLANE, WIDE
 
 
 def _is_conv2d(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> bool:
@@ -80,21 +99,29 @@ XR_ORDER = (4, 6, 7, 5, 3, 2)
 WIDE_NR = (2, 3, 1)
 WIDE_XR = {1: 14, 2: 8, 3: 5, 4: 4}
 WIDE_SCOPE = "global"
-_TILE_OVERRIDE: tuple[int, int] | None = None  # (NR, XR) for experiments; None in use
+# Rows narrower than 8 (the 7x7 stage): 1 vector x 7 columns x 2 rows, each
+# weight vector feeding 14 FMAs instead of 7 (its 512x512 3x3 conv: 138 against
+# 123 GFLOP/s for 2 vectors x 7 columns of one row).
+NARROW_WIDTH = 8
+NARROW_ROWS = 2
 
 
-def conv_panel(out_channels: int, target: Target) -> int:
+def conv_panel(out_channels: int, target: Target, out_width: int | None = None) -> int:
     """P, the output channels of one packed weight panel (and of the register tile) for this conv.
 
     AVX2: 2 vectors of 8 (16), whatever the channel count. AVX-512: NR vectors
-    of 16 (`WIDE_NR`) dividing the channels, 8-lane vectors where 16 does not
-    divide them but 8 does (24, 40), else 16 and the conv computed over the
-    padding (pack_weights.py), so no vector of the tile carries a predicate.
+    of 16 (`WIDE_NR`) dividing the channels, one for rows narrower than
+    `NARROW_WIDTH` (the tile spans rows instead); 8-lane vectors where 16 does
+    not divide the channels but 8 does (24, 40), else 16 and the conv computed
+    over the padding (pack_weights.py), so no vector of the tile carries a
+    predicate.
     """
     lanes = vector_lanes(target)
     if lanes < 16:
         return 2 * lanes
     lanes = _panel_lanes(out_channels, lanes)
+    if out_width is not None and out_width < NARROW_WIDTH:
+        return lanes
     return lanes * _wide_vectors(-(-out_channels // lanes))
 
 
@@ -105,8 +132,6 @@ def _panel_lanes(channels: int, lanes: int) -> int:
 
 def _wide_vectors(vectors: int) -> int:
     """NR, the channel vectors of an AVX-512 register tile, dividing the conv's `vectors`."""
-    if _TILE_OVERRIDE is not None and vectors % _TILE_OVERRIDE[0] == 0:
-        return _TILE_OVERRIDE[0]
     return next((v for v in WIDE_NR if vectors % v == 0), 1)
 
 
@@ -116,8 +141,6 @@ def _wide_columns(nr: int, width: int | None) -> int:
     A column tail costs only a branch per column (the channel vectors stay
     whole), a narrow tile costs its weight loads again per few columns.
     """
-    if _TILE_OVERRIDE is not None:
-        return _TILE_OVERRIDE[1]
     budget = WIDE_XR.get(nr, max(16 // nr, 1))
     if width is None:
         return budget
@@ -146,15 +169,22 @@ class CPUConv2d(FxpressCPURule):
             # outer loop too loosely, and a stride-2 conv before a depthwise one computed wrong values. Left to
             # the next rule (slower, correct); a symbolic batch alone is fine and stays here.
             return None
+        lanes = vector_lanes(target)
+        if lanes >= 16 and not kernel.before:
+            pointwise = _schedule_pointwise(kernel, target)
+            if pointwise is not None:
+                return pointwise
         if any(len(r.source.shape) == 5 for r in sch.get(main).reads):
             acc = self._schedule_packed(sch, main, target)
         else:
             acc = self._schedule_nchw(sch, main, target)
         outer = sch.get_loops(main)[0]
-        attach_epilogue(sch, [main, acc], kernel.after, outer)
+        for block in attach_epilogue(sch, [main, acc], kernel.after, outer):
+            if lanes >= 16:  # along the row; left to LLVM, it gathered across channel planes
+                _vectorize_inner(sch, block, lanes)
         for block in kernel.before:  # padding: its own parallel loop nest
-            if vector_lanes(target) >= 16:
-                _schedule_padding(sch, block, vector_lanes(target))
+            if lanes >= 16:
+                _schedule_padding(sch, block, lanes)
                 continue
             loops = sch.get_loops(block)
             pad_loop = sch.fuse(*loops[:-1]) if len(loops) > 1 else loops[0]
@@ -183,8 +213,17 @@ class CPUConv2d(FxpressCPURule):
             xr = _wide_columns(nr, width if isinstance(width, int) else None)
         fo, fi = sch.split(f, factors=[None, nr * lanes])
         xo, xi = sch.split(x, factors=[None, xr])
-        sch.reorder(*batch, fo, y, xo, *reduction, xi, fi)
-        outer = sch.fuse(*batch, fo, y)
+        height = get_extent(sch, y)
+        narrow = wide and nr == 1 and isinstance(width, int) and width < NARROW_WIDTH
+        yr = NARROW_ROWS if narrow and isinstance(height, int) and height > 1 else 1
+        if yr > 1:
+            yo, yi = sch.split(y, factors=[None, yr])
+            sch.reorder(*batch, fo, yo, xo, *reduction, yi, xi, fi)
+            outer = sch.fuse(*batch, fo, yo)
+        else:
+            yi = None
+            sch.reorder(*batch, fo, y, xo, *reduction, xi, fi)
+            outer = sch.fuse(*batch, fo, y)
         parallel_if_worth_it(sch, outer, macs)
         acc = sch.cache_write(main, 0, WIDE_SCOPE if wide else TILE_SCOPE)
         if wide:  # the tile [.., x, f]: channels innermost, each vector one register
@@ -194,6 +233,8 @@ class CPUConv2d(FxpressCPURule):
         sch.vectorize(fi_i)
         sch.unroll(fi_o)
         sch.unroll(xi)
+        if yi is not None:
+            sch.unroll(yi)
         return acc
 
     @staticmethod
@@ -207,21 +248,40 @@ class CPUConv2d(FxpressCPURule):
         *batch, f, y, x = loops[: len(loops) - len(reduction)]
         width = get_extent(sch, x)
         channels = get_extent(sch, f)
-        xr = 2 if isinstance(width, int) and width >= 2 * lanes else 1
-        fr = 6 if xr == 1 else 4
+        wide = lanes >= 16
+        if wide and isinstance(width, int):  # AVX-512: vectors that divide the row (a tail runs the tile scalar)
+            lanes, xr = _row_vectors(width, lanes)
+            fr = max(1, 16 // xr)
+        else:
+            xr = 2 if isinstance(width, int) and width >= 2 * lanes else 1
+            fr = 6 if xr == 1 else 4
         fr = min(fr, channels) if isinstance(channels, int) else fr
         fo, fi = sch.split(f, factors=[None, fr])
         xo, xi = sch.split(x, factors=[None, xr * lanes])
         sch.reorder(*batch, fo, y, xo, *reduction, fi, xi)
         outer = sch.fuse(*batch, fo, y)
         parallel_if_worth_it(sch, outer, macs)
-        acc = sch.cache_write(main, 0, TILE_SCOPE)
+        acc = sch.cache_write(main, 0, WIDE_SCOPE if wide else TILE_SCOPE)
         sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
         xi_o, xi_i = sch.split(xi, factors=[None, lanes])
         sch.vectorize(xi_i)
         sch.unroll(xi_o)
         sch.unroll(fi)
         return acc
+
+
+def _row_vectors(width: int, lanes: int) -> tuple[int, int]:
+    """(lanes, vectors) of an AVX-512 tile along an output row of `width`: both exact, at most 4 vectors.
+
+    16, 8 or 4 lanes, the widest dividing the row; else the widest divisor
+    up to 16 (a row of 7 or 14 is one odd-sized vector, which LLVM splits
+    into its parts: 3-4x the scalar loop; a prime width above 16 runs scalar).
+    """
+    vec = next((v for v in (lanes, 8, 4) if width % v == 0), 0)
+    if not vec:
+        vec = next(v for v in range(min(width, 16), 0, -1) if width % v == 0)
+    count = width // vec
+    return vec, next(r for r in (4, 3, 2, 1) if count % r == 0)
 
 
 def _vectorize_inner(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
@@ -235,29 +295,102 @@ def _vectorize_inner(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes:
         sch.vectorize(sch.split(inner, factors=[None, vec])[1])
 
 
+def _pointwise_tile(panel: int, vectors: int) -> tuple[int, int] | None:
+    """(FR channels, XV pixel vectors) of a pointwise tile: FR divides the panel, XV the plane's vectors."""
+    for fr in (4, 6, 8, 3, 2, 1):
+        if panel % fr:
+            continue
+        xv = next((v for v in range(min(24 // fr, 8), 0, -1) if vectors % v == 0), 1)
+        if fr * xv >= 8:
+            return fr, xv
+    return None
+
+
+def _schedule_pointwise(kernel: Kernel, target: Target) -> s_tir.Schedule | None:
+    """A 1x1, stride-1, unpadded packed conv as ``W[O, I] @ X[I, H*W]``: vectors over the plane's pixels.
+
+    The output tile (FR channels x XV vectors of 16 pixels) is contiguous in
+    NCHW, so its write-back and the epilogue are vector loads and stores; the
+    channel-vector tile scatters every output element, which costs more than
+    the FMAs where the conv reduces over few channels (EfficientNet's 24- and
+    40-channel projections ran at half eager's speed). The plane must be whole
+    vectors (a tail would run scalar); else None, and the channel-vector tile
+    is used. The kernel, the tile, its write-back and the epilogue iterate the
+    flat pixel axis, so a tile may end mid-row.
+    """
+    trial = kernel.sch.copy()
+    main = kernel.main
+    stmt = trial.get(main)
+    reads = [r.source for r in stmt.reads]
+    weights = [b for b in reads if len(b.shape) == 5]
+    images = [b for b in reads if len(b.shape) == 4]
+    out = stmt.writes[0].source
+    if len(weights) != 1 or len(images) != 1 or [int(d) for d in weights[0].shape[2:4]] != [1, 1]:
+        return None
+    if [int(d) for d in images[0].shape[2:]] != [int(d) for d in out.shape[2:]]:  # stride 1, no padding
+        return None
+    height, width = (int(d) for d in out.shape[2:])
+    lanes = vector_lanes(target)
+    plane = height * width
+    tile = _pointwise_tile(int(weights[0].shape[-1]), plane // lanes)
+    if plane % lanes or tile is None:
+        return None
+    fr, xv = tile
+
+    def flat_iters(*i: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:  # (.., f, y, x, rc) -> (.., f, y * W + x, rc)
+        return (*i[:-3], i[-3] * width + i[-2], i[-1])
+
+    def flat(*i: tirx.PrimExpr) -> tuple[tirx.PrimExpr, ...]:
+        return (*i[:-2], i[-2] * width + i[-1])
+
+    try:
+        loops = trial.get_loops(main)
+        trial.transform_block_layout(main, IndexMap.from_func(flat_iters, ndim=len(loops)))
+        *batch, f, p, rc = trial.get_loops(main)
+        po, pv, pl = trial.split(p, factors=[None, xv, lanes])
+        fo, fi = trial.split(f, factors=[None, fr])
+        trial.reorder(*batch, po, fo, rc, fi, pv, pl)
+        outer = trial.fuse(*batch, po, fo)
+        parallel_if_worth_it(trial, outer, work(trial, main))
+        acc = trial.cache_write(main, 0, WIDE_SCOPE)
+        trial.transform_layout(main, ("write", 0), IndexMap.from_func(flat, ndim=len(out.shape)))
+        trial.transform_block_layout(acc, IndexMap.from_func(flat, ndim=len(trial.get(acc).iter_vars)))
+        after = kernel.after
+        if after:  # the conv's own result is an intermediate: flat too, so each tile's epilogue reads only its pixels
+            for block in [acc, *after[:-1]]:  # intermediates between the kernel and the output: flat (n, f, p)
+                trial.transform_layout(block, ("write", 0), IndexMap.from_func(flat, ndim=len(out.shape)))
+            for block in after:
+                trial.transform_block_layout(block, IndexMap.from_func(flat, ndim=len(trial.get(block).iter_vars)))
+        trial.reverse_compute_at(acc, outer, preserve_unit_loops=True)
+        for block in [acc, *attach_epilogue(trial, [main, acc], after, outer)]:
+            _vectorize_inner(trial, block, lanes)
+        trial.vectorize(pl)
+        trial.unroll(pv)
+        trial.unroll(fi)
+        trial.decompose_reduction(main, rc)
+    except Exception:  # not the expected shape (an epilogue of its own iteration space): the channel-vector tile
+        return None
+    return trial
+
+
 def _schedule_padding(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
-    """A padding block as a zero fill and an interior copy, each parallel over planes and vectorized along rows.
+    """A padding block as a zero fill and an interior copy, each parallel and vectorized (AVX-512).
 
     As one block, its per-element border test keeps it scalar (TVM does not
-    vectorize a loop whose body branches per lane). Not a padding pattern
-    (or nothing to pad): the block stays one nest, parallel, as it was.
+    vectorize a loop whose body branches per lane). Not a padding pattern:
+    the block stays one nest, parallel and vectorized where its rows allow.
     """
     amount = work(sch, block)
     try:
         fill = sch.decompose_padding(block, sch.get_loops(block)[0])
+        sch.fuse(*sch.get_loops(fill))  # zeros over the whole buffer: one contiguous run
     except Exception:  # not the padding pattern
         fill = None
-    for b in (fill, block) if fill is not None else (block,):
-        loops = sch.get_loops(b)
-        if fill is not None and len(loops) > 2 and b == fill:  # zeros: whole planes are one contiguous run
-            loops = [*loops[:-2], sch.fuse(*loops[-2:])]
+    for b in [block] if fill is None else [fill, block]:
         _vectorize_inner(sch, b, lanes)
-        loops = sch.get_loops(b)
-        outer = [lp for lp in loops[:-1] if sch.get(lp).kind != tirx.ForKind.VECTORIZED]
-        if len(outer) > 1:
-            outer = [sch.fuse(*outer)]
+        outer = [lp for lp in sch.get_loops(b) if sch.get(lp).kind != tirx.ForKind.VECTORIZED]
         if outer:
-            parallel_if_worth_it(sch, outer[0], amount, PARALLEL_MIN_ELEMENTS)
+            parallel_if_worth_it(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0], amount, PARALLEL_MIN_ELEMENTS)
 
 
 def _schedule_depthwise_wide(kernel: Kernel, target: Target) -> s_tir.Schedule | None:
@@ -287,7 +420,7 @@ def _schedule_depthwise_wide(kernel: Kernel, target: Target) -> s_tir.Schedule |
     sch.reorder(*spatial, fo, ry, rx, fv, fl)
     outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     parallel_if_worth_it(sch, outer, work(sch, main))
-    acc = sch.cache_write(main, 0, "global")
+    acc = sch.cache_write(main, 0, WIDE_SCOPE)
     sch.transform_layout(main, ("write", 0), IndexMap.from_func(flat, ndim=len(shape)))
     sch.transform_block_layout(acc, IndexMap.from_func(flat, ndim=len(sch.get(acc).iter_vars)))
     sch.reverse_compute_at(acc, fo, preserve_unit_loops=True)
@@ -307,7 +440,8 @@ def _schedule_depthwise_wide(kernel: Kernel, target: Target) -> s_tir.Schedule |
             fill = sch.decompose_padding(block, sch.get_loops(block)[1])
             sch.fuse(*sch.get_loops(fill)[1:])  # zeros over the whole plane: one contiguous run
             _vectorize_inner(sch, fill, lanes)
-        _vectorize_inner(sch, block, lanes)
+        if sch.get(block).name_hint != PHASES:  # a stride-s gather: left to LLVM, which deinterleaves with shuffles
+            _vectorize_inner(sch, block, lanes)
     sch.decompose_reduction(main, ry)
     return sch
 

@@ -15,12 +15,22 @@ Schedule (register blocking, the classic BLIS micro-kernel shape):
       C[...] = epilogue(acc)                           # reverse_compute_at
 
 ``VL`` is the target's fp32 vector width (8 for AVX2, 16 for AVX-512);
-``MR x NR`` keeps the accumulators in registers (6x2 vectors on AVX2, 8x3 on
-AVX-512). Panel-outer order (j before i) reuses the B panel from cache.
-Shapes that do not divide the tile get predicated tails (correct, slower).
-Weights are not yet packed into panels at compile time: that is the next step
-of the kernel work. Anything the rule does not recognise returns None, so the
-next rule (or TVM's default lowering) handles it.
+``MR x NR`` keeps the accumulators in registers (6x2 vectors on AVX2; on
+AVX-512 8x3, or 12x2, 6x4, 14x1 where NR must divide N/16). Panel-outer order
+(j before i) reuses the B panel from cache. Constant weights are packed into
+``[N/P, K, P]`` panels at compile time (pack_weights.py), P = NR*VL.
+
+A vector with a predicated tail makes TVM run the whole loop scalar, so on
+AVX-512 NR divides N where 16 does (`matmul_panel` for packed weights,
+`_wide_tile` for batch matmuls: 3 vectors of 48 divide neither 64 nor 128),
+and a packed N that 16 does not divide is computed over its zero-padded last
+panel, then sliced. Rows that MR does not divide get a predicated tail on
+the unrolled row loop (a branch, the vectors stay whole). A single-row
+product with packed weights (a classifier head at batch 1, its row loop
+normalized away) is scheduled as one row of the same tile on AVX-512; on
+AVX2 it is left to dlight's reduction rule, as before. Anything the rule
+does not recognise returns None, so the next rule (or TVM's default
+lowering) handles it.
 """
 
 from __future__ import annotations
