@@ -81,7 +81,7 @@ def test_small_and_dynamic_layers_keep_the_vnni_kernels() -> None:
 
 
 def test_quantized_resnet_convs_run_on_tiles_bit_exact() -> None:
-    """ResNet-18 int8 at 64x64: the stem (3 channels, padded to 4, read from NCHW), 3x3 and 1x1 convs on AMX."""
+    """ResNet-18 int8 at 64x64: 3x3 and 1x1 convs on AMX (the 3-channel stem on VNNI), bit-exact end to end."""
     model = resnet18(seed=0)
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     calib = [(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(s)),) for s in range(2, 5)]
@@ -92,6 +92,38 @@ def test_quantized_resnet_convs_run_on_tiles_bit_exact() -> None:
     assert asm.count("tdpbusd") >= 4
     _run_or_skip()
     np.testing.assert_array_equal(compiled(x.numpy()), graph(x).detach().numpy())
+
+
+class QConv(torch.nn.Module):
+    """An int8 conv right after the input (NCHW, read without a transpose), any channels, stride, dilation, padding."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, padding: list[int], dilation: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(cin * cout + k)
+        self.register_buffer("w", torch.randint(-128, 128, (cout, cin, k, k), generator=g, dtype=torch.int8))
+        self.register_buffer("b", torch.randint(-9000, 9000, (cout,), generator=g, dtype=torch.int32))
+        self.register_buffer("m", torch.randint(1 << 29, 1 << 30, (cout,), generator=g, dtype=torch.int32))
+        self.register_buffer("s", torch.full((cout,), 12, dtype=torch.int32))
+        self.attrs = ([stride, stride], padding, [dilation, dilation], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = ops.quantize(x, 0.05, -7, -128, 127)
+        return ops.quantized_conv2d(q, -7, self.w, self.b, self.m, self.s, 5, *self.attrs)
+
+
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "stride", "padding", "dilation"),
+    [(18, 40, 3, 2, [1, 1, 1, 1], 1), (64, 64, 1, 1, [0, 0, 0, 0], 1), (32, 48, 3, 1, [2, 0, 1, 2], 2)],
+)
+def test_conv_on_tiles_any_channels_and_windows(
+    cin: int, cout: int, k: int, stride: int, padding: list[int], dilation: int
+) -> None:
+    model = QConv(cin, cout, k, stride, padding, dilation)
+    x = torch.randn(2, cin, 23, 21) * 3
+    compiled = _compile(fxpress.capture(model, (x,)))
+    assert "tdpbusd" in _asm(compiled)
+    _run_or_skip()
+    np.testing.assert_array_equal(compiled(x.numpy()), model(x).numpy())
 
 
 def test_refused_tile_permission_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

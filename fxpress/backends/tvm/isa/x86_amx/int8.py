@@ -12,8 +12,9 @@ activation matmuls).
   float scaling) one fused element-wise kernel over the GEMM's int32 output.
 - **dynamic linear**: rows quantized to uint8 at run time (te_dynamic.py),
   the same GEMM, the per-row/per-column float dequantization fused after it.
-- **conv** (groups = 1): the uint8 im2col matrix ``[M, KH, KW, Cp]``
-  (te_amx.py; NHWC input makes each row a copy), weights ``[O, KH, KW, Cp]``
+- **conv** (groups = 1, at least 16 input channels): the uint8 im2col
+  matrix ``[M, KH, KW, Cp]`` gathered from the padded image (te_amx.py),
+  weights ``[O, KH, KW, Cp]``
   flattened and packed like a linear's, the int32 ``[M, O]`` output read as
   NHWC (or NCHW) by the requantizing epilogue.
 
@@ -33,13 +34,15 @@ from fxpress.backends.tvm.isa.x86_amx.layout import GROUP, weight_index_map
 from fxpress.backends.tvm.isa.x86_amx.te_amx import te_dynamic_dequantize, te_gemm_requant, te_im2col_u8
 from fxpress.backends.tvm.isa.x86_avx2.int8 import is_to_nhwc, u8s8_bias
 from fxpress.backends.tvm.isa.x86_vnni.int8 import VnniInt8
-from fxpress.backends.tvm.te_conv import _conv_out
+from fxpress.backends.tvm.te_conv import _conv_out, te_conv_shift_u8
 from fxpress.backends.tvm.te_dynamic import te_row_params, te_row_quantize
 from fxpress.backends.tvm.te_gemm import te_shift_u8
 
 # Below this many multiply-adds, or this depth, the tile set-up outweighs the tiles: VNNI takes the layer.
-MIN_MACS = 1 << 20
+MIN_MACS = 1 << 18
 MIN_K = 16
+# Convs with fewer input channels (an RGB stem) gather too few bytes per im2col copy: the VNNI direct conv is faster.
+MIN_CHANNELS = 16
 OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the hand-written GEMM alone
 _symbols = itertools.count()  # one global symbol per GEMM function (TVM 0.27 lets equal ones clash silently)
 
@@ -117,15 +120,17 @@ class AmxInt8(VnniInt8):
         oh, ow = _conv_out(h, top, bottom, kh, sh, dh), _conv_out(wd, left, right, kw, sw, dw)
         cp = _round4(cin)
         m, kdim = batch * oh * ow, kh * kw * cp
-        if not worth_amx(m, out_channels, kdim):
+        if cp < MIN_CHANNELS or not worth_amx(m, out_channels, kdim):
             return super().conv2d(bb, x, x_zp, w, bias, rq, attrs, channels_last)
         source, reads_nhwc = x, channels_last
         bound = bb.lookup_binding(x) if channels_last and isinstance(x, relax.Var) else None
-        if is_to_nhwc(bound):  # the stem's NCHW input made NHWC only for this conv: im2col reads it directly
+        if is_to_nhwc(bound):  # an NCHW tensor made NHWC only for this conv: the padded image reads it directly
             source, reads_nhwc = bound.args[0], False
-        args = (source, int(x_zp), attrs, (kh, kw), cp, reads_nhwc)
-        cols = bb.emit(bb.call_te(te_im2col_u8, *args, primfunc_name_hint="im2col_u8"))
-        a = bb.emit(relax.op.reshape(cols, (m, kdim)))
+        padded = (source, int(x_zp), tuple(attrs[1]), reads_nhwc)
+        image = bb.emit(bb.call_te(te_conv_shift_u8, *padded, primfunc_name_hint="conv_shift_u8"))
+        call = bb.call_te(te_im2col_u8, image, attrs, (kh, kw), primfunc_name_hint="im2col_u8")
+        bb.update_func(call.args[0], bb.get()[call.args[0]].with_attr("op_pattern", OPAQUE))  # see te_amx.py
+        a = bb.emit(relax.op.reshape(bb.emit(call), (m, kdim)))
         w4 = bb.emit(relax.op.permute_dims(w.expr, [0, 2, 3, 1]))  # [O, KH, KW, C]: the im2col column order
         if cp != cin:
             w4 = bb.emit(relax.op.nn.pad(w4, [0, 0, 0, 0, 0, 0, 0, cp - cin], pad_value=0.0))

@@ -2,11 +2,14 @@
 
 The GEMM (gemm.py) computes ``C[M, N] = A[M, K] (uint8) x W[N, K]^T``. A
 linear's A is its rows shifted by +128 (te_gemm.te_shift_u8, K padded to a
-multiple of 4). A conv's A is its im2col matrix, built here as
-``A[M, KH, KW, Cp]`` (M = batch x output pixels, Cp = C rounded up to 4):
-with NHWC input each (pixel, ky, kx) row is a contiguous copy of the
-pixel's channels, which the injective rule vectorizes; padding reads
-``x_zp + 128`` (the zero point, shifted), channels past C read 0. The
+multiple of 4). A conv's A is its im2col matrix ``A[M, KH, KW, Cp]`` (M =
+batch x output pixels, Cp = C rounded up to 4), gathered from the padded,
+shifted NHWC image the VNNI direct conv also starts from
+(te_conv.te_conv_shift_u8: ``x + 128``, ``x_zp + 128`` in the padding, 0
+past C): each (pixel, ky, kx) is a copy of Cp contiguous bytes. The
+im2col function is kept out of fusion (opaque), so the element-wise work
+before it (the previous layer's requantization, ReLU) runs once per
+element in the padded image, not once per window position. The
 GEMM's row-major ``C[M, O]`` is then already the NHWC output, so the
 epilogue requantizes it in place of a layout change (or transposes to NCHW).
 """
@@ -17,35 +20,26 @@ from typing import Any
 
 from tvm import te, tirx
 
-from fxpress.backends.tvm.te_conv import _conv_out, _reader
 from fxpress.backends.tvm.te_requant import requantize, te_scaled
 
 
-def te_im2col_u8(
-    x: te.Tensor,
-    x_zero_point: int,
-    attrs: tuple[tuple[int, ...], ...],
-    kernel: tuple[int, int],
-    channels: int,
-    channels_last: bool,
-) -> te.Tensor:
-    """``A[M, KH, KW, Cp]`` uint8 = x + 128 at each output pixel's window (see module doc)."""
-    (sh, sw), (top, left, bottom, right), (dh, dw), _ = attrs
-    n, c, h, wd, at = _reader(x, channels_last)
+def te_im2col_u8(p: te.Tensor, attrs: tuple[tuple[int, ...], ...], kernel: tuple[int, int]) -> te.Tensor:
+    """``A[M, KH, KW, Cp]`` uint8: each output pixel's window, gathered from the padded image `p`.
+
+    `p` is te_conv.te_conv_shift_u8's ``[n, H + pads, W + pads, Cp/4, 4]`` (``x + 128``, the shifted zero
+    point in the padding, 0 past C), so every read is in bounds and each (pixel, ky, kx) is a copy of
+    Cp contiguous bytes.
+    """
+    (sh, sw), _, (dh, dw), _ = attrs
+    n, hp, wp, c4, _four = (int(d) for d in p.shape)
     kh, kw = kernel
-    oh, ow = _conv_out(h, top, bottom, kh, sh, dh), _conv_out(wd, left, right, kw, sw, dw)
-    zp = tirx.const(x_zero_point, "int16")
+    oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
 
     def body(r: tirx.Var, ky: tirx.Var, kx: tirx.Var, ci: tirx.Var) -> tirx.PrimExpr:
         b, y, xx = r // (oh * ow), (r // ow) % oh, r % ow
-        iy, ix = y * sh - top + ky * dh, xx * sw - left + kx * dw
-        inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < wd)
-        clamp = lambda v, size: tirx.max(tirx.min(v, size - 1), 0)  # noqa: E731
-        read = at(b, tirx.min(ci, c - 1), clamp(iy, h), clamp(ix, wd)).astype("int16")
-        value = (tirx.if_then_else(inside, read, zp) + tirx.const(128, "int16")).astype("uint8")
-        return tirx.if_then_else(ci < c, value, tirx.const(0, "uint8"))
+        return p[b, y * sh + ky * dh, xx * sw + kx * dw, ci // 4, ci % 4]
 
-    return te.compute((n * oh * ow, kh, kw, channels), body, name="im2col_u8")
+    return te.compute((n * oh * ow, kh, kw, c4 * 4), body, name="im2col_u8")
 
 
 def te_gemm_requant(
