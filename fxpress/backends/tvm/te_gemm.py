@@ -164,13 +164,13 @@ def te_pack_activation(b: te.Tensor, b_zero_point: int, k2: int, lanes: int = 8)
     n8 = (int(n) + lanes - 1) // lanes
 
     def body(row: tirx.Var, kp: tirx.Var, lane: tirx.Var, kk: tirx.Var) -> tirx.PrimExpr:
-        index, g = _unflatten(row // n8, batch), row % n8
+        index, g = unflatten(row // n8, batch), row % n8
         k, j = kp * 2 + kk, g * lanes + lane
         value = b[(*index, tirx.min(k, kdim - 1), tirx.min(j, n - 1))].astype("int16")
         inside = tirx.all(k < kdim, j < n)
         return tirx.if_then_else(inside, value - tirx.const(b_zero_point, "int16"), tirx.const(0, "int16"))
 
-    return te.compute([_product(batch) * n8, k2, lanes, 2], body, name="pack_activation")
+    return te.compute([product(batch) * n8, k2, lanes, 2], body, name="pack_activation")
 
 
 def te_widen_rows(a: te.Tensor, a_zero_point: int, k2: int) -> te.Tensor:
@@ -179,21 +179,23 @@ def te_widen_rows(a: te.Tensor, a_zero_point: int, k2: int) -> te.Tensor:
 
     def body(row: tirx.Var, kp: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
         k = kp * 2 + j
-        index = _unflatten(row // m, batch)
+        index = unflatten(row // m, batch)
         value = a[(*index, row % m, tirx.min(k, kdim - 1))].astype("int16") - tirx.const(a_zero_point, "int16")
         return tirx.if_then_else(k < kdim, value, tirx.const(0, "int16"))
 
-    return te.compute([_product(batch) * m, k2, 2], body, name="widen_rows")
+    return te.compute([product(batch) * m, k2, 2], body, name="widen_rows")
 
 
-def _product(dims: list[Any]) -> Any:
+def product(dims: list[Any]) -> Any:
+    """The product of (possibly symbolic) sizes: the row count of flattened batch dimensions."""
     out = 1
     for d in dims:
         out = out * d
     return out
 
 
-def _unflatten(flat: tirx.PrimExpr, dims: list[Any]) -> list[tirx.PrimExpr]:
+def unflatten(flat: tirx.PrimExpr, dims: list[Any]) -> list[tirx.PrimExpr]:
+    """The index into `dims` of row-major position `flat` (the inverse of flattening the batch dimensions)."""
     index = []
     for d in reversed(dims):
         index.insert(0, flat % d)

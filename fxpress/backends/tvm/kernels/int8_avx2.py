@@ -50,6 +50,7 @@ from tvm.target.codegen import llvm_cpu_has_features
 from fxpress.backends.tvm.kernels.base import (
     ACC_SCOPE,
     FxpressCPURule,
+    Kernel,
     attach_epilogue,
     find_kernel,
     is_multiply_accumulate,
@@ -236,7 +237,22 @@ def divides(d: int, extent: object) -> bool:
     return d == 1 or (isinstance(extent, int) and extent % d == 0)
 
 
-class CPUInt8Gemm(FxpressCPURule):
+class MicroKernelRule(FxpressCPURule):
+    """A rule that tensorizes with one ISA's `MicroKernels`; it looks for its block only where the target has them."""
+
+    def __init__(self, micro_kernels: MicroKernels = AVX2) -> None:
+        self.micro_kernels = micro_kernels
+
+    def find(
+        self, func: tirx.PrimFunc, target: Target, accepts: Callable[[MicroKernels], Callable[..., bool]]
+    ) -> Kernel | None:
+        """`func`'s kernel if the target has the micro-kernels and `accepts(micro_kernels)` takes its block."""
+        if not self.micro_kernels.available(target):
+            return None
+        return find_kernel(func, accepts(self.micro_kernels))
+
+
+class CPUInt8Gemm(MicroKernelRule):
     """Tensorized int8 GEMM for `quantized_linear` / `quantized_matmul`, with the micro-kernels of one ISA.
 
     `micro_kernels` picks the intrinsic per block (operand dtypes, lane width)
@@ -244,14 +260,9 @@ class CPUInt8Gemm(FxpressCPURule):
     isa/x86_vnni's tables for vpdpbusd (8 or 16 lanes).
     """
 
-    def __init__(self, micro_kernels: MicroKernels = AVX2) -> None:
-        self.micro_kernels = micro_kernels
-
     def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
         kernels = self.micro_kernels
-        if not kernels.available(target):
-            return None
-        kernel = find_kernel(func, _is_gemm(kernels))
+        kernel = self.find(func, target, _is_gemm)
         if kernel is None:
             return None
         sch, main = kernel.sch, kernel.main

@@ -40,14 +40,12 @@ from tvm.target import Target
 
 from fxpress.backends.tvm.kernels.base import (
     ACC_SCOPE,
-    FxpressCPURule,
     attach_epilogue,
-    find_kernel,
     is_multiply_accumulate,
     parallel_if_worth_it,
     work,
 )
-from fxpress.backends.tvm.kernels.int8_avx2 import AVX2, MicroKernels, divides
+from fxpress.backends.tvm.kernels.int8_avx2 import MicroKernelRule, MicroKernels, divides
 
 
 def _is_conv(kernels: MicroKernels) -> Callable[[s_tir.Schedule, s_tir.schedule.SBlockRV], bool]:
@@ -118,21 +116,16 @@ def _vector_epilogue(sch: s_tir.Schedule, moved: list[s_tir.schedule.SBlockRV]) 
             sch.vectorize(inner)
 
 
-class CPUInt8Conv2d(FxpressCPURule):
+class CPUInt8Conv2d(MicroKernelRule):
     """Tensorized direct conv2d for `quantized_conv2d`, with the micro-kernels of one ISA (see module docstring).
 
     `micro_kernels`: `AVX2` (vpmaddubsw / vpmaddwd, 8 lanes) by default, or
     isa/x86_vnni's tables (vpdpbusd, 8 or 16 lanes).
     """
 
-    def __init__(self, micro_kernels: MicroKernels = AVX2) -> None:
-        self.micro_kernels = micro_kernels
-
     def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
         kernels = self.micro_kernels
-        if not kernels.available(target):
-            return None
-        kernel = find_kernel(func, _is_conv(kernels))
+        kernel = self.find(func, target, _is_conv)
         if kernel is None:
             return None
         sch, main = kernel.sch, kernel.main

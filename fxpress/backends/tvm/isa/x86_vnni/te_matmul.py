@@ -34,6 +34,7 @@ from typing import Any
 from tvm import te, tirx
 
 from fxpress.backends.tvm.kernels.int8_avx2 import ROW_GROUP
+from fxpress.backends.tvm.te_gemm import product, unflatten
 from fxpress.backends.tvm.te_requant import requantize, te_scaled
 
 LANES = 16  # int32 lanes of a zmm accumulator
@@ -49,32 +50,17 @@ def fits_int32(kdim: int) -> bool:
     return 4 * 255 * 128 * kdim < (1 << 31)
 
 
-def _product(dims: list[Any]) -> Any:
-    out = 1
-    for d in dims:
-        out = out * d
-    return out
-
-
-def _unflatten(flat: tirx.PrimExpr, dims: list[Any]) -> list[tirx.PrimExpr]:
-    index = []
-    for d in reversed(dims):
-        index.insert(0, flat % d)
-        flat = flat // d
-    return index
-
-
 def te_shift_rows_u8(a: te.Tensor, k4: int) -> te.Tensor:
     """U[f * M + i, k/4, k%4] = a[batch f, i, k] + 128 as uint8, zero past K: one row dim for the GEMM rule."""
     *batch, m, kdim = a.shape
 
     def body(row: tirx.Var, kp: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
         k = kp * GROUP + j
-        index = _unflatten(row // m, batch)
+        index = unflatten(row // m, batch)
         value = (a[(*index, row % m, tirx.min(k, kdim - 1))].astype("int16") + tirx.const(128, "int16")).astype("uint8")
         return tirx.if_then_else(k < kdim, value, tirx.const(0, "uint8"))
 
-    return te.compute([_product(batch) * m, k4, GROUP], body, name="shift_rows_u8")
+    return te.compute([product(batch) * m, k4, GROUP], body, name="shift_rows_u8")
 
 
 def te_pack_activation_u8(b: te.Tensor, k4: int, lanes: int = LANES) -> te.Tensor:
@@ -83,12 +69,12 @@ def te_pack_activation_u8(b: te.Tensor, k4: int, lanes: int = LANES) -> te.Tenso
     groups = (int(n) + lanes - 1) // lanes
 
     def body(row: tirx.Var, kp: tirx.Var, lane: tirx.Var, kk: tirx.Var) -> tirx.PrimExpr:
-        index, g = _unflatten(row // groups, batch), row % groups
+        index, g = unflatten(row // groups, batch), row % groups
         k, j = kp * GROUP + kk, g * lanes + lane
         value = b[(*index, tirx.min(k, kdim - 1), tirx.min(j, n - 1))]
         return tirx.if_then_else(tirx.all(k < kdim, j < n), value, tirx.const(0, "int8"))
 
-    return te.compute([_product(batch) * groups, k4, lanes, GROUP], body, name="pack_activation_u8")
+    return te.compute([product(batch) * groups, k4, lanes, GROUP], body, name="pack_activation_u8")
 
 
 def te_row_fix(a: te.Tensor, b_zero_point: int) -> te.Tensor:
@@ -97,10 +83,10 @@ def te_row_fix(a: te.Tensor, b_zero_point: int) -> te.Tensor:
     k = te.reduce_axis((0, kdim), name="k")
 
     def body(row: tirx.Var) -> tirx.PrimExpr:
-        index = _unflatten(row // m, batch)
+        index = unflatten(row // m, batch)
         return te.sum(a[(*index, row % m, k)].astype("int32") + tirx.const(128, "int32"), axis=k)
 
-    rowsum = te.compute([_product(batch) * m], body, name="rowsum_u8")
+    rowsum = te.compute([product(batch) * m], body, name="rowsum_u8")
     return te.compute(rowsum.shape, lambda r: rowsum[r] * tirx.const(-b_zero_point, "int32"), name="row_fix")
 
 
@@ -119,11 +105,11 @@ def te_col_fix(b: te.Tensor, a_zero_point: int, b_zero_point: int, lanes: int = 
     base = tirx.const(c * int(kdim) * int(b_zero_point), "int32")
 
     def fix(row: tirx.Var, lane: tirx.Var) -> tirx.PrimExpr:
-        index, j = _unflatten(row // groups, batch), (row % groups) * lanes + lane
+        index, j = unflatten(row // groups, batch), (row % groups) * lanes + lane
         value = base - colsum[(*index, tirx.min(j, n - 1))] * tirx.const(c, "int32")
         return tirx.if_then_else(j < n, value, tirx.const(0, "int32"))
 
-    return te.compute([_product(batch) * groups, lanes], fix, name="col_fix")
+    return te.compute([product(batch) * groups, lanes], fix, name="col_fix")
 
 
 def te_quantized_matmul_u8s8(
