@@ -25,7 +25,7 @@ import torch
 from tvm import relax, te, tirx
 
 from fxpress.backends.tvm.block_sparse import convert_block_sparse_linear
-from fxpress.backends.tvm.isa import Int8Weight, Requant
+from fxpress.backends.tvm.isa import Conv, Int8Weight, Requant
 from fxpress.backends.tvm.targets import TargetSpec
 from fxpress.backends.tvm.te_pool import te_max_pool2d_nhwc, te_max_pool2d_separable
 from fxpress.backends.tvm.te_requant import te_dequantize, te_quantize
@@ -147,7 +147,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         """All conv ops; `channels_last`: NHWC in and out (layout_ops.py)."""
         stride, padding, dilation, groups = conv
         attrs = (tuple(stride), tuple(padding), tuple(dilation), (int(groups),))
-        return int8.conv2d(importer.block_builder, x, int(x_zp), weight(node, w), bias, rq, attrs, channels_last)
+        return int8.conv2d(importer.block_builder, x, int(x_zp), weight(node, w), bias, rq, Conv(attrs, channels_last))
 
     def quantized_matmul(node: Any, importer: Any) -> relax.Expr:
         a, a_zp, b, b_zp, multiplier, shift, out_zp = importer.retrieve_args(node)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fxpress.backends.tvm.isa.base import ISA, ConvAttrs, Int8Lowering, Int8Weight, Requant
+from fxpress.backends.tvm.isa.base import ISA, Conv, ConvAttrs, Int8Lowering, Int8Weight, Requant
 from fxpress.backends.tvm.isa.generic import ARM, CUDA, X86_64
 from fxpress.backends.tvm.isa.x86_amx.spec import AMX
 from fxpress.backends.tvm.isa.x86_avx2 import AVX2, AVX512
@@ -39,6 +39,7 @@ __all__ = [
     "ISA",
     "ISAS",
     "X86_ISAS",
+    "Conv",
     "ConvAttrs",
     "Int8Lowering",
     "Int8Weight",

@@ -52,6 +52,18 @@ class Requant:
 
 
 @dataclass(frozen=True)
+class Conv:
+    """A conv's geometry as the converter read it, and whether its activations are NHWC (in and out)."""
+
+    attrs: ConvAttrs
+    channels_last: bool = False
+
+    @property
+    def groups(self) -> int:
+        return self.attrs[3][0]
+
+
+@dataclass(frozen=True)
 class Int8Weight:
     """An int8 weight as the converter sees it: the relax expression and, when constant, its value."""
 
@@ -67,17 +79,9 @@ class Int8Lowering:
         raise NotImplementedError
 
     def conv2d(
-        self,
-        bb: Any,
-        x: relax.Expr,
-        x_zp: int,
-        w: Int8Weight,
-        bias: Any,
-        rq: Requant,
-        attrs: ConvAttrs,
-        channels_last: bool,
+        self, bb: Any, x: relax.Expr, x_zp: int, w: Int8Weight, bias: Any, rq: Requant, conv: Conv
     ) -> relax.Expr:
-        """``quantized_conv2d`` (NCHW, or NHWC in and out when `channels_last`)."""
+        """``quantized_conv2d`` (NCHW, or NHWC in and out when ``conv.channels_last``)."""
         raise NotImplementedError
 
     def matmul(

@@ -21,7 +21,7 @@ import tvm.s_tir.dlight as dl
 from tvm import relax
 from tvm.target import Target
 
-from fxpress.backends.tvm.isa.base import ISA, ConvAttrs, Int8Lowering, Int8Weight, Requant
+from fxpress.backends.tvm.isa.base import ISA, Conv, Int8Lowering, Int8Weight, Requant
 from fxpress.backends.tvm.kernels import (
     CPUConv2d,
     CPUConvStemPrologue,
@@ -68,26 +68,29 @@ class GenericInt8(Int8Lowering):
         return bb.emit(bb.call_te(te_quantized_linear, *args, primfunc_name_hint="quantized_linear"))
 
     def conv2d(
-        self,
-        bb: Any,
-        x: relax.Expr,
-        x_zp: int,
-        w: Int8Weight,
-        bias: Any,
-        rq: Requant,
-        attrs: ConvAttrs,
-        channels_last: bool,
+        self, bb: Any, x: relax.Expr, x_zp: int, w: Int8Weight, bias: Any, rq: Requant, conv: Conv
     ) -> relax.Expr:
-        if channels_last:  # the generic conv is NCHW: between two transposes
+        if conv.channels_last:  # the generic conv is NCHW: between two transposes
             x_nchw = bb.emit(relax.op.permute_dims(x, [0, 3, 1, 2]))
-            out = self.conv2d(bb, x_nchw, x_zp, w, bias, rq, attrs, False)
+            out = self.conv2d(bb, x_nchw, x_zp, w, bias, rq, Conv(conv.attrs))
             return bb.emit(relax.op.permute_dims(out, [0, 2, 3, 1]))
         out_channels, panel = int(w.expr.ty.shape.values[0]), self.panel
         weight = w.expr
-        if attrs[3][0] == 1 and self.packs_convs:  # panels: the conv rule vectorizes over output channels
+        if conv.groups == 1 and self.packs_convs:  # panels: the conv rule vectorizes over output channels
             layout = lambda o, i, h, k: (o // panel, i, h, k, o % panel)  # noqa: E731
             weight = bb.emit(relax.op.layout_transform(weight, layout, pad_value=0))
-        args = (x, weight, bias, rq.multiplier, rq.shift, int(x_zp), rq.out_zero_point, attrs, out_channels, rq.scale)
+        args = (
+            x,
+            weight,
+            bias,
+            rq.multiplier,
+            rq.shift,
+            int(x_zp),
+            rq.out_zero_point,
+            conv.attrs,
+            out_channels,
+            rq.scale,
+        )
         return bb.emit(bb.call_te(te_quantized_conv2d, *args, primfunc_name_hint="quantized_conv2d"))
 
     def matmul(

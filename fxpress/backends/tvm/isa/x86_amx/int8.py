@@ -28,11 +28,11 @@ from typing import Any
 
 from tvm import relax, tirx
 
-from fxpress.backends.tvm.isa.base import ConvAttrs, Int8Weight, Requant
+from fxpress.backends.tvm.isa.base import Conv, Int8Weight, Requant
 from fxpress.backends.tvm.isa.x86_amx.gemm import amx_gemm
 from fxpress.backends.tvm.isa.x86_amx.layout import GROUP, weight_index_map
 from fxpress.backends.tvm.isa.x86_amx.te_amx import te_dynamic_dequantize, te_gemm_requant, te_im2col_u8
-from fxpress.backends.tvm.isa.x86_avx2.int8 import is_to_nhwc, u8s8_bias
+from fxpress.backends.tvm.isa.x86_avx2.int8 import conv_source, u8s8_bias
 from fxpress.backends.tvm.isa.x86_vnni.int8 import VnniInt8
 from fxpress.backends.tvm.te_conv import _conv_out, te_conv_shift_u8
 from fxpress.backends.tvm.te_dynamic import te_row_params, te_row_quantize
@@ -101,34 +101,23 @@ class AmxInt8(VnniInt8):
         return bb.emit(bb.call_te(te_dynamic_dequantize, *args, primfunc_name_hint="dynamic_dequantize"))
 
     def conv2d(
-        self,
-        bb: Any,
-        x: relax.Expr,
-        x_zp: int,
-        w: Int8Weight,
-        bias: Any,
-        rq: Requant,
-        attrs: ConvAttrs,
-        channels_last: bool,
+        self, bb: Any, x: relax.Expr, x_zp: int, w: Int8Weight, bias: Any, rq: Requant, conv: Conv
     ) -> relax.Expr:
         shape = [_static(d) for d in x.ty.shape.values]
         out_channels, cin, kh, kw = (int(d) for d in w.expr.ty.shape.values)
-        if not self.u8s8 or attrs[3][0] != 1 or None in shape:
-            return super().conv2d(bb, x, x_zp, w, bias, rq, attrs, channels_last)
-        batch, h, wd = (shape[0], shape[1], shape[2]) if channels_last else (shape[0], shape[2], shape[3])
-        (sh, sw), (top, left, bottom, right), (dh, dw), _ = attrs
+        if not self.u8s8 or conv.groups != 1 or None in shape:
+            return super().conv2d(bb, x, x_zp, w, bias, rq, conv)
+        batch, h, wd = (shape[0], shape[1], shape[2]) if conv.channels_last else (shape[0], shape[2], shape[3])
+        (sh, sw), (top, left, bottom, right), (dh, dw), _ = conv.attrs
         oh, ow = _conv_out(h, top, bottom, kh, sh, dh), _conv_out(wd, left, right, kw, sw, dw)
         cp = _round4(cin)
         m, kdim = batch * oh * ow, kh * kw * cp
         if cp < MIN_CHANNELS or not worth_amx(m, out_channels, kdim):
-            return super().conv2d(bb, x, x_zp, w, bias, rq, attrs, channels_last)
-        source, reads_nhwc = x, channels_last
-        bound = bb.lookup_binding(x) if channels_last and isinstance(x, relax.Var) else None
-        if is_to_nhwc(bound):  # an NCHW tensor made NHWC only for this conv: the padded image reads it directly
-            source, reads_nhwc = bound.args[0], False
-        padded = (source, int(x_zp), tuple(attrs[1]), reads_nhwc)
+            return super().conv2d(bb, x, x_zp, w, bias, rq, conv)
+        source, reads_nhwc = conv_source(bb, x, conv)
+        padded = (source, int(x_zp), tuple(conv.attrs[1]), reads_nhwc)
         image = bb.emit(bb.call_te(te_conv_shift_u8, *padded, primfunc_name_hint="conv_shift_u8"))
-        call = bb.call_te(te_im2col_u8, image, attrs, (kh, kw), primfunc_name_hint="im2col_u8")
+        call = bb.call_te(te_im2col_u8, image, conv.attrs, (kh, kw), primfunc_name_hint="im2col_u8")
         bb.update_func(call.args[0], bb.get()[call.args[0]].with_attr("op_pattern", OPAQUE))  # see te_amx.py
         a = bb.emit(relax.op.reshape(bb.emit(call), (m, kdim)))
         w4 = bb.emit(relax.op.permute_dims(w.expr, [0, 2, 3, 1]))  # [O, KH, KW, C]: the im2col column order
@@ -137,5 +126,15 @@ class AmxInt8(VnniInt8):
         c = self._gemm(bb, a, bb.emit(relax.op.reshape(w4, (out_channels, kdim))), m, out_channels, kdim)
         bias = u8s8_bias(bb, w.expr, bias, int(x_zp), rq.narrow)
         out = (batch, oh, ow)
-        args = (c, bias, rq.multiplier, rq.shift, int(rq.out_zero_point), rq.narrow, rq.scale, out, not channels_last)
+        args = (
+            c,
+            bias,
+            rq.multiplier,
+            rq.shift,
+            int(rq.out_zero_point),
+            rq.narrow,
+            rq.scale,
+            out,
+            not conv.channels_last,
+        )
         return bb.emit(bb.call_te(te_gemm_requant, *args, primfunc_name_hint="amx_requant"))

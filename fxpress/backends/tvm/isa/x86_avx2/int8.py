@@ -23,7 +23,7 @@ from typing import Any
 
 from tvm import relax, tirx
 
-from fxpress.backends.tvm.isa.base import ConvAttrs, Int8Weight, Requant
+from fxpress.backends.tvm.isa.base import Conv, Int8Weight, Requant
 from fxpress.backends.tvm.isa.generic import GenericInt8
 from fxpress.backends.tvm.kernels.int8_avx2 import u8s8_safe
 from fxpress.backends.tvm.te_conv import te_conv_shift_u8, te_conv_widen, te_quantized_conv2d_pmadd
@@ -81,6 +81,13 @@ def is_to_nhwc(expr: relax.Expr | None) -> bool:
     )
 
 
+def conv_source(bb: Any, x: relax.Expr, conv: Conv) -> tuple[relax.Expr, bool]:
+    """(the tensor a conv prologue reads, whether it is NHWC): an NCHW tensor made NHWC only for this conv
+    (the stem's input) is read directly, and stage dead-code drops the transpose."""
+    bound = bb.lookup_binding(x) if conv.channels_last and isinstance(x, relax.Var) else None
+    return (bound.args[0], False) if is_to_nhwc(bound) else (x, conv.channels_last)
+
+
 class Avx2Int8(GenericInt8):
     """The u8s8 / s16 forms of the module doc; depthwise and grouped convs stay generic."""
 
@@ -108,27 +115,14 @@ class Avx2Int8(GenericInt8):
         return bb.emit(bb.call_te(te_quantized_linear_pmadd, *args, primfunc_name_hint="quantized_linear"))
 
     def conv2d(
-        self,
-        bb: Any,
-        x: relax.Expr,
-        x_zp: int,
-        w: Int8Weight,
-        bias: Any,
-        rq: Requant,
-        attrs: ConvAttrs,
-        channels_last: bool,
+        self, bb: Any, x: relax.Expr, x_zp: int, w: Int8Weight, bias: Any, rq: Requant, conv: Conv
     ) -> relax.Expr:
-        if attrs[3][0] != 1:
-            return super().conv2d(bb, x, x_zp, w, bias, rq, attrs, channels_last)
+        if conv.groups != 1:
+            return super().conv2d(bb, x, x_zp, w, bias, rq, conv)
         fast = self.fast(w)
         b = pack_conv(bb, w.expr, 4 if fast else 2, self.lanes)
-        source, reads_nhwc = x, channels_last
-        bound = bb.lookup_binding(x) if channels_last and isinstance(x, relax.Var) else None
-        if is_to_nhwc(bound):
-            # an NCHW tensor (the stem's input) made NHWC only for this conv: the prologue packs it directly,
-            # and stage dead-code drops the transpose
-            source, reads_nhwc = bound.args[0], False
-        prologue = (source, int(x_zp), tuple(attrs[1]), reads_nhwc)
+        source, reads_nhwc = conv_source(bb, x, conv)
+        prologue = (source, int(x_zp), tuple(conv.attrs[1]), reads_nhwc)
         if fast:
             pad = bb.call_te(te_conv_shift_u8, *prologue, primfunc_name_hint="conv_shift_u8")
             bias = u8s8_bias(bb, w.expr, bias, int(x_zp), rq.narrow)
@@ -137,7 +131,7 @@ class Avx2Int8(GenericInt8):
         bias = bias_panels(bb, bias, self.lanes) if rq.narrow else bias
         out_channels = int(w.expr.ty.shape.values[0])
         requant = (rq.multiplier, rq.shift, int(rq.out_zero_point))
-        args = (bb.emit(pad), b, bias, *requant, attrs, out_channels, rq.narrow, rq.scale, channels_last)
+        args = (bb.emit(pad), b, bias, *requant, conv.attrs, out_channels, rq.narrow, rq.scale, conv.channels_last)
         return bb.emit(bb.call_te(te_quantized_conv2d_pmadd, *args, primfunc_name_hint="quantized_conv2d"))
 
     def matmul(
