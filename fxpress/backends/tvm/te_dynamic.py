@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from tvm import te, tirx
 
+from fxpress.backends.tvm.te_requant import round_half_even
+
 
 def te_row_params(x: te.Tensor) -> te.Tensor:
     """``[M, 2]`` float32: each row's uint8 ``scale`` and ``zero point`` (``dynamic_quantized_linear``'s rule)."""
@@ -35,7 +37,7 @@ def te_row_quantize(x: te.Tensor, params: te.Tensor, v: int, u8: bool) -> te.Ten
 
     def body(r: tirx.Var, kp: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
         k = kp * v + j
-        q = tirx.nearbyint(x[r, tirx.min(k, kdim - 1)] / params[r, 0]) + params[r, 1]
+        q = round_half_even(x[r, tirx.min(k, kdim - 1)] / params[r, 0]) + params[r, 1]
         u = tirx.min(tirx.max(q, tirx.const(0.0, "float32")), tirx.const(255.0, "float32"))
         dtype = "uint8" if u8 else "int16"
         value = u.astype(dtype) if u8 else (u - params[r, 1]).astype(dtype)

@@ -19,9 +19,26 @@ def i32(v: int) -> tirx.PrimExpr:
     return tirx.const(int(v), "int32")
 
 
+def round_half_even(v: tirx.PrimExpr) -> tirx.PrimExpr:
+    """float32 round-half-to-even of `v`, bit for bit ``nearbyint``, from ops TVM's vectorizer takes.
+
+    TVM 0.27 does not mark ``tirx.nearbyint`` vectorizable: a vectorized loop
+    calling it is scalarized whole (the quantize then ran as gathers and byte
+    extracts). ``v - floor(v)`` is exact (Sterbenz) except for ``v`` in
+    (-0.5, 0), where it rounds to at least 0.5 and the answer, 0, is still
+    ``floor + 1``; from 2^23 up ``v`` is an integer and it is 0.
+    """
+    half, two = tirx.const(0.5, "float32"), tirx.const(2.0, "float32")
+    low = tirx.floor(v)
+    frac = v - low
+    odd = tirx.floor(low * half) * two != low
+    up = tirx.Or(frac > half, tirx.And(frac == half, odd))
+    return tirx.Select(up, low + tirx.const(1.0, "float32"), low)
+
+
 def te_quantize(x: te.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> te.Tensor:
     def body(*i: tirx.Var) -> tirx.PrimExpr:
-        q = tirx.nearbyint(x[i].astype("float32") / tirx.const(scale, "float32")).astype("int32") + i32(zero_point)
+        q = round_half_even(x[i].astype("float32") / tirx.const(scale, "float32")).astype("int32") + i32(zero_point)
         return tirx.max(tirx.min(q, i32(qmax)), i32(qmin)).astype("int8")
 
     return te.compute(x.shape, body, name="quantize")

@@ -9,7 +9,7 @@ schedule is the row rule's (kernels/rows.py): max, exp and sum per row, then
 the quantized row. The probabilities before rounding differ from the float
 reference's ``softmax / scale`` only in the last float32 bits, as
 ``fast_exp`` already does. The rounding is ``nearbyint`` written with
-``floor`` and a select (`_nearbyint`, bit-identical): TVM does not vectorize
+``floor`` and a select (te_requant.round_half_even, bit-identical): TVM does not vectorize
 ``tirx.nearbyint``, and with it the quantize ran scalar (LLVM then vectorized
 across the row's 16-lane chunks with gathers and one byte store per element),
 0.25 -> 0.15 ms per all-MiniLM-L6-v2 layer at batch 1, one thread.
@@ -18,6 +18,8 @@ across the row's 16-lane chunks with gathers and one byte store per element),
 from __future__ import annotations
 
 from tvm import te, tirx, topi
+
+from fxpress.backends.tvm.te_requant import round_half_even
 
 
 def te_softmax_quantize(x: te.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> te.Tensor:
@@ -31,24 +33,7 @@ def te_softmax_quantize(x: te.Tensor, scale: float, zero_point: int, qmin: int, 
     one, step = tirx.const(1.0, "float32"), tirx.const(scale, "float32")
 
     def body(*i: tirx.Var) -> tirx.PrimExpr:
-        q = _nearbyint(exp[i] * (one / (row_sum[i[:-1]] * step))).astype("int32") + zero_point
+        q = round_half_even(exp[i] * (one / (row_sum[i[:-1]] * step))).astype("int32") + zero_point
         return tirx.max(tirx.min(q, qmax), qmin).astype("int8")
 
     return te.compute(x.shape, body, name="softmax_quantize")
-
-
-def _nearbyint(v: tirx.PrimExpr) -> tirx.PrimExpr:
-    """float32 round-half-to-even of `v`, bit for bit ``nearbyint``, from ops TVM's vectorizer takes.
-
-    TVM 0.27 does not mark ``tirx.nearbyint`` vectorizable: a vectorized loop
-    calling it is scalarized whole (the quantize then ran as gathers and byte
-    extracts). ``v - floor(v)`` is exact (Sterbenz) except for ``v`` in
-    (-0.5, 0), where it rounds to at least 0.5 and the answer, 0, is still
-    ``floor + 1``; from 2^23 up ``v`` is an integer and it is 0. Here ``v >= 0``.
-    """
-    half, two = tirx.const(0.5, "float32"), tirx.const(2.0, "float32")
-    low = tirx.floor(v)
-    frac = v - low
-    odd = tirx.floor(low * half) * two != low
-    up = tirx.Or(frac > half, tirx.And(frac == half, odd))
-    return tirx.Select(up, low + tirx.const(1.0, "float32"), low)
