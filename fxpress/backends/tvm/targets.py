@@ -44,6 +44,7 @@ class TargetSpec:
             "target": str(self.target),
             "device": self.device,
             "isa": self.isa.name,
+            "vector_bits": self.isa.vector_bits,
             "requires": list(self.requires),
         }
 

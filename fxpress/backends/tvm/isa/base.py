@@ -13,8 +13,7 @@ depends on the instruction set asks it instead of testing CPU flags in place:
   (its direct conv kernels read and write channels last);
 - `int8_prefers_7bit`: whether 7-bit weights (``observe{weight-reduce-range}``)
   let more layers take its fast int8 kernel (a hint for pipelines);
-- `fp32_lanes`: the float vector width the generic schedules and the
-  block-sparse kernel use;
+- `vector_bits`: its vector register width (recorded in the manifest);
 - `prepare_runtime()`: what a process must do before running its code (AMX
   asks Linux for tile-data permission).
 
@@ -109,10 +108,6 @@ class ISA:
     # its fast int8 kernel saturates on some 8-bit weights (AVX2's vpmaddubsw): 7-bit weights
     # (observe{weight-reduce-range=true}) let every layer take it; VNNI and AMX need no such thing
     int8_prefers_7bit: bool = False
-
-    @property
-    def fp32_lanes(self) -> int:
-        return max(self.vector_bits // 32, 1)
 
     def int8_lowering(self, target: Target) -> Int8Lowering:
         raise NotImplementedError
