@@ -23,7 +23,6 @@ Every form is exact integer arithmetic, bit-identical to the reference ops.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 from tvm import relax, tirx
@@ -44,7 +43,6 @@ MIN_K = 16
 # Convs with fewer input channels (an RGB stem) gather too few bytes per im2col copy: the VNNI direct conv is faster.
 MIN_CHANNELS = 16
 OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the hand-written GEMM alone
-_symbols = itertools.count()  # one global symbol per GEMM function (TVM 0.27 lets equal ones clash silently)
 
 
 def worth_amx(m: Any, n: int, k: int) -> bool:
@@ -70,7 +68,9 @@ class AmxInt8(VnniInt8):
     def _gemm(self, bb: Any, a: relax.Expr, w2: relax.Expr, m: int, n: int, k: int) -> relax.Expr:
         """``C[m, n]`` int32 = ``a[m, k]`` (uint8) x ``w2[n, k]``^T through the AMX GEMM; `w2` is packed here (lifted)."""
         wp = bb.emit(relax.op.layout_transform(w2, weight_index_map, pad_value=0))
-        func = amx_gemm(m, n, k, threads=self.threads, name=f"fx_amx_gemm_{m}x{n}x{k}_{next(_symbols)}")
+        # the default symbol names shape and threads: equal symbols are equal functions (BlockBuilder keeps one),
+        # and the same model gives the same artifact (a process-wide counter made symbols differ per compile)
+        func = amx_gemm(m, n, k, threads=self.threads)
         gv = bb.add_func(func.with_attr("tir.is_scheduled", True).with_attr("op_pattern", OPAQUE), "amx_gemm")
         return bb.emit(relax.call_tir(gv, [a, wp], relax.TensorType((m, n), "int32")))
 
