@@ -212,10 +212,6 @@ def u8s8_safe(weight: torch.Tensor) -> bool:
     return bool(255 * max(int(pos.max()), int(neg.max())) <= 32767)
 
 
-def has_avx2(target: Target) -> bool:
-    return llvm_cpu_has_features(["avx2"], target)
-
-
 def _is_gemm(kernels: MicroKernels) -> Callable[[s_tir.Schedule, s_tir.schedule.SBlockRV], bool]:
     """``C[m.., n/L, n%L] += A[m.., k/V, k%V] * B[n/L, k/V, n%L, k%V]`` (a micro-kernel of `kernels`), int32 out."""
 
