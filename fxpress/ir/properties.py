@@ -36,6 +36,10 @@ class Property(StrEnum):
     """Sparse weights carry a measured `Sparsity` annotation (annotate-sparsity)."""
     FINE_TUNED = "fine-tuned"
     """The float parameters were trained on data (fine-tune)."""
+    DISTILLED = "distilled"
+    """The float parameters were trained against a teacher's outputs or features (distil)."""
+    QAT_TRAINED = "qat-trained"
+    """Weights and quantization parameters were trained through fake quantization (qat); still calibrated."""
 
 
 WEIGHT_DEPENDENT: frozenset[Property] = frozenset({Property.OBSERVED, Property.CALIBRATED})
