@@ -20,6 +20,7 @@ import fxpress.passes
 from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
 from fxpress.passes import PASSES, Pass, parse_pipeline
 from fxpress.passes.calibrate import Calibrate
+from fxpress.passes.distill import Distil
 from fxpress.passes.fine_tune import FineTune
 
 KEBAB = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
@@ -96,14 +97,17 @@ LOSSY = {
     "prune-channels",
     "sparsify",
     "fine-tune",
+    "distil",
 }  # passes whose output legitimately differs from their input
-RETRAINS = {"fine-tune"}  # training again on its own output changes it again (and honestly says so)
+RETRAINS = {"fine-tune", "distil"}  # training again on its own output changes it again (and honestly says so)
 
 
 def _under_test(name: str, graph: fxpress.Graph) -> Pass | str:
     """The pass by name, or built in Python where an option has no text form (calibration data)."""
     if name == "fine-tune":
         return FineTune(data=[(*graph.example_inputs, torch.tensor([0, 3]))], lr=0.01)
+    if name == "distil":  # the graph as its own teacher: the hard labels still move it
+        return Distil(teacher=graph, data=[(*graph.example_inputs, torch.tensor([0, 3]))], lr=0.01)
     if name == "annotate-sparsity":  # the zoo's weights are dense: annotate them all
         return "annotate-sparsity{max-density=1.0}"
     return Calibrate(data=[graph.example_inputs]) if name == "calibrate" else name

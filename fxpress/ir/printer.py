@@ -133,6 +133,17 @@ def print_graph(graph: Graph) -> str:
     return _Printer().render(graph)
 
 
+def node_names(graph: Graph) -> dict[torch.fx.Node, str]:
+    """The name each node prints under, without the ``%``: input names, parameter paths, ``0, 1, ...``.
+
+    These are the names users read in ``print(graph)``, so they are the names
+    other tools (distillation's taps) accept for a node.
+    """
+    printer = _Printer()
+    printer.render(graph)
+    return dict(printer.names)
+
+
 def locate(graph: Graph, node: torch.fx.Node) -> str:
     """The printed line of `node` underlined with ``^^^``, plus the model source line.
 

@@ -8,6 +8,7 @@ from fxpress.passes.annotate_sparsity import AnnotateSparsity
 from fxpress.passes.base import Analysis, AnalysisManager, Pass, PassResult
 from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.dce import DeadCodeElimination
+from fxpress.passes.distill import Distil
 from fxpress.passes.fine_tune import FineTune
 from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
@@ -27,6 +28,7 @@ __all__ = [
     "AnnotateSparsity",
     "Calibrate",
     "DeadCodeElimination",
+    "Distil",
     "DumpIR",
     "FineTune",
     "FoldBatchNorm",

@@ -18,6 +18,7 @@ from fxpress.passes.annotate_sparsity import AnnotateSparsity
 from fxpress.passes.base import Pass
 from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.dce import DeadCodeElimination
+from fxpress.passes.distill import Distil
 from fxpress.passes.fine_tune import FineTune
 from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
@@ -38,6 +39,7 @@ PASSES: dict[str, type[Pass]] = {
     Sparsify.name: Sparsify,
     AnnotateSparsity.name: AnnotateSparsity,
     FineTune.name: FineTune,
+    Distil.name: Distil,
 }
 
 PIPELINES: dict[str, str] = {
