@@ -138,19 +138,26 @@ class Graph:
                 total += t.numel() * t.element_size()
         return total
 
-    def add_param(self, hint: str, value: torch.Tensor, *, before: torch.fx.Node) -> torch.fx.Node:
-        """Store `value` as a new buffer and insert a ``get_attr`` node for it.
+    def add_param(
+        self, hint: str, value: torch.Tensor, *, before: torch.fx.Node, buffer: bool = False
+    ) -> torch.fx.Node:
+        """Store `value` as a new (frozen) parameter and insert a ``get_attr`` node for it.
 
         The attribute gets a fresh name derived from `hint` (``conv.weight`` ->
         ``conv_weight_folded``), so nothing of the original model is overwritten.
+        With ``buffer=True`` it is a buffer instead: a constant that trainers
+        (which train ``parameters()``) leave alone, such as a fixed scale.
         """
         base = hint.replace(".", "_")
         name, i = base, 0
         while hasattr(self.gm, name):
             i += 1
             name = f"{base}_{i}"
-        # a Parameter (not a buffer) so that backends treat it as a weight
-        self.gm.register_parameter(name, torch.nn.Parameter(value.detach().clone().contiguous(), requires_grad=False))
+        stored = value.detach().clone().contiguous()
+        if buffer:
+            self.gm.register_buffer(name, stored)
+        else:  # a Parameter so that backends treat it as a weight
+            self.gm.register_parameter(name, torch.nn.Parameter(stored, requires_grad=False))
         with self.fx.inserting_before(before):
             node = self.fx.get_attr(name)
         node.meta["val"] = value

@@ -38,8 +38,10 @@ class Property(StrEnum):
     """The float parameters were trained on data (fine-tune)."""
     DISTILLED = "distilled"
     """The float parameters were trained against a teacher's outputs or features (distil)."""
+    FAKE_QUANTIZED = "fake-quantized"
+    """Quantized values pass through trainable ``fxpress.fake_quantize`` ops holding their parameters (fake-quantize)."""
     QAT_TRAINED = "qat-trained"
-    """Weights and quantization parameters were trained through fake quantization (qat); still calibrated."""
+    """Weights and quantization parameters were trained through fake quantization (freeze-fake-quant, qat)."""
 
 
 WEIGHT_DEPENDENT: frozenset[Property] = frozenset({Property.OBSERVED, Property.CALIBRATED})

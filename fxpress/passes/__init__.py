@@ -9,13 +9,16 @@ from fxpress.passes.base import Analysis, AnalysisManager, Pass, PassResult
 from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.dce import DeadCodeElimination
 from fxpress.passes.distill import Distil
+from fxpress.passes.fake_quantize import FakeQuantize
 from fxpress.passes.fine_tune import FineTune
 from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
 from fxpress.passes.fold_qdq import FoldQDQ
+from fxpress.passes.freeze_fake_quant import FreezeFakeQuant
 from fxpress.passes.manager import DumpIR, Instrument, PassManager, PrintIRAfter, Timing, optimize
 from fxpress.passes.observe import Observe
 from fxpress.passes.pipeline import PassRegistry, print_pipeline
+from fxpress.passes.qat import Qat
 from fxpress.passes.registry import PASSES, PIPELINES, REGISTRY, parse_pipeline
 from fxpress.passes.sparsify import Sparsify
 
@@ -30,10 +33,12 @@ __all__ = [
     "DeadCodeElimination",
     "Distil",
     "DumpIR",
+    "FakeQuantize",
     "FineTune",
     "FoldBatchNorm",
     "FoldConstants",
     "FoldQDQ",
+    "FreezeFakeQuant",
     "Instrument",
     "Observe",
     "Pass",
@@ -41,6 +46,7 @@ __all__ = [
     "PassRegistry",
     "PassResult",
     "PrintIRAfter",
+    "Qat",
     "Sparsify",
     "Timing",
     "optimize",

@@ -56,6 +56,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from fxpress.errors import PassError
 from fxpress.ir import ops
 from fxpress.ir.annotations import META_KEY, get
 from fxpress.ir.graph import Graph
@@ -64,6 +65,7 @@ from fxpress.ir.properties import Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
 from fxpress.passes.qdq_rules import RULES, clean_up, takes_place_of
 from fxpress.quant.annotations import QuantParams
+from fxpress.quant.qat_graph import is_fake_quant
 
 aten = torch.ops.aten
 fx_ops = torch.ops.fxpress
@@ -163,6 +165,13 @@ class FoldQDQ(Pass):
             raise ValueError(f"unknown clean-up rules {unknown}; valid: {', '.join(RULES)}")
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
+        held = [n.name for n in graph.nodes("call_function") if is_fake_quant(n)]
+        if held:
+            raise PassError(
+                f"fold-qdq: the graph still holds {len(held)} fake-quantize ops ({', '.join(held[:3])}, ...) whose "
+                "trained parameters are not annotations yet; run freeze-fake-quant before fold-qdq",
+                node=held[0],
+            )
         folded, left = 0, {}
         acc_scales: dict[torch.fx.Node, Any] = {}  # each product's x_scale * w_scale, for the float-out rule
         for node in [n for n in graph.nodes("call_function") if self._candidate(n)]:

@@ -19,7 +19,10 @@ and the x86 backend runs the layer on its u8s8 kernel, ~1.6x faster than the
 exact int16 one (kernels/int8_avx2.py); the cost is one bit of weight
 resolution (all-MiniLM-L6-v2: cosine 0.9939 vs 0.9945 with 8 bits), where
 7-bit activations (``reduce-range``, torch.ao's fbgemm choice) cost far more
-(0.980). Activations get one scheme (``dtype``,
+(0.980). ``weight-bits=N`` (2 to 8) gives weights the symmetric N-bit range
+[-(2^(N-1)-1), 2^(N-1)-1] (4 bits: [-7, 7]; 2 bits: [-1, 1], ternary), for
+quantization-aware training (``qat``) or to measure what fewer bits cost;
+they run on the int8 kernels and are stored packed in the artifact. Activations get one scheme (``dtype``,
 ``symmetric``, ``reduce-range``) and one observer kind (``observer``: minmax,
 moving-average, histogram, percentile, mse, entropy), per tensor.
 ``power-of-two=true`` restricts every scale to a power of two.
@@ -95,6 +98,7 @@ class Observe(Pass):
     power_of_two: bool = False
     reduce_range: bool = False
     weight_reduce_range: bool = False
+    weight_bits: int = 8
     averaging_constant: float = 0.01
     percentile: float = 99.99
     ops: tuple[str, ...] = ()
@@ -114,6 +118,13 @@ class Observe(Pass):
             except re.error as exc:
                 raise ValueError(f"bad regex {pattern!r}: {exc}") from None
         self.activation_spec()  # validates dtype, observer and its options
+        if not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
+            raise ValueError(f"weight-bits must be an integer from 2 to 8, got {self.weight_bits!r}")
+        if self.weight_bits < 8 and self.weight_reduce_range:
+            raise ValueError(
+                f"weight-reduce-range (7-bit weights) and weight-bits={self.weight_bits} both set the weights' "
+                "range; give one (weight-bits=7 is the symmetric 7-bit range)"
+            )
         if self.weight_observer not in OBSERVERS:
             raise ValueError(f"weight-observer must be one of {', '.join(OBSERVERS)}, got {self.weight_observer!r}")
         self.weight_spec(0)
@@ -125,7 +136,12 @@ class Observe(Pass):
         return ObserverSpec(self.observer, scheme, self.averaging_constant, self.percentile)
 
     def weight_spec(self, axis: int | None) -> ObserverSpec:
-        scheme = QScheme("int8", True, axis if self.per_channel else None, self.power_of_two, self.weight_reduce_range)
+        axis = axis if self.per_channel else None
+        if self.weight_bits < 8:  # the symmetric narrow range: 4 bits [-7, 7], 2 bits [-1, 1] (ternary)
+            top = 2 ** (self.weight_bits - 1) - 1
+            scheme = QScheme("int8", True, axis, self.power_of_two, False, -top, top)
+        else:
+            scheme = QScheme("int8", True, axis, self.power_of_two, self.weight_reduce_range)
         return ObserverSpec(self.weight_observer, scheme)
 
     @staticmethod

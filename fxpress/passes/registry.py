@@ -19,13 +19,16 @@ from fxpress.passes.base import Pass
 from fxpress.passes.calibrate import Calibrate
 from fxpress.passes.dce import DeadCodeElimination
 from fxpress.passes.distill import Distil
+from fxpress.passes.fake_quantize import FakeQuantize
 from fxpress.passes.fine_tune import FineTune
 from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
 from fxpress.passes.fold_qdq import FoldQDQ
+from fxpress.passes.freeze_fake_quant import FreezeFakeQuant
 from fxpress.passes.observe import Observe
 from fxpress.passes.pipeline import PassRegistry
 from fxpress.passes.prune.prune_channels import PruneChannels
+from fxpress.passes.qat import Qat
 from fxpress.passes.sparsify import Sparsify
 
 PASSES: dict[str, type[Pass]] = {
@@ -40,6 +43,9 @@ PASSES: dict[str, type[Pass]] = {
     AnnotateSparsity.name: AnnotateSparsity,
     FineTune.name: FineTune,
     Distil.name: Distil,
+    FakeQuantize.name: FakeQuantize,
+    FreezeFakeQuant.name: FreezeFakeQuant,
+    Qat.name: Qat,
 }
 
 PIPELINES: dict[str, str] = {

@@ -1,13 +1,15 @@
 """The artifact on disk: a directory written atomically and verified on load.
 
-Layout (format version 1)::
+Layout (format version 2)::
 
     DIR/
       manifest.json       what it is: format, inputs, outputs, target, versions,
                           the pipeline and its trace, the parameter order, and
                           the sha256 of every other file
       model.so            the compiled TVM library (Relax VM executable)
-      weights.safetensors the (compile-time transformed) parameters, no pickle
+      weights.safetensors the (compile-time transformed) parameters, no pickle;
+                          int8 ones whose values fit 4 or 2 bits packed
+                          (the manifest's ``packed`` table, packing.py)
 
 `write_artifact` builds the directory under a temporary name beside the
 destination and renames it into place, so a crash or an error never leaves a
@@ -30,7 +32,8 @@ from typing import Any
 from fxpress.errors import ArtifactError
 
 FORMAT = "fxpress-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS = (1, 2)  # 2 = 1 plus an optional ``packed`` table of sub-8-bit weights (packing.py)
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
 WEIGHTS = "weights.safetensors"
@@ -123,9 +126,9 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not an fxpress manifest (no format {FORMAT!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READS:
         raise ArtifactError(
-            f"{root} has artifact format version {version}; this fxpress reads version {FORMAT_VERSION}: "
+            f"{root} has artifact format version {version}; this fxpress reads versions {list(READS)}: "
             "recompile it with this version"
         )
     files = manifest.get("files")

@@ -1,7 +1,8 @@
 """Load an artifact directory and return a runnable `CompiledModule`.
 
 Verifies the manifest and every file hash first (`read_manifest`), then loads
-the library with ``tvm.runtime.load_module`` and the weights from safetensors.
+the library with ``tvm.runtime.load_module`` and the weights from safetensors
+(packed sub-8-bit weights widened back to int8).
 Imports neither torch nor the fxpress compiler.
 """
 
@@ -17,6 +18,7 @@ from fxpress.runtime.amx import request_amx_permission
 from fxpress.runtime.artifact import LIBRARY, WEIGHTS, read_manifest
 from fxpress.runtime.cpu import host_cpu_flags
 from fxpress.runtime.module import CompiledModule
+from fxpress.runtime.packing import unpack_params
 
 
 def load(directory: str | os.PathLike[str], *, num_threads: int | None = None) -> CompiledModule:
@@ -31,7 +33,7 @@ def load(directory: str | os.PathLike[str], *, num_threads: int | None = None) -
     library = os.path.abspath(os.path.join(root, LIBRARY))
     try:
         lib = tvm.runtime.load_module(library)
-        weights = load_file(os.path.join(root, WEIGHTS))
+        weights = unpack_params(load_file(os.path.join(root, WEIGHTS)), manifest.get("packed", {}))
     except Exception as exc:
         raise ArtifactError(f"artifact {root} could not be loaded: {exc}") from exc
     missing = [k for k in manifest["params"] if k not in weights]

@@ -1,4 +1,4 @@
-"""Save a `CompiledModule` as an artifact directory (see artifact.py)."""
+"""Save a `CompiledModule` as an artifact directory (see artifact.py); sub-8-bit weights packed (packing.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 
 from fxpress.errors import ArtifactError
 from fxpress.runtime.artifact import LIBRARY, WEIGHTS, write_artifact
+from fxpress.runtime.packing import pack_params
 
 if TYPE_CHECKING:  # module.py imports this module when a module is saved
     from fxpress.runtime.module import CompiledModule
@@ -21,6 +22,10 @@ def save_module(module: CompiledModule, directory: str | Path) -> Path:
     names = list(manifest["params"])
     if len(names) != len(module.params):
         raise ArtifactError(f"module has {len(module.params)} parameters but its manifest names {len(names)}")
+    arrays, packed = pack_params({k: p.numpy() for k, p in zip(names, module.params, strict=True)})
+    manifest.pop("packed", None)
+    if packed:  # sub-8-bit weights: stored in the bits they need, widened again on load
+        manifest["packed"] = packed
     compiler = manifest["target"].get("cross_compiler")
     if compiler and shutil.which(compiler) is None:
         raise ArtifactError(
@@ -37,6 +42,6 @@ def save_module(module: CompiledModule, directory: str | Path) -> Path:
             module.executable.export_library(str(tmp / LIBRARY), fcompile=cc.cross_compiler(compiler))
         else:
             module.executable.export_library(str(tmp / LIBRARY))
-        save_file({k: p.numpy() for k, p in zip(names, module.params, strict=True)}, str(tmp / WEIGHTS))
+        save_file(arrays, str(tmp / WEIGHTS))
 
     return write_artifact(directory, manifest, write)

@@ -38,6 +38,7 @@ from fxpress.backends.tvm.targets import TargetSpec, resolve_target
 from fxpress.backends.tvm.tuning.records import apply_records, open_records
 from fxpress.errors import BackendError
 from fxpress.ir.graph import Graph
+from fxpress.quant.qat_graph import is_fake_quant
 from fxpress.runtime.module import CompiledModule
 from fxpress.version import __version__
 
@@ -128,6 +129,11 @@ def compile_graph(
     """
     if not isinstance(graph, Graph):
         raise BackendError(f"compile() takes an fxpress Graph (from fxpress.capture), got {type(graph).__name__}")
+    if any(is_fake_quant(n) for n in graph.nodes("call_function")):
+        raise BackendError(
+            "the graph still holds fake-quantize ops (quantization-aware training); run freeze-fake-quant "
+            "and fold-qdq before compiling, e.g. fxpress.optimize(graph, [FreezeFakeQuant(), FoldQDQ()])"
+        )
     spec = target if isinstance(target, TargetSpec) else resolve_target(target, num_threads=num_threads, cross=cross)
     mod, params, sparse = import_graph(graph, spec)
     timings: dict[str, float] = {}
