@@ -12,7 +12,17 @@ import fxpress
 from fxpress.demo import Digits, load_digits, train
 from fxpress.errors import ArtifactError, InputError, PassError
 from fxpress.ir import annotations as notes
-from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe, Qat, Sparsify
+from fxpress.passes import (
+    Calibrate,
+    Distil,
+    FakeQuantize,
+    FoldBatchNorm,
+    FoldQDQ,
+    FreezeFakeQuant,
+    Observe,
+    Qat,
+    Sparsify,
+)
 from fxpress.quant.annotations import QuantParams
 from fxpress.runtime.packing import narrowest_bits, pack, pack_params, unpack, unpack_params
 from fxpress.train.qat import qat
@@ -211,3 +221,26 @@ def test_qat_without_data_says_how_to_give_it(float_graph, digits):
         Qat(data="batches.pt")
     with pytest.raises(ValueError, match="epochs must be >= 1"):
         Qat(epochs=0)
+
+
+def test_distil_with_a_fake_quantized_student(two_bit, float_graph, digits):
+    """fp32 teacher, 2-bit fake-quantized student: fake-quantize, distil, freeze-fake-quant, fold-qdq."""
+    calibrated, _ = two_bit
+    pipeline = [
+        FakeQuantize(),
+        Distil(teacher=float_graph, data=_batches(digits), epochs=1, lr=1e-3, temperature=4.0, alpha=0.5),
+        FreezeFakeQuant(),
+        FoldQDQ(),
+    ]
+    int8 = fxpress.optimize(calibrated, pipeline)
+    assert [r.pipeline.split("{")[0] for r in int8.trace[-4:]] == [
+        "fake-quantize",
+        "distil",
+        "freeze-fake-quant",
+        "fold-qdq",
+    ]
+    assert int8.trace[-1].stats["float"] == {}
+    ptq = _accuracy(fxpress.optimize(calibrated, [FoldQDQ()]), digits)
+    assert _accuracy(int8, digits) > ptq + 0.05
+    with pytest.raises(fxpress.errors.PipelineError, match="fold-qdq requires"):  # distil moved the weights
+        fxpress.optimize(calibrated, [FakeQuantize(), pipeline[1], FoldQDQ()])
