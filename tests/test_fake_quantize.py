@@ -45,7 +45,7 @@ graph(%x: f32[2,4]) {
   %1 = fxpress.fake_quantize(%out.weight, %out_weight_fq_scale, %out_weight_fq_zero_point, -128, 127, 0, 0.05123) : f32[2,3]
   %2 = fxpress.fake_quantize(%fc.weight, %fc_weight_fq_scale, %fc_weight_fq_zero_point, -128, 127, 0, 0.04437) : f32[3,4]
   %3 = aten.linear(%0, %2, %fc.bias) : f32[2,3]  # observe act minmax i8 affine; qparams i8 affine scale=0.009155 zp=-34
-  %4 = aten.relu(%3) : f32[2,3]
+  %4 = aten.relu(%3) : f32[2,3]  # observe act minmax i8 affine; qparams i8 affine scale=0.005791 zp=-128
   %5 = fxpress.fake_quantize(%4, %relu_fq_scale, %relu_fq_zero_point, -128, 127, -1, 0.05123) : f32[2,3]  # observe act minmax i8 affine; qparams i8 affine scale=0.005791 zp=-128
   %6 = aten.flatten.using_ints(%5, 1) : f32[2,3]  # observe act shared; qparams i8 affine scale=0.005791 zp=-128
   %7 = aten.linear(%6, %1, %out.bias) : f32[2,2]  # observe act minmax i8 affine; qparams i8 affine scale=0.004402 zp=-71
@@ -203,3 +203,29 @@ def test_pipeline_text():
     calibrated, _ = _calibrated()
     out = fxpress.optimize(calibrated, "fake-quantize{learn=false}")
     assert out.pipeline.endswith("fake-quantize{learn=false}")
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        return self.fc(h) + h
+
+
+def test_a_float_output_is_rounded_for_its_integer_readers_only():
+    """As fold-qdq does: the linear reads the layer norm's int8 value, the residual add its float one."""
+    x = torch.randn(8, 4)
+    graph = fxpress.capture(Residual().eval(), (x,))
+    calibrated = fxpress.optimize(graph, [Observe(), Calibrate(data=[(x,)])])
+    fq = fxpress.optimize(calibrated, [FakeQuantize()])
+    norm = next(n for n in fq.nodes() if n.name == "layer_norm")
+    linear = next(n for n in fq.nodes() if n.name == "linear")
+    add = next(n for n in fq.nodes() if n.name == "add")
+    assert is_fake_quant(linear.args[0]) and linear.args[0].args[0] is norm
+    assert norm in add.args and not any(is_fake_quant(a) for a in add.args)  # the add is float in int8 too
+    int8 = fxpress.optimize(calibrated, [FoldQDQ()])
+    assert float((fq(x) - int8(x)).abs().max()) < 1e-4  # the same rounding points (up to the int32 bias)

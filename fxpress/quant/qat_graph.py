@@ -6,15 +6,17 @@
          %y  = aten.linear(%xf, %wf, %b)
          %yf = fxpress.fake_quantize(%y, %y_scale, %y_zp, -128, 127, -1, g)   # every reader of y reads yf
 
-`insert_fake_quant` (the ``fake-quantize`` pass) wraps exactly the values that
-``fold-qdq`` will quantize (`int8_operands`): the weights and activation
-inputs of the linears, convs and matmuls it folds, traced back through shared
-slots (views, max-pools: their values are their input's, already on its
-grid). Outputs only when another integer op reads them: fold-qdq hands a
-product that only float ops read (a ReLU, a GELU, a softmax, a residual add)
-its unrounded accumulator, adds and cats stay float, and a dynamic linear's
-input is quantized per row at run time; wrapping those too would train a
-model that rounds where the deployed one does not. The parameters become
+`insert_fake_quant` (the ``fake-quantize`` pass) rounds exactly where
+``fold-qdq`` will (`int8_operands`): the weights and activation inputs of the
+linears, convs and matmuls it folds, traced back through shared slots (views,
+max-pools: their values are their input's, already on its grid). A float
+op's output is rounded for those integer readers only (a layer norm feeds
+the next linear int8 and the residual add float); an integer product's
+output, when an integer op reads it, for every reader (they all read its
+dequantized int8 result), and not at all when only float ops read it
+(fold-qdq hands them the unrounded accumulator); adds and cats stay float,
+and a dynamic linear's input is quantized per row at run time. Wrapping
+more would train a model that rounds where the deployed one does not. The parameters become
 tensors of the graph, `learn=True` making them trainable parameters
 (LSQ's step size, and for affine schemes LSQ+'s offset; a power-of-two scale
 stays fixed, since a learned one would leave the powers of two) and
@@ -37,6 +39,7 @@ observed value without parameters (run calibrate).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.fx
@@ -70,26 +73,19 @@ def _per_scale_elements(val: torch.Tensor, axis: int | None, weight: bool) -> in
     return n
 
 
-def _source(node: torch.fx.Node) -> torch.fx.Node:
-    """The value whose parameters `node` shares (itself unless a shared slot: a view, a max-pool)."""
-    while True:
-        slot = notes.get(node, ObserverSlot.key)
-        src = node.args[0] if node.args else None
-        if not (isinstance(slot, ObserverSlot) and slot.shared and isinstance(src, torch.fx.Node)):
-            return node
-        node = src
+def int8_operands(graph: Graph) -> dict[torch.fx.Node, set[torch.fx.Node]]:
+    """The values fold-qdq will quantize, each with its readers that take it quantized.
 
-
-def int8_operands(graph: Graph) -> set[torch.fx.Node]:
-    """The values fold-qdq will quantize: operands of the linears, convs and matmuls it can fold.
-
-    Followed back through shared slots to the value that owns the parameters.
-    An op's output is not among them unless another such op reads it: fold-qdq
-    keeps a product's int8 output only for an integer reader and otherwise
-    hands float ops its unrounded accumulator (the float-out rule); adds and
-    cats stay float; a dynamic linear quantizes its input per row at run time.
+    A value is quantized for the linears, convs and matmuls fold-qdq folds
+    that read it, directly or through shared slots (views, max-pools: the
+    reader recorded is the first node of that chain). Not for the other
+    readers of a float op's output (a residual add reads the layer norm's
+    float output while the next linear reads its int8 one), and not at all for
+    a product only float ops read (fold-qdq's float-out hands them the
+    unrounded accumulator); adds and cats stay float; a dynamic linear
+    quantizes its input per row at run time.
     """
-    found: set[torch.fx.Node] = set()
+    found: dict[torch.fx.Node, set[torch.fx.Node]] = {}
     for node in graph.nodes("call_function"):
         if QUANTIZABLE.get(node.target) not in _INT8_KINDS:
             continue
@@ -97,13 +93,31 @@ def int8_operands(graph: Graph) -> set[torch.fx.Node]:
         if not dynamic and not isinstance(notes.get(node, QuantParams.key), QuantParams):
             continue  # left float (skipped, or not calibrated): its operands are not quantized for it
         for i, operand in enumerate(node.args[:2]):
-            if isinstance(operand, torch.fx.Node) and not (dynamic and i == 0):
-                found.add(_source(operand))
+            if not isinstance(operand, torch.fx.Node) or (dynamic and i == 0):
+                continue
+            reader, value = node, operand
+            while _shares(value):
+                reader, value = value, cast(torch.fx.Node, value.args[0])
+            found.setdefault(value, set()).add(reader)
     return found
 
 
-def _sites(graph: Graph) -> list[tuple[torch.fx.Node, QuantParams]]:
-    """The values to wrap: observed values fold-qdq will quantize, each with its parameters."""
+def _shares(node: torch.fx.Node) -> bool:
+    """`node` has a shared slot: its values are its input's (a view, a max-pool)."""
+    slot = notes.get(node, ObserverSlot.key)
+    return (
+        isinstance(slot, ObserverSlot) and slot.shared and bool(node.args) and isinstance(node.args[0], torch.fx.Node)
+    )
+
+
+def _int8_product(node: torch.fx.Node) -> bool:
+    """`node` is a linear, conv or matmul fold-qdq folds, whose int8 output every reader then sees."""
+    return QUANTIZABLE.get(node.target) in _INT8_KINDS and isinstance(notes.get(node, QuantParams.key), QuantParams)
+
+
+def _sites(graph: Graph) -> list[tuple[torch.fx.Node, QuantParams, set[torch.fx.Node] | None]]:
+    """The values to wrap: observed values fold-qdq will quantize, their parameters and the readers to
+    redirect (None: all of them)."""
     sites, observed = [], 0
     quantized = int8_operands(graph)
     for node in graph.nodes():
@@ -123,7 +137,8 @@ def _sites(graph: Graph) -> list[tuple[torch.fx.Node, QuantParams]]:
         if slot.role == "weight" and node.users and all(is_fake_quant(u) for u in node.users):
             continue  # already wrapped
         assert isinstance(params, QuantParams)
-        sites.append((node, params))
+        everyone = node.op == "get_attr" or _int8_product(node)
+        sites.append((node, params, None if everyone else quantized[node]))
     if observed == 0:
         raise InputError(
             "fake-quantize found no observed values; quantization-aware training starts from an observed, "
@@ -145,7 +160,7 @@ def _insertion_point(graph: Graph, node: torch.fx.Node) -> torch.fx.Node:
 def insert_fake_quant(graph: Graph, *, learn: bool) -> int:
     """Wrap every observed value of `graph` in ``fake_quantize`` (in place); returns how many."""
     sites = _sites(graph)
-    for node, params in sites:
+    for node, params, readers in sites:
         weight = node.op == "get_attr"
         scheme = params.scheme
         qmin, qmax = scheme.qrange
@@ -166,12 +181,16 @@ def insert_fake_quant(graph: Graph, *, learn: bool) -> int:
         for key in ("nn_module_stack", "stack_trace"):
             if key in node.meta:
                 fq.meta[key] = node.meta[key]
-        node.replace_all_uses_with(fq, delete_user_cb=lambda user, fq=fq: user is not fq)
-        if not weight:  # the quantized value is fq's now
+        if readers is None:  # a weight, or an int8 product: every reader sees the quantized value
+            node.replace_all_uses_with(fq, delete_user_cb=lambda user, fq=fq: user is not fq)
+        else:  # a float op's output: quantized for the integer readers only
+            for reader in readers:
+                reader.replace_input_with(node, fq)
+        if not weight:  # fq holds the quantized value; the other readers keep the float one and its facts
             mine = notes.annotations(node)
             for key in _KEYS:
                 if key in mine:
-                    notes.annotate(fq, mine.pop(key))
+                    notes.annotate(fq, mine.pop(key) if readers is None else mine[key])
     if sites:
         graph.recompile()
     return len(sites)
