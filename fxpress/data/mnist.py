@@ -71,23 +71,27 @@ def data_dir() -> Path:
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """The array stored in the IDX file at `path`, in native byte order; `InputError` if it is not one."""
     path = Path(path)
-    raw = path.read_bytes()
+    return parse_idx(path.read_bytes(), str(path), f"fetch it again: {FETCH_COMMAND}")
+
+
+def parse_idx(raw: bytes, source: str, fix: str) -> np.ndarray:
+    """The array the IDX bytes `raw` hold (from `source`, named in errors, with `fix`: what to do about them)."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise InputError(
-            f"{path}: not an IDX file (magic {raw[:4].hex() or 'missing'}, want 0000 <dtype> <ndim> with dtype one of "
-            f"{', '.join(f'{c:02x}' for c in _IDX_DTYPES)}); fetch it again: {FETCH_COMMAND}"
+            f"{source}: not an IDX file (magic {raw[:4].hex() or 'missing'}, want 0000 <dtype> <ndim> with dtype one "
+            f"of {', '.join(f'{c:02x}' for c in _IDX_DTYPES)}); {fix}"
         )
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise InputError(f"{path}: truncated IDX header ({len(raw)} bytes, want {header}); fetch it again")
+        raise InputError(f"{source}: truncated IDX header ({len(raw)} bytes, want {header}); {fix}")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
     want = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != want:
         what = "truncated" if len(raw) < want else "has trailing bytes"
         raise InputError(
-            f"{path}: {what}: the header announces {dtype.name} {list(shape)} ({want} bytes in all) but the file "
-            f"has {len(raw)} bytes; fetch it again: {FETCH_COMMAND}"
+            f"{source}: {what}: the header announces {dtype.name} {list(shape)} ({want} bytes in all) but the file "
+            f"has {len(raw)} bytes; {fix}"
         )
     return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
