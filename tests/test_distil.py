@@ -157,6 +157,24 @@ def test_distils_a_student_and_leaves_student_and_teacher_alone(teacher, student
     torch.testing.assert_close(out(digits.x_test[:5]), oracle(digits.x_test[:5]), rtol=1e-6, atol=1e-6)
 
 
+def test_the_trainer_is_a_hand_written_kd_loop(teacher, digits):
+    """Numerics: distil's weights after an epoch are those of Hinton's loss written out in eager PyTorch."""
+    torch.manual_seed(3)
+    model = DigitsCNN(width=4).eval()
+    graph, data = _capture(model, digits), _batches(digits, 5)
+    out = distil(graph, teacher, data, epochs=1, lr=1e-2, temperature=3.0, alpha=0.7, progress=False)
+    oracle = copy.deepcopy(model)
+    opt = torch.optim.Adam(oracle.parameters(), lr=1e-2)
+    for x, y in data:
+        opt.zero_grad()
+        s, t = oracle(x), teacher(x).detach()
+        kl = F.kl_div(F.log_softmax(s / 3, 1), F.softmax(t / 3, 1), reduction="batchmean")
+        (0.3 * F.cross_entropy(s, y) + 0.7 * 9 * kl).backward()
+        opt.step()
+    for name, value in oracle.state_dict().items():
+        torch.testing.assert_close(out.param(name), value, rtol=1e-4, atol=1e-5)
+
+
 def test_hints_and_attention_train_with_their_adapters(teacher, student, digits):
     tg = _capture(teacher, digits)  # a teacher Graph: taps name its nodes as print(tg) shows them
     history: list[dict[str, float]] = []

@@ -230,7 +230,9 @@ def _check_options(
     seed: int | None,
 ) -> None:
     if not _real(temperature) or not temperature > 0:
-        raise PassError(f"{WHAT}: temperature must be > 0 (4 is common; above 1 softens the teacher's labels), got {temperature!r}")
+        raise PassError(
+            f"{WHAT}: temperature must be > 0 (4 is common; above 1 softens the teacher's labels), got {temperature!r}"
+        )
     if not _real(alpha) or not 0.0 <= alpha <= 1.0:
         raise PassError(f"{WHAT}: alpha (the weight of the soft labels) must be in [0, 1], got {alpha!r}")
     for name, weight in (("hint_weight", hint_weight), ("attention_weight", attention_weight)):
