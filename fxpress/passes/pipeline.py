@@ -216,7 +216,12 @@ def check_order(
     for p in passes:
         missing = sorted(str(f) for f in p.requires - have)
         if missing:
-            makers = sorted({c.name for c in registry.passes.values() if c.establishes & set(missing)})
+            makers = sorted(  # the passes that make what is missing and could run here (freeze-fake-quant
+                # re-establishes `observed`, but only after fake-quantize)
+                c.name
+                for c in registry.passes.values()
+                if c.establishes & set(missing) and c.requires <= have
+            ) or sorted(c.name for c in registry.passes.values() if c.establishes & set(missing))
             hint = f"; run {' or '.join(makers)} before it" if makers else ""
             lost_by = ", ".join(f"{f!r} was invalidated by {lost[f]}" for f in missing if f in lost)
             why = f" ({lost_by})" if lost_by else ""
