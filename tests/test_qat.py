@@ -244,3 +244,33 @@ def test_distil_with_a_fake_quantized_student(two_bit, float_graph, digits):
     assert _accuracy(int8, digits) > ptq + 0.05
     with pytest.raises(fxpress.errors.PipelineError, match="fold-qdq requires"):  # distil moved the weights
         fxpress.optimize(calibrated, [FakeQuantize(), pipeline[1], FoldQDQ()])
+
+
+def test_learned_scales_step_relative_to_their_size(float_graph, digits):
+    """Adam steps ~lr whatever a tensor's size: each scale gets qparams_lr * scale, each zero point
+    qparams_lr * (qmax - qmin); the weights keep lr; quantization parameters get no weight decay."""
+    from fxpress.quant.qat_graph import insert_fake_quant
+    from fxpress.train.qat import _relative_steps
+
+    prepared = _calibrated(float_graph, digits, 4).copy()
+    insert_fake_quant(prepared, learn=True)
+    params = [p for p in prepared.gm.parameters() if p.is_floating_point()]
+    opt = _relative_steps(prepared, "adamw", 1e-4, 1e-2, 0.1)(params)
+    weights, *singles = opt.param_groups
+    assert weights["lr"] == 1e-4 and weights["weight_decay"] == 0.1
+    by_name = {id(p): n for n, p in prepared.gm.named_parameters()}
+    for group in singles:
+        (p,) = group["params"]
+        name = by_name[id(p)]
+        assert group["weight_decay"] == 0.0
+        if name.endswith("_scale"):
+            assert group["lr"] == pytest.approx(1e-2 * float(p.abs().mean())), name
+        else:
+            assert name.endswith("_zero_point") and group["lr"] == pytest.approx(1e-2 * 255), name
+    assert len(singles) == sum(1 for n, _ in prepared.gm.named_parameters() if "_fq_" in n)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(params)
+
+
+def test_qparams_lr_must_be_positive():
+    with pytest.raises(ValueError, match="qparams-lr must be > 0"):
+        Qat(qparams_lr=0.0)

@@ -4,7 +4,8 @@
 
 Wraps `fxpress.train.qat`: every observed value of a private copy is
 fake-quantized (straight-through rounding; ``learn=true``: LSQ-learned scales
-and affine zero points, ``learn=false``: the calibrated ones, fixed), the
+and affine zero points, each scale stepping at ``qparams-lr`` times its size;
+``learn=false``: the calibrated ones, fixed), the
 parameters train for ``epochs`` on ``data`` with ``optimizer`` / ``lr`` /
 ``schedule`` minimizing ``loss(graph(*inputs), target)`` (default
 cross-entropy; sparsity masks stay fixed), and the trained scales and zero
@@ -57,6 +58,7 @@ class Qat(Pass):
     epochs: int = 1
     lr: float = 1e-4
     learn: bool = True
+    qparams_lr: float = 1e-3
     optimizer: str = "adam"
     schedule: str = "constant"
 
@@ -69,6 +71,8 @@ class Qat(Pass):
             raise ValueError(f"loss must be a Python callable loss(output, target), got {self.loss!r}")
         if self.epochs < 1 or not self.lr > 0:
             raise ValueError(f"epochs must be >= 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
+        if not self.qparams_lr > 0:
+            raise ValueError(f"qparams-lr must be > 0 (a relative rate, 1e-3), got {self.qparams_lr}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
@@ -88,6 +92,7 @@ class Qat(Pass):
             lr=self.lr,
             loss=self.loss or F.cross_entropy,
             learn=self.learn,
+            qparams_lr=self.qparams_lr,
             optimizer=self.optimizer,
             schedule=self.schedule,
             history=losses,

@@ -181,11 +181,10 @@ def insert_fake_quant(graph: Graph, *, learn: bool) -> int:
         for key in ("nn_module_stack", "stack_trace"):
             if key in node.meta:
                 fq.meta[key] = node.meta[key]
-        if readers is None:  # a weight, or an int8 product: every reader sees the quantized value
-            node.replace_all_uses_with(fq, delete_user_cb=lambda user, fq=fq: user is not fq)
-        else:  # a float op's output: quantized for the integer readers only
-            for reader in readers:
-                reader.replace_input_with(node, fq)
+        # a weight or an int8 product: every reader sees the quantized value; a float op's output: the
+        # integer readers only
+        for reader in [u for u in node.users if u is not fq] if readers is None else readers:
+            reader.replace_input_with(node, fq)
         if not weight:  # fq holds the quantized value; the other readers keep the float one and its facts
             mine = notes.annotations(node)
             for key in _KEYS:

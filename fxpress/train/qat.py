@@ -14,8 +14,11 @@ value's `QuantParams` hold the scale and zero point that training used.
 
 With ``learn=True`` (LSQ, Esser et al. 2020) the scales of weights and
 activations, and the zero points of affine activations, train with the
-weights; with ``learn=False`` they stay as calibration (and observe, for
-weights) chose them, and only the weights adapt to the fixed grid. Lower
+weights, each scale at a rate relative to its size (``qparams_lr * scale``;
+Adam's steps do not scale with the parameter, and step sizes span 1e-4 to 1)
+and each zero point at ``qparams_lr * (qmax - qmin)``; with ``learn=False``
+they stay as calibration (and observe, for weights) chose them, and only the
+weights adapt to the fixed grid. Lower
 weight bit widths come from observe (``weight-bits=4``): the integer range
 travels in each scheme, so this trainer needs no bit-width option.
 
@@ -34,11 +37,12 @@ from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fxpress.ir.graph import Graph
 from fxpress.ir.properties import Property
-from fxpress.quant.qat_graph import freeze_fake_quant, insert_fake_quant
-from fxpress.train.fine_tune import Loss, OptimizerFactory, fine_tune
+from fxpress.quant.qat_graph import freeze_fake_quant, insert_fake_quant, is_fake_quant
+from fxpress.train.fine_tune import OPTIMIZERS, Loss, OptimizerFactory, fine_tune
 
 
 def qat(
@@ -49,6 +53,7 @@ def qat(
     lr: float,
     loss: Loss = F.cross_entropy,
     learn: bool = True,
+    qparams_lr: float = 1e-3,
     optimizer: str | OptimizerFactory = "adam",
     schedule: str = "constant",
     weight_decay: float = 0.0,
@@ -58,6 +63,8 @@ def qat(
     """Train a fake-quantized copy of `graph` and freeze it (see the module docstring)."""
     prepared = graph.copy()
     insert_fake_quant(prepared, learn=learn)
+    if learn and isinstance(optimizer, str) and optimizer in OPTIMIZERS:
+        optimizer = _relative_steps(prepared, optimizer, lr, qparams_lr, weight_decay)
     trained = fine_tune(
         prepared,
         data,
@@ -77,3 +84,41 @@ def qat(
         Property.QAT_TRAINED,
     }
     return trained
+
+
+def _relative_steps(graph: Graph, kind: str, lr: float, qparams_lr: float, weight_decay: float) -> OptimizerFactory:
+    """An optimizer whose learned scales step relative to their size, and zero points to their range.
+
+    Adam's step is about ``lr`` in absolute terms whatever the gradient's
+    size, so one learning rate cannot suit weights (~0.05), step sizes from
+    1e-4 to 1 and zero points in integer units. Each scale gets the rate
+    ``qparams_lr * scale`` (a step of ~0.1 % of itself at the default), each
+    zero point ``qparams_lr * (qmax - qmin)``, neither any weight decay; the
+    weights keep ``lr``. The groups follow `graph.gm.parameters()`'s order,
+    which the trainer's private copy keeps.
+    """
+    rates: dict[str, float] = {}
+    for node in graph.nodes("call_function"):
+        if is_fake_quant(node):
+            scale, zero, qmin, qmax = node.args[1], node.args[2], node.args[3], node.args[4]
+            assert isinstance(scale, torch.fx.Node) and isinstance(zero, torch.fx.Node)
+            assert isinstance(qmin, int) and isinstance(qmax, int)
+            rates[str(scale.target)] = qparams_lr * float(graph.param(scale).abs().mean())
+            rates[str(zero.target)] = qparams_lr * (qmax - qmin)
+    plan = [rates.get(name) for name, p in graph.gm.named_parameters() if p.is_floating_point()]
+
+    def make(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if len(params) != len(plan):
+            raise AssertionError(f"qat: {len(params)} trainable tensors, {len(plan)} planned")
+        weights = [p for p, rate in zip(params, plan, strict=True) if rate is None]
+        groups: list[dict[str, object]] = [{"params": weights, "lr": lr, "weight_decay": weight_decay}]
+        groups += [
+            {"params": [p], "lr": rate, "weight_decay": 0.0}
+            for p, rate in zip(params, plan, strict=True)
+            if rate is not None
+        ]
+        if kind == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+        return (torch.optim.AdamW if kind == "adamw" else torch.optim.Adam)(groups, lr=lr)
+
+    return make
