@@ -274,3 +274,16 @@ def test_learned_scales_step_relative_to_their_size(float_graph, digits):
 def test_qparams_lr_must_be_positive():
     with pytest.raises(ValueError, match="qparams-lr must be > 0"):
         Qat(qparams_lr=0.0)
+
+
+def test_seed_repeats_a_run_and_each_epoch_is_logged(float_graph, digits, caplog):
+    calibrated = _calibrated(float_graph, digits, 4)
+    data = _batches(digits)[:6]
+    with caplog.at_level("INFO", logger="fxpress.train.qat"):
+        runs = [qat(calibrated, data, epochs=2, lr=1e-3, seed=5, progress=False) for _ in range(2)]
+    assert all(torch.equal(runs[0].params()[k], v) for k, v in runs[1].params().items())
+    assert [r.message.split(",")[0] for r in caplog.records][:2] == ["qat: epoch 1/2", "qat: epoch 2/2"]
+    with pytest.raises(PassError, match="seed must be an integer"):
+        qat(calibrated, data, epochs=1, lr=1e-3, seed="5")  # type: ignore[arg-type]
+    with pytest.raises(PassError, match="qat: lr must be"):
+        qat(calibrated, data, epochs=1, lr=0.0)

@@ -8,7 +8,8 @@ and affine zero points, each scale stepping at ``qparams-lr`` times its size;
 ``learn=false``: the calibrated ones, fixed), the
 parameters train for ``epochs`` on ``data`` with ``optimizer`` / ``lr`` /
 ``schedule`` minimizing ``loss(graph(*inputs), target)`` (default
-cross-entropy; sparsity masks stay fixed), and the trained scales and zero
+cross-entropy; sparsity masks stay fixed; ``seed`` makes a run repeat
+exactly), and the trained scales and zero
 points become the graph's quantization parameters again. ``data`` and
 ``loss`` are Python-only, as fine-tune's: ``Qat(data=batches, epochs=2)``.
 For a teacher's loss (distillation with a fake-quantized student) run
@@ -61,6 +62,7 @@ class Qat(Pass):
     qparams_lr: float = 1e-3
     optimizer: str = "adam"
     schedule: str = "constant"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str | bytes):
@@ -95,6 +97,7 @@ class Qat(Pass):
             qparams_lr=self.qparams_lr,
             optimizer=self.optimizer,
             schedule=self.schedule,
+            seed=self.seed,
             history=losses,
         )
         stats = {"epochs": self.epochs, "loss_first": round(losses[0], 6), "loss_last": round(losses[-1], 6)}

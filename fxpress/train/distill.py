@@ -54,10 +54,9 @@ The new graph loses ``observed`` and ``calibrated`` (weights moved) and gains
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +75,7 @@ from fxpress.train.distill_losses import (
     make_adapter,
     soft_label_loss,
 )
-from fxpress.train.loop import OptimizerFactory, check_training, masked_training
+from fxpress.train.loop import OptimizerFactory, check_training, masked_training, seeded
 from fxpress.train.taps import Tap, TapReader, resolve_taps
 
 log = logging.getLogger(__name__)
@@ -116,7 +115,7 @@ def distil(
     teacher_graph = _teacher_graph(teacher, student)
     new = student.copy()
     total = len(data) * epochs if isinstance(data, Sized) else None
-    with _seeded(seed):
+    with seeded(seed):
         objective = Distillation(
             new, teacher_graph, temperature, alpha, hints, hint_weight, attention, attention_weight, loss
         )
@@ -341,14 +340,3 @@ def _check_outputs(s_out: Any, t_out: Any, index: int) -> None:
             f"{WHAT}: the teacher's output {list(t_out.shape)} and the student's {list(s_out.shape)} differ in shape "
             f"(on data[{index}]); soft labels compare them class by class: give a teacher with the student's outputs"
         )
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """Seed torch's global generator inside the block and restore the caller's afterwards (no-op for None)."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield

@@ -43,6 +43,7 @@ from fxpress.sparse.annotations import Sparsity
 from fxpress.sparse.pattern import parse_pattern
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+Loss = Callable[[Any, torch.Tensor], torch.Tensor]
 Objective = Callable[[tuple[torch.Tensor, ...], torch.Tensor, int], tuple[torch.Tensor, Mapping[str, float]]]
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -210,3 +211,14 @@ def _optimizer(
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
     return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+@contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Seed torch's global generator inside the block and restore the caller's afterwards (no-op for None)."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -7,8 +7,11 @@
 Returns a new `Graph` (the given one is never changed): a copy of `graph`
 with every observed value wrapped in ``fxpress.fake_quantize``
 (`fxpress.quant.qat_graph.insert_fake_quant`), trained with
-`fxpress.train.fine_tune` on ``loss(graph(*inputs), target)`` (straight-through
-gradients through the rounding; sparsity masks stay fixed, as in fine-tune),
+fine-tune's masked loop (`fxpress.train.loop`) on ``loss(graph(*inputs),
+target)`` (straight-through gradients through the rounding; sparsity masks
+stay fixed, as in fine-tune; a progress bar on a terminal; each epoch's mean
+loss logged at INFO and appended to `history`; ``seed`` seeds torch's
+generator inside the run only, so a run repeats exactly),
 then frozen back (`freeze_fake_quant`): its float weights moved, and each
 value's `QuantParams` hold the scale and zero point that training used.
 
@@ -33,16 +36,19 @@ lr, optimizer, schedule, non-finite loss).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Sequence, Sized
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fxpress.errors import PassError
 from fxpress.ir.graph import Graph
 from fxpress.ir.properties import Property
 from fxpress.quant.qat_graph import freeze_fake_quant, insert_fake_quant, is_fake_quant
-from fxpress.train.fine_tune import OPTIMIZERS, Loss, OptimizerFactory, fine_tune
+from fxpress.train.loop import Loss, OptimizerFactory, check_training, forward, masked_training, seeded
 
 
 def qat(
@@ -57,26 +63,34 @@ def qat(
     optimizer: str | OptimizerFactory = "adam",
     schedule: str = "constant",
     weight_decay: float = 0.0,
+    seed: int | None = 0,
     progress: bool = True,
     history: list[float] | None = None,
 ) -> Graph:
     """Train a fake-quantized copy of `graph` and freeze it (see the module docstring)."""
-    prepared = graph.copy()
-    insert_fake_quant(prepared, learn=learn)
-    if learn and isinstance(optimizer, str) and optimizer in OPTIMIZERS:
-        optimizer = _relative_steps(prepared, optimizer, lr, qparams_lr, weight_decay)
-    trained = fine_tune(
-        prepared,
-        data,
-        epochs=epochs,
-        lr=lr,
-        loss=loss,
-        optimizer=optimizer,
-        schedule=schedule,
-        weight_decay=weight_decay,
-        progress=progress,
-        history=history,
-    )
+    check_training(WHAT, data, epochs, lr, optimizer, schedule)
+    if not qparams_lr > 0:
+        raise PassError(f"{WHAT}: qparams_lr must be > 0 (a relative rate, 1e-3), got {qparams_lr!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise PassError(f"{WHAT}: seed must be an integer or None, got {seed!r}")
+    trained = graph.copy()
+    insert_fake_quant(trained, learn=learn)
+    if learn and isinstance(optimizer, str):
+        optimizer = _relative_steps(trained, optimizer, lr, qparams_lr, weight_decay)
+
+    def objective(
+        inputs: tuple[torch.Tensor, ...], target: torch.Tensor, index: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        return loss(forward(trained, inputs, index, WHAT), target), {}
+
+    total = len(data) * epochs if isinstance(data, Sized) else None
+    kwargs: dict[str, Any] = {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "total": total}
+    with seeded(seed), masked_training(trained, what=WHAT, progress=progress, **kwargs) as run:
+        for epoch in range(epochs):
+            mean = run.epoch(data, objective, epoch, epochs, schedule)["loss"]
+            log.info("%s: epoch %d/%d, loss %.6f", WHAT, epoch + 1, epochs, mean)
+            if history is not None:
+                history.append(mean)
     freeze_fake_quant(trained)
     trained.properties = (trained.properties - {Property.FAKE_QUANTIZED}) | {
         Property.OBSERVED,
@@ -84,6 +98,10 @@ def qat(
         Property.QAT_TRAINED,
     }
     return trained
+
+
+WHAT = "qat"
+log = logging.getLogger(__name__)
 
 
 def _relative_steps(graph: Graph, kind: str, lr: float, qparams_lr: float, weight_decay: float) -> OptimizerFactory:
