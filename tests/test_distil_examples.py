@@ -5,22 +5,10 @@ Fashion-MNIST and MNIST (examples/distill_mnist.py), which skip where the data o
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
-
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def _load(name: str) -> ModuleType:
-    path = EXAMPLES / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_example
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +21,7 @@ def _restore_threads():
 
 def test_prune_then_distil_recovers_more_than_fine_tuning_from_100_images():
     """The example's small-data budget (100 labelled images, 30 epochs) on two of its five seeds."""
-    result = _load("prune_distill_digits").run(seeds=(0, 1), budgets=((100, 30),), verbose=False)
+    result = load_example("prune_distill_digits").run(seeds=(0, 1), budgets=((100, 30),), verbose=False)
     assert result["parameters"] == {"unpruned": 38_282, "pruned": 9_802}
     (budget,) = result["budgets"]
     mean = budget["mean"]
@@ -60,7 +48,7 @@ def _mnist_and_ccexam_present() -> bool:
 )
 def test_four_ways_to_train_a_student_on_fashion_mnist():
     """The whole flow on a sliver: a teacher trained 1 epoch on 5,000 images, students on 500 for 1 epoch."""
-    example = _load("distill_mnist")
+    example = load_example("distill_mnist")
     result = example.run(
         seeds=(0,), epochs=1, train_images=500, test_images=1_000, teacher_images=5_000, teacher_epochs=1, verbose=False
     )
@@ -76,7 +64,7 @@ def test_four_ways_to_train_a_student_on_fashion_mnist():
 
 @pytest.mark.skipif(not _mnist_and_ccexam_present(), reason="needs the MNIST files (make data) and ccexam (make setup)")
 def test_kd_from_ccexams_pretrained_teacher_on_mnist():
-    result = _load("distill_mnist").run(
+    result = load_example("distill_mnist").run(
         dataset="mnist",
         seeds=(0,),
         epochs=1,

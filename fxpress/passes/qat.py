@@ -40,7 +40,8 @@ from fxpress.errors import PassError
 from fxpress.ir.graph import Graph
 from fxpress.ir.properties import Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
-from fxpress.train.fine_tune import HOW, OPTIMIZERS, SCHEDULES
+from fxpress.passes.training import check_training_fields
+from fxpress.train.fine_tune import HOW
 from fxpress.train.qat import qat
 
 _HOW = f"give it in Python: fxpress.passes.Qat(data=[(x, y), ...], epochs=2); {HOW}"
@@ -65,20 +66,9 @@ class Qat(Pass):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, str | bytes):
-            raise ValueError(f"training data cannot be given as text; {_HOW}")
-        if self.data is not None and not isinstance(self.data, Iterable):
-            raise ValueError(f"data must be an iterable of (inputs..., target) tuples; {_HOW}")
-        if self.loss is not None and not callable(self.loss):
-            raise ValueError(f"loss must be a Python callable loss(output, target), got {self.loss!r}")
-        if self.epochs < 1 or not self.lr > 0:
-            raise ValueError(f"epochs must be >= 1 and lr > 0, got epochs={self.epochs}, lr={self.lr}")
+        check_training_fields(self, _HOW)
         if not self.qparams_lr > 0:
             raise ValueError(f"qparams-lr must be > 0 (a relative rate, 1e-3), got {self.qparams_lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
     def text(self) -> str:
         return print_pass(dataclasses.replace(self, data=None, loss=None))  # data and loss are not pipeline text

@@ -30,7 +30,7 @@ from fxpress.backends.tvm.isa.x86_amx.layout import pack_weight
 from fxpress.errors import BackendError, TargetError
 from fxpress.runtime import set_num_threads
 from fxpress.runtime.amx import request_amx_permission
-from fxpress.runtime.cpu import host_cpu_flags
+from fxpress.runtime.cpu import host_cpu_flags, host_cpu_model
 
 AMX_INT8_FLAGS = ("amx_tile", "amx_int8")
 MACS_PER_CYCLE = 1024  # int8 multiply-adds per cycle per core (AMX-INT8)
@@ -63,14 +63,6 @@ def cpu_ghz() -> tuple[float, str]:
     except (OSError, ValueError):
         pass
     return float("nan"), "unknown (no 'cpu MHz' in /proc/cpuinfo)"
-
-
-def _cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
 
 
 def _operands(m: int, k: int, n: int, signed_a: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +121,7 @@ def microbench(
         "ghz_source": source,
         "peak_gops": peak,
         "fraction_of_peak": ops / med / 1e9 / peak,
-        "cpu": _cpu_model(),
+        "cpu": host_cpu_model(),
     }
 
 
@@ -157,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     ghz, source = cpu_ghz()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"cpu: {_cpu_model()}, {ghz:.2f} GHz from {source}; 1-minute load average {load:.2f}")
+    print(f"cpu: {host_cpu_model()}, {ghz:.2f} GHz from {source}; 1-minute load average {load:.2f}")
     return 0
 
 
