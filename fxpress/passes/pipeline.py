@@ -216,12 +216,7 @@ def check_order(
     for p in passes:
         missing = sorted(str(f) for f in p.requires - have)
         if missing:
-            makers = sorted(  # the passes that make what is missing and could run here (freeze-fake-quant
-                # re-establishes `observed`, but only after fake-quantize)
-                c.name
-                for c in registry.passes.values()
-                if c.establishes & set(missing) and c.requires <= have
-            ) or sorted(c.name for c in registry.passes.values() if c.establishes & set(missing))
+            makers = _nearest_makers(registry, have, set(missing))
             hint = f"; run {' or '.join(makers)} before it" if makers else ""
             lost_by = ", ".join(f"{f!r} was invalidated by {lost[f]}" for f in missing if f in lost)
             why = f" ({lost_by})" if lost_by else ""
@@ -232,3 +227,27 @@ def check_order(
         for f in p.establishes:
             lost.pop(str(f), None)
         ran.append(p.name)
+
+
+def _nearest_makers(registry: PassRegistry, have: set[str], missing: set[str]) -> list[str]:
+    """The passes that establish something `missing` and need the fewest passes before them.
+
+    A pass's distance is the longest chain of passes its requirements need,
+    given `have` (0: it can run now). ``fold-qdq`` on a fresh graph names
+    ``calibrate`` (after observe), not ``freeze-fake-quant`` (after observe,
+    calibrate and fake-quantize), though both establish ``calibrated``.
+    """
+    inf = float("inf")
+    passes = list(registry.passes.values())
+    cost: dict[str, float] = {}  # property -> passes needed to establish it
+
+    def pass_cost(c: type[Pass]) -> float:
+        return max((0.0 if str(r) in have else cost.get(str(r), inf) for r in c.requires), default=0.0)
+
+    for _ in passes:  # Bellman-Ford: a chain is at most as long as there are passes
+        for c in passes:
+            for f in c.establishes:
+                cost[str(f)] = min(cost.get(str(f), inf), pass_cost(c) + 1)
+    makers = {c.name: pass_cost(c) for c in passes if {str(f) for f in c.establishes} & missing}
+    best = min(makers.values(), default=inf)
+    return sorted(name for name, d in makers.items() if d == best)

@@ -147,19 +147,24 @@ def _sites(graph: Graph) -> list[tuple[torch.fx.Node, QuantParams, set[torch.fx.
     return sites
 
 
-def _insertion_point(graph: Graph, node: torch.fx.Node) -> torch.fx.Node:
-    """The node to insert before, right after `node` but never among the inputs (inputs come first)."""
-    order = {n: i for i, n in enumerate(graph.nodes())}
+def _before_inputs_end(graph: Graph) -> set[torch.fx.Node]:
+    """The nodes up to the last input: a new node goes after them (inputs come first)."""
     inputs = list(graph.nodes("placeholder"))
-    anchor = node
-    if inputs and order[inputs[-1]] > order[node]:
-        anchor = inputs[-1]
-    return anchor.next
+    if not inputs:
+        return set()
+    early: set[torch.fx.Node] = set()
+    for node in graph.nodes():
+        early.add(node)
+        if node is inputs[-1]:
+            return early
+    return early
 
 
 def insert_fake_quant(graph: Graph, *, learn: bool) -> int:
     """Wrap every observed value of `graph` in ``fake_quantize`` (in place); returns how many."""
     sites = _sites(graph)
+    early = _before_inputs_end(graph)
+    last_input = next(reversed(list(graph.nodes("placeholder"))), None)
     for node, params, readers in sites:
         weight = node.op == "get_attr"
         scheme = params.scheme
@@ -167,7 +172,7 @@ def insert_fake_quant(graph: Graph, *, learn: bool) -> int:
         val = node.meta["val"]
         factor = lsq_grad_factor(_per_scale_elements(val, scheme.axis, weight), qmax)
         hint = f"{node.name}.fq"
-        first = _insertion_point(graph, node)
+        first = (last_input if node in early and last_input is not None else node).next
         scale = graph.add_param(
             f"{hint}_scale", params.scale.float(), before=first, buffer=not learn or scheme.power_of_two
         )
