@@ -31,6 +31,7 @@ import fxpress
 from fxpress.models.minilm import sentence_encoder, tokenize
 from fxpress.models.sentences import sentences
 from fxpress.passes import Calibrate, FoldQDQ, Observe
+from fxpress.runtime.cpu import host_cpu_model
 from fxpress.train.qat import qat
 
 
@@ -49,15 +50,6 @@ def embed(run: object, ids: torch.Tensor, mask: torch.Tensor, batch: int = 16) -
 def cosines(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
     cos = torch.nn.functional.cosine_similarity(ref, out)
     return {"mean": round(float(cos.mean()), 4), "min": round(float(cos.min()), 4)}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), which every reported number goes with."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "unknown")
 
 
 def run(
@@ -88,7 +80,7 @@ def run(
             for k in range(0, len(i), batch)
         ]
     ptq = fxpress.optimize(calibrated, [FoldQDQ()])
-    result: dict[str, object] = {"cpu": cpu_model(), "seq_len": seq_len, "sentences": [len(calib), len(held_out)]}
+    result: dict[str, object] = {"cpu": host_cpu_model(), "seq_len": seq_len, "sentences": [len(calib), len(held_out)]}
     result["int8_ops"] = ptq.trace[-1].stats["folded"]
     result["float_ops"] = ptq.trace[-1].stats["float"]
     result["post_training"] = cosines(ref, embed(ptq, ids, mask))
