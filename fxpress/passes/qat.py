@@ -37,10 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from fxpress.errors import PassError
+from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
 from fxpress.ir.properties import Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
 from fxpress.passes.training import check_training_fields
+from fxpress.quant.annotations import QuantParams
 from fxpress.train.fine_tune import HOW
 from fxpress.train.qat import qat
 
@@ -91,4 +93,13 @@ class Qat(Pass):
             history=losses,
         )
         stats = {"epochs": self.epochs, "loss_first": round(losses[0], 6), "loss_last": round(losses[-1], 6)}
-        return PassResult(trained, modified=True, stats=stats)
+        return PassResult(trained, modified=_changed(graph, trained), stats=stats)
+
+
+def _changed(before: Graph, after: Graph) -> bool:
+    """Some tensor or some quantization parameter moved (a tiny lr can leave them all where they were)."""
+    old, new = before.params(), after.params()
+    if old.keys() != new.keys() or any(not torch.equal(old[k], new[k]) for k in old):
+        return True
+    facts = {n.name: notes.get(n, QuantParams.key) for n in before.nodes()}
+    return any(notes.get(n, QuantParams.key) != facts.get(n.name) for n in after.nodes())

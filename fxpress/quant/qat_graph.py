@@ -134,8 +134,6 @@ def _sites(graph: Graph) -> list[tuple[torch.fx.Node, QuantParams, set[torch.fx.
             )
         if slot.shared or is_fake_quant(node) or node not in quantized:
             continue
-        if slot.role == "weight" and node.users and all(is_fake_quant(u) for u in node.users):
-            continue  # already wrapped
         assert isinstance(params, QuantParams)
         everyone = node.op == "get_attr" or _int8_product(node)
         sites.append((node, params, None if everyone else quantized[node]))
