@@ -42,6 +42,8 @@ class Property(StrEnum):
     """Quantized values pass through trainable ``fxpress.fake_quantize`` ops holding their parameters (fake-quantize)."""
     QAT_TRAINED = "qat-trained"
     """Weights and quantization parameters were trained through fake quantization (freeze-fake-quant, qat)."""
+    WEIGHTS_SHARED = "weights-shared"
+    """Linear and conv weights hold few shared values, k-means centroids or hash buckets (share-weights)."""
 
 
 WEIGHT_DEPENDENT: frozenset[Property] = frozenset({Property.OBSERVED, Property.CALIBRATED})

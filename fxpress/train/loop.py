@@ -1,4 +1,4 @@
-"""The masked training loop that `fine_tune` and `distil` share: one epoch at a time, zeros held.
+"""The masked training loop that `fine_tune`, `distil` and `qat` share: one epoch at a time, zeros held, shared weights tied.
 
     with masked_training(new, what="distil", optimizer="adam", lr=1e-3, weight_decay=0.0,
                          extra=adapters, total=len(data) * epochs, progress=True) as run:
@@ -18,6 +18,16 @@ and the optimizer's state (Adam's moments, SGD's momentum) cleared wherever a
 mask is (re)applied through `apply_masks`, so momentum cannot resurrect a
 pruned weight. On success the `Sparsity` annotations are measured again (a
 trained weight may reach 0 by itself).
+
+Weights annotated `SharedWeights` (``share-weights``) stay shared: at the start
+of every epoch each one's groups are read off its values (`fxpress.sharing.Tie`:
+k-means members hold the same centroid, hash members the same bucket), after
+backward every member's gradient becomes its group's sum (signed for a hash;
+Deep Compression's centroid gradient, so SGD moves a centroid by ``lr`` times
+the sum of its members' gradients), and after the step every member takes its
+group's value again; k-means zeros kept apart stay zero. A weight that no
+longer obeys its annotation when an epoch starts (a hashed weight pruned by
+``fine_tune(sparsify=...)``) is refused by name.
 
 It lives apart from both trainers so that neither imports the other's
 internals; errors name the trainer (``what``) that ran it.
@@ -39,6 +49,7 @@ from tqdm import tqdm
 from fxpress.errors import InputError, PassError
 from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
+from fxpress.sharing import SharedWeights, Tie
 from fxpress.sparse.annotations import Sparsity
 from fxpress.sparse.pattern import parse_pattern
 
@@ -86,6 +97,7 @@ class Training:
         for group in self.opt.param_groups:
             group["lr"] = schedule_lr(group.setdefault("initial_lr", group["lr"]), schedule, epoch, epochs)
         kept = [(self.graph.param(t), m) for t, m in self.masks.items()]
+        tied = [(self.graph.param(t), tie) for t, tie in shared_ties(self.graph, self.what).items()]
         sums: dict[str, float] = {"loss": 0.0}
         batches = 0
         with torch.enable_grad():
@@ -100,8 +112,13 @@ class Training:
                 for p, keep in kept:
                     if p.grad is not None:
                         p.grad.masked_fill_(~keep, 0.0)
+                for p, tie in tied:
+                    if p.grad is not None:
+                        p.grad = tie.gradient(p.grad)
                 self.opt.step()
                 apply_masks(self.graph, self.masks)
+                for p, tie in tied:
+                    tie.project(p)
                 sums["loss"] += scalar
                 for name, part in parts.items():
                     sums[name] = sums.get(name, 0.0) + part
@@ -172,6 +189,24 @@ def annotated_masks(graph: Graph) -> dict[str, torch.Tensor]:
         for n in graph.nodes("get_attr")
         if isinstance(notes.get(n, Sparsity.key), Sparsity)
     }
+
+
+def shared_ties(graph: Graph, what: str) -> dict[str, Tie]:
+    """Parameter path -> the groups its members train in, for every weight annotated `SharedWeights`."""
+    ties: dict[str, Tie] = {}
+    for node in graph.nodes("get_attr"):
+        note = notes.get(node, SharedWeights.key)
+        if not isinstance(note, SharedWeights):
+            continue
+        weight = graph.param(node).detach()
+        problem = note.problem(weight)
+        if problem is not None:
+            raise PassError(
+                f"{what}: weight {node.target} no longer holds its sharing ({problem}); "
+                "prune before share-weights, not while training a shared graph"
+            )
+        ties[str(node.target)] = Tie.of(weight, note)
+    return ties
 
 
 def apply_masks(graph: Graph, masks: dict[str, torch.Tensor], opt: torch.optim.Optimizer | None = None) -> None:
