@@ -29,6 +29,7 @@ from fxpress.passes.observe import Observe
 from fxpress.passes.pipeline import PassRegistry
 from fxpress.passes.prune.prune_channels import PruneChannels
 from fxpress.passes.qat import Qat
+from fxpress.passes.share_weights import ShareWeights
 from fxpress.passes.sparsify import Sparsify
 
 PASSES: dict[str, type[Pass]] = {
@@ -46,6 +47,7 @@ PASSES: dict[str, type[Pass]] = {
     FakeQuantize.name: FakeQuantize,
     FreezeFakeQuant.name: FreezeFakeQuant,
     Qat.name: Qat,
+    ShareWeights.name: ShareWeights,
 }
 
 PIPELINES: dict[str, str] = {
