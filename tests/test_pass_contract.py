@@ -109,6 +109,7 @@ LOSSY = {
     "fake-quantize",
     "freeze-fake-quant",
     "qat",
+    "share-weights",
 }  # passes whose output legitimately differs from their input
 RETRAINS = {"fine-tune", "distil", "qat"}  # training again on its own output changes it again (and honestly says so)
 TRAINS_QPARAMS = {"qat"}  # its quantization parameters are trained with the weights
