@@ -71,7 +71,7 @@ def test_compiled_matches_eager(compiled, cnn_model, x):
 
 def test_manifest_records_signature_pipeline_and_hashes(artifact, graph):
     manifest = json.loads((artifact / "manifest.json").read_text())
-    assert manifest["format"] == "fxpress-artifact" and manifest["format_version"] == 2
+    assert manifest["format"] == "fxpress-artifact" and manifest["format_version"] == 3
     assert manifest["inputs"] == [{"name": "x", "shape": [2, 3, 8, 8], "dtype": "float32"}]
     assert manifest["outputs"] == [{"name": "output0", "shape": [2, 4], "dtype": "float32"}]
     assert manifest["single_output"] is True
@@ -188,7 +188,7 @@ def test_corrupt_or_newer_manifest(artifact, tmp_path):
     copy = _copy(artifact, tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())
     (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
-    with pytest.raises(ArtifactError, match=r"format version 99; this fxpress reads versions \[1, 2\]"):
+    with pytest.raises(ArtifactError, match=r"format version 99; this fxpress reads versions \[1, 2, 3\]"):
         fxpress.load(copy)
     (copy / "manifest.json").write_text("{ not json")
     with pytest.raises(ArtifactError, match="is not valid JSON"):

@@ -137,7 +137,7 @@ def test_compiled_qat_model_is_bit_identical_to_eager_int8_and_packs_its_weights
     assert np.array_equal(out, int8(x).numpy())
     path = compiled.save(tmp_path / "a")
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     assert manifest["packed"] and {e["bits"] for e in manifest["packed"].values()} == {2}
     loaded = fxpress.load(path)
     assert np.array_equal(np.asarray(loaded(x)), out)

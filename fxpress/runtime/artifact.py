@@ -1,15 +1,20 @@
 """The artifact on disk: a directory written atomically and verified on load.
 
-Layout (format version 2)::
+Layout (format version 3)::
 
     DIR/
       manifest.json       what it is: format, inputs, outputs, target, versions,
                           the pipeline and its trace, the parameter order, and
                           the sha256 of every other file
       model.so            the compiled TVM library (Relax VM executable)
-      weights.safetensors the (compile-time transformed) parameters, no pickle;
+      weights.safetensors the (compile-time transformed) parameters, no pickle,
+                          each in its smallest lossless form (storage.py):
                           int8 ones whose values fit 4 or 2 bits packed
-                          (the manifest's ``packed`` table, packing.py)
+                          (the ``packed`` table), few distinct values as
+                          indices + codebook (``codebook``), HashedNets
+                          weights as buckets (``hashed``, stored before the
+                          transform: ``weights_stage: raw``); the manifest's
+                          ``storage`` entry gives bytes dense and as stored
 
 `write_artifact` builds the directory under a temporary name beside the
 destination and renames it into place, so a crash or an error never leaves a
@@ -32,8 +37,10 @@ from typing import Any
 from fxpress.errors import ArtifactError
 
 FORMAT = "fxpress-artifact"
-FORMAT_VERSION = 2
-READS = (1, 2)  # 2 = 1 plus an optional ``packed`` table of sub-8-bit weights (packing.py)
+FORMAT_VERSION = 3
+# 2 = 1 plus an optional ``packed`` table of sub-8-bit weights (packing.py);
+# 3 = 2 plus ``codebook`` and ``hashed`` tables, ``weights_stage`` and ``storage`` (storage.py)
+READS = (1, 2, 3)
 MANIFEST = "manifest.json"
 LIBRARY = "model.so"
 WEIGHTS = "weights.safetensors"

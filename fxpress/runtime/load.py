@@ -1,8 +1,11 @@
 """Load an artifact directory and return a runnable `CompiledModule`.
 
 Verifies the manifest and every file hash first (`read_manifest`), then loads
-the library with ``tvm.runtime.load_module`` and the weights from safetensors
-(packed sub-8-bit weights widened back to int8).
+the library with ``tvm.runtime.load_module`` and the weights from safetensors,
+decoded to dense arrays (storage.py: packed, codebook and hashed weights). An
+artifact whose weights were stored before the compile-time transform
+(``weights_stage: raw``, hashed weights) runs the library's
+``main_transform_params`` on them once here.
 Imports neither torch nor the fxpress compiler.
 """
 
@@ -10,15 +13,17 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import tvm
 from safetensors.numpy import load_file
+from tvm import relax
 
 from fxpress.errors import ArtifactError
 from fxpress.runtime.amx import request_amx_permission
 from fxpress.runtime.artifact import LIBRARY, WEIGHTS, read_manifest
 from fxpress.runtime.cpu import host_cpu_flags
 from fxpress.runtime.module import CompiledModule
-from fxpress.runtime.packing import unpack_params
+from fxpress.runtime.storage import decode_params
 
 
 def load(directory: str | os.PathLike[str], *, num_threads: int | None = None) -> CompiledModule:
@@ -33,10 +38,12 @@ def load(directory: str | os.PathLike[str], *, num_threads: int | None = None) -
     library = os.path.abspath(os.path.join(root, LIBRARY))
     try:
         lib = tvm.runtime.load_module(library)
-        weights = unpack_params(load_file(os.path.join(root, WEIGHTS)), manifest.get("packed", {}))
+        weights = decode_params(load_file(os.path.join(root, WEIGHTS)), manifest)
     except Exception as exc:
         raise ArtifactError(f"artifact {root} could not be loaded: {exc}") from exc
-    missing = [k for k in manifest["params"] if k not in weights]
+    raw = manifest.get("weights_stage") == "raw"
+    wanted = manifest["raw_params"] if raw else manifest["params"]
+    missing = [k for k in wanted if k not in weights]
     if missing:
         raise ArtifactError(f"artifact {root}: {WEIGHTS} lacks parameters {missing[:5]}; recompile it")
     lacking = [f for f in target.get("requires", []) if f not in host_cpu_flags()]
@@ -48,7 +55,27 @@ def load(directory: str | os.PathLike[str], *, num_threads: int | None = None) -
     if target.get("isa") == "x86-amx":
         request_amx_permission()  # before the first tile instruction; a refusal is an error that says why
     device = tvm.cpu() if target.get("device", "cpu") == "cpu" else tvm.cuda()
-    params = [tvm.runtime.tensor(weights[k], device) for k in manifest["params"]]
+    raw_params = [weights[k] for k in wanted] if raw else None
+    if raw_params is not None:
+        params = transform_params(lib, raw_params, device)
+        if len(params) != len(manifest["params"]):
+            raise ArtifactError(
+                f"artifact {root}: the weight transform gave {len(params)} parameters, not "
+                f"the {len(manifest['params'])} its manifest names; recompile it"
+            )
+    else:
+        params = [tvm.runtime.tensor(weights[k], device) for k in manifest["params"]]
     if num_threads is not None:
         manifest = {**manifest, "num_threads": num_threads}
-    return CompiledModule(lib, params, manifest, device=target.get("device", "cpu"), library_path=library)
+    module = CompiledModule(lib, params, manifest, device=target.get("device", "cpu"), library_path=library)
+    module.raw_params = raw_params
+    return module
+
+
+def transform_params(
+    executable: tvm.runtime.Module | tvm.runtime.Executable, raw: list[np.ndarray], device: tvm.runtime.Device
+) -> list[tvm.runtime.Tensor]:
+    """The compiled module's parameters made from the untransformed `raw` ones by its ``main_transform_params``."""
+    vm = relax.VirtualMachine(executable, device)
+    out = vm["main_transform_params"]([tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in raw])
+    return [tvm.runtime.tensor(np.ascontiguousarray(t.numpy()), device) for t in out]

@@ -85,6 +85,8 @@ class CompiledModule:
         self.executable = executable
         self.library_path = library_path  # the artifact's model.so when loaded from one
         self.params = list(params)
+        # the untransformed parameters, kept only for modules whose weights are stored that way (hashed ones)
+        self.raw_params: list[np.ndarray] | None = None
         self.manifest = manifest
         self.runnable = runnable
         self._device = tvm.cpu() if device == "cpu" else tvm.cuda()

@@ -40,6 +40,32 @@ def narrowest_bits(array: np.ndarray) -> int | None:
     return None
 
 
+def pack_fields(fields: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned `bits`-bit fields (any integer array, every value in [0, 2**bits)) as a packed uint8 stream.
+
+    Field ``i`` occupies bits ``i * bits`` upward of the stream, least significant bit first (so for 2 and 4
+    bits, element ``i`` sits in the bits ``(i * bits) % 8`` upward of byte ``i * bits // 8``); the last byte
+    is padded with zeros. Any width from 1 to 8.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"field widths are 1 to 8 bits, got {bits}")
+    flat = fields.reshape(-1).astype(np.uint16)
+    if flat.size and int(flat.max()) >= 2**bits:
+        raise ValueError(f"a field value {int(flat.max())} does not fit {bits} bits")
+    stream = ((flat[:, None] >> np.arange(bits, dtype=np.uint16)) & 1).astype(np.uint8)
+    return np.packbits(stream.reshape(-1), bitorder="little")
+
+
+def unpack_fields(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The `count` unsigned fields (uint8) that `pack_fields` stored in `packed`."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"field widths are 1 to 8 bits, got {bits}")
+    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size != -(-count * bits // 8):
+        raise ValueError(f"{packed.dtype}{list(packed.shape)} cannot hold {count} {bits}-bit fields")
+    stream = np.unpackbits(packed, bitorder="little")[: count * bits].reshape(count, bits).astype(np.uint8)
+    return np.bitwise_or.reduce(stream << np.arange(bits, dtype=np.uint8), axis=1).astype(np.uint8)
+
+
 def pack(array: np.ndarray, bits: int) -> np.ndarray:
     """`array` (int8, every value in the signed `bits`-bit range) as packed uint8 fields (see the module doc)."""
     if bits not in WIDTHS:
@@ -48,11 +74,7 @@ def pack(array: np.ndarray, bits: int) -> np.ndarray:
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     if flat.size and (int(flat.min()) < lo or int(flat.max()) > hi):
         raise ValueError(f"values outside [{lo}, {hi}] do not fit {bits} bits")
-    per_byte = 8 // bits
-    fields = (flat & (2**bits - 1)).astype(np.uint8)
-    fields = np.pad(fields, (0, -fields.size % per_byte)).reshape(-1, per_byte)
-    shifts = (np.arange(per_byte, dtype=np.uint8) * bits).astype(np.uint8)
-    return np.bitwise_or.reduce(fields << shifts, axis=1).astype(np.uint8)
+    return pack_fields(flat & (2**bits - 1), bits)
 
 
 def unpack(packed: np.ndarray, bits: int, shape: tuple[int, ...] | list[int]) -> np.ndarray:
@@ -60,11 +82,7 @@ def unpack(packed: np.ndarray, bits: int, shape: tuple[int, ...] | list[int]) ->
     if bits not in WIDTHS:
         raise ValueError(f"packed widths are {WIDTHS}, got {bits}")
     count = int(np.prod(shape, dtype=np.int64))
-    per_byte = 8 // bits
-    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size != -(-count // per_byte):
-        raise ValueError(f"{packed.dtype}{list(packed.shape)} cannot hold {count} {bits}-bit fields")
-    shifts = (np.arange(per_byte, dtype=np.uint8) * bits).astype(np.uint8)
-    fields = ((packed[:, None] >> shifts) & (2**bits - 1)).reshape(-1)[:count].astype(np.int16)
+    fields = unpack_fields(packed, bits, count).astype(np.int16)
     signed = np.where(fields >= 2 ** (bits - 1), fields - 2**bits, fields)
     return signed.astype(np.int8).reshape(tuple(shape))
 

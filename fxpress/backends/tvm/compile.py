@@ -37,9 +37,11 @@ from fxpress.backends.tvm.pack_weights import pack_weights
 from fxpress.backends.tvm.targets import TargetSpec, resolve_target
 from fxpress.backends.tvm.tuning.records import apply_records, open_records
 from fxpress.errors import BackendError
+from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
 from fxpress.quant.qat_graph import is_fake_quant
 from fxpress.runtime.module import CompiledModule
+from fxpress.sharing.annotations import SharedWeights
 from fxpress.version import __version__
 
 
@@ -68,7 +70,8 @@ def _constants(ep: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:
     return out
 
 
-def _import(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor]]:
+def _import(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor], list[str]]:
+    """(the lifted Relax module, its untransformed parameters, the graph target of each: '' for none)."""
     try:
         ep = graph.export()
     except Exception as exc:
@@ -82,9 +85,12 @@ def _import(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runt
             "keep the ops it lacks out of the graph, or add a converter in fxpress/backends/tvm/convert_map.py"
         ) from exc
     mod, params = relax.frontend.detach_params(mod)
+    by_placeholder = {s.arg.name: str(s.target) for s in ep.graph_signature.input_specs if s.target is not None}
+    raw = mod["main"].params[int(mod["main"].attrs["num_input"]) :]
+    targets = [by_placeholder.get(v.name, "") for v in raw]
     if spec.isa.arch == "x86_64":
         mod = pack_weights(mod, spec.target)
-    return relax.transform.LiftTransformParams()(mod), list(params.get("main", []))
+    return relax.transform.LiftTransformParams()(mod), list(params.get("main", [])), targets
 
 
 def import_graph(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor], list[dict[str, Any]]]:
@@ -92,10 +98,40 @@ def import_graph(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm
 
     Shared by compile and tune (tuning/tasks.py), so tuned workloads are the functions compile schedules.
     """
+    mod, params, sparse, _ = import_graph_targets(graph, spec)
+    return mod, params, sparse
+
+
+def import_graph_targets(
+    graph: Graph, spec: TargetSpec
+) -> tuple[tvm.IRModule, list[tvm.runtime.Tensor], list[dict[str, Any]], list[str]]:
+    """`import_graph`, plus the graph target (``get_attr`` name) of each untransformed parameter ('' for none)."""
     graph, sparse = lower_block_sparse(graph, spec)
     graph, _ = lower_channels_last(graph, spec)
-    mod, params = _import(graph, spec)
-    return mod, params, sparse
+    mod, params, targets = _import(graph, spec)
+    return mod, params, sparse, targets
+
+
+def _hashed(graph: Graph, targets: list[str]) -> dict[str, Any]:
+    """The manifest entries that store HashedNets weights as buckets, {} when the graph has none.
+
+    ``raw_params`` names the untransformed parameters (``r{i}_{target}``), ``hashed_params`` the hashed ones
+    with their bucket count and seed; save.py then writes the untransformed parameters and load.py runs the
+    library's transform on them.
+    """
+    hashed = {}
+    for node in graph.nodes("get_attr"):
+        note = notes.get(node, SharedWeights.key)
+        if isinstance(note, SharedWeights) and note.method == "hash":
+            hashed[str(node.target)] = {"buckets": note.clusters, "seed": note.seed}
+    if not hashed or not set(hashed) <= set(targets):
+        return {}  # a hashed weight the backend rewrote (e.g. block-sparse) is stored as the module reads it
+    names = [f"r{i}_{t or 'constant'}" for i, t in enumerate(targets)]
+    return {
+        "weights_stage": "raw",
+        "raw_params": names,
+        "hashed_params": {n: hashed[t] for n, t in zip(names, targets, strict=True) if t in hashed},
+    }
 
 
 def _build(
@@ -135,7 +171,7 @@ def compile_graph(
             "and fold-qdq before compiling, e.g. fxpress.optimize(graph, [FreezeFakeQuant(), FoldQDQ()])"
         )
     spec = target if isinstance(target, TargetSpec) else resolve_target(target, num_threads=num_threads, cross=cross)
-    mod, params, sparse = import_graph(graph, spec)
+    mod, params, sparse, targets = import_graph_targets(graph, spec)
     timings: dict[str, float] = {}
     records = open_records(spec, tuning)
     applied: list[str] = []
@@ -145,6 +181,7 @@ def compile_graph(
     host_exe = exe if spec.host_runnable else _build(mod, resolve_target("x86"), {})
     final = _transform_params(host_exe, params)
     names = [f"p{i}_{v.name}" for i, v in enumerate(mod["main"].params[int(mod["main"].attrs["num_input"]) :])]
+    hashed = _hashed(graph, targets) if spec.host_runnable else {}
     manifest = {
         "model": graph.model_name,
         **_signature(graph),
@@ -152,6 +189,7 @@ def compile_graph(
         "num_threads": int(spec.target.attrs.get("num-cores", 0)) if spec.device == "cpu" else 0,
         "params": names,
         "block_sparse": sparse,
+        **hashed,
         "tuning": {
             "records": str(records.directory) if records else None,
             "functions_from_records": len(applied),
@@ -168,4 +206,7 @@ def compile_graph(
             "machine": platform.machine(),
         },
     }
-    return CompiledModule(exe, final, manifest, device=spec.device, runnable=spec.host_runnable)
+    module = CompiledModule(exe, final, manifest, device=spec.device, runnable=spec.host_runnable)
+    if hashed:
+        module.raw_params = [np.ascontiguousarray(p.numpy()) for p in params]
+    return module
