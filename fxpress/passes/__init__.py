@@ -20,6 +20,7 @@ from fxpress.passes.observe import Observe
 from fxpress.passes.pipeline import PassRegistry, print_pipeline
 from fxpress.passes.qat import Qat
 from fxpress.passes.registry import PASSES, PIPELINES, REGISTRY, parse_pipeline
+from fxpress.passes.share_weights import ShareWeights
 from fxpress.passes.sparsify import Sparsify
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "PassResult",
     "PrintIRAfter",
     "Qat",
+    "ShareWeights",
     "Sparsify",
     "Timing",
     "optimize",
