@@ -42,6 +42,8 @@ class Property(StrEnum):
     """Quantized values pass through trainable ``fxpress.fake_quantize`` ops holding their parameters (fake-quantize)."""
     QAT_TRAINED = "qat-trained"
     """Weights and quantization parameters were trained through fake quantization (freeze-fake-quant, qat)."""
+    LOW_RANK = "low-rank"
+    """Linears and convs were replaced by chains of smaller dense factor layers (low-rank)."""
     WEIGHTS_SHARED = "weights-shared"
     """Linear and conv weights hold few shared values, k-means centroids or hash buckets (share-weights)."""
 
