@@ -25,6 +25,7 @@ from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
 from fxpress.passes.fold_qdq import FoldQDQ
 from fxpress.passes.freeze_fake_quant import FreezeFakeQuant
+from fxpress.passes.low_rank import LowRank
 from fxpress.passes.observe import Observe
 from fxpress.passes.pipeline import PassRegistry
 from fxpress.passes.prune.prune_channels import PruneChannels
@@ -48,6 +49,7 @@ PASSES: dict[str, type[Pass]] = {
     FreezeFakeQuant.name: FreezeFakeQuant,
     Qat.name: Qat,
     ShareWeights.name: ShareWeights,
+    LowRank.name: LowRank,
 }
 
 PIPELINES: dict[str, str] = {
