@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, int]] = [
     ("fxpress.ir", 0),
     ("fxpress.quant", 1),
     ("fxpress.sparse", 1),
+    ("fxpress.lowrank", 1),
     ("fxpress.sharing", 1),
     ("fxpress.train", 2),
     ("fxpress.passes", 3),

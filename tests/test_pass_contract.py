@@ -110,6 +110,7 @@ LOSSY = {
     "freeze-fake-quant",
     "qat",
     "share-weights",
+    "low-rank",
 }  # passes whose output legitimately differs from their input
 RETRAINS = {"fine-tune", "distil", "qat"}  # training again on its own output changes it again (and honestly says so)
 TRAINS_QPARAMS = {"qat"}  # its quantization parameters are trained with the weights
