@@ -15,6 +15,7 @@ from fxpress.passes.fold_bn import FoldBatchNorm
 from fxpress.passes.fold_constants import FoldConstants
 from fxpress.passes.fold_qdq import FoldQDQ
 from fxpress.passes.freeze_fake_quant import FreezeFakeQuant
+from fxpress.passes.low_rank import LowRank
 from fxpress.passes.manager import DumpIR, Instrument, PassManager, PrintIRAfter, Timing, optimize
 from fxpress.passes.observe import Observe
 from fxpress.passes.pipeline import PassRegistry, print_pipeline
@@ -41,6 +42,7 @@ __all__ = [
     "FoldQDQ",
     "FreezeFakeQuant",
     "Instrument",
+    "LowRank",
     "Observe",
     "Pass",
     "PassManager",
