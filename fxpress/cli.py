@@ -152,7 +152,15 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
     graph = _capture_factory(args)
     data = load_calibration(args.calibration, graph)
     t = _progress(f"quantizing with {args.passes!r} and measuring each layer")
-    report = quant_report(graph, data, passes=args.passes, limit=args.limit)
+    report = quant_report(
+        graph,
+        data,
+        passes=args.passes,
+        limit=args.limit,
+        weight_scheme=args.weight_scheme,
+        weight_bits=args.weight_bits,
+        compare_weights=args.compare_weights,
+    )
     _done(t)
     print(json.dumps(report.to_json(), indent=2) if args.json else report)
     return 0
@@ -264,6 +272,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"pipeline   {m.get('pipeline') or '(none)'}")
     print("versions   " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()))
     print("files      " + ", ".join(f"{k} ({v[:12]})" for k, v in m["files"].items()))
+    _print_storage(m, args)
     rows = [("pass", "ms", "ops", "param bytes", "modified")]
     for r in m.get("trace", []):
         rows.append(
@@ -281,6 +290,23 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for r in rows:
             print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
+
+
+def _print_storage(m: dict[str, Any], args: argparse.Namespace) -> None:
+    from fxpress.reports.size import artifact_sizes, human_bytes
+
+    storage = m.get("storage")
+    if storage:
+        forms = ", ".join(f"{k} {v}" for k, v in storage["forms"].items() if v) or "all dense"
+        ratio = storage["dense_bytes"] / max(storage["stored_bytes"], 1)
+        print(
+            f"weights    {human_bytes(storage['stored_bytes'])} stored of {human_bytes(storage['dense_bytes'])} "
+            f"(x{ratio:.1f}; {forms}; decoded {storage['decode']})"
+        )
+    if args.sizes:
+        report = artifact_sizes(args.artifact)
+        print("\nweight sizes (dense fp32, as stored, entropy-coded estimate: Deep Compression's Huffman stage)")
+        print("  " + report.text().replace("\n", "\n  "))
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
@@ -365,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show an artifact's manifest and pass trace")
     i.add_argument("artifact")
     i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    i.add_argument(
+        "--sizes", action="store_true", help="per-tensor weight sizes: dense fp32, stored, entropy-coded estimate"
+    )
     i.set_defaults(func=cmd_inspect)
 
     pr = sub.add_parser("prune-report", help="what channel pruning at a ratio would remove (changes nothing)")
@@ -385,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"quantization pipeline (default {QUANT_PIPELINE}; `fxpress passes` lists it)",
     )
     qr.add_argument("--limit", type=int, default=0, help="use at most N calibration batches (default 0: all)")
+    qr.add_argument("--weight-scheme", choices=("uniform", "log"), help="override observe's weight-scheme")
+    qr.add_argument("--weight-bits", type=int, help="override observe's weight-bits (log: 2 to 4)")
+    qr.add_argument(
+        "--compare-weights",
+        choices=("uniform", "log"),
+        help="add per-layer columns with each weight on these levels at the same bit width",
+    )
     qr.add_argument("--json", action="store_true", help="print the report as JSON")
     qr.set_defaults(func=cmd_quant_report)
 

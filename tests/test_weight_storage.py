@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import fxpress
-from fxpress.errors import ArtifactError
+from fxpress.cli import main
 from fxpress.ir import annotations as notes
+from fxpress.reports.size import artifact_sizes, entropy_bytes, huffman_bits, weight_sizes
 from fxpress.runtime import codebook, storage
 from fxpress.runtime.hashing import expand, hash_buckets
 from fxpress.runtime.packing import pack_fields, unpack_fields
@@ -70,7 +71,7 @@ def test_hashed_weight_is_stored_as_its_buckets():
     assert np.array_equal(storage.decode_params(out, tables)["w"], weight)
     broken = weight.copy()
     broken[0, 0] += 1.0
-    with pytest.raises(ValueError, match="'w'.*does not follow its hash"):
+    with pytest.raises(ValueError, match=r"'w'.*does not follow its hash"):
         storage.encode_params({"w": broken}, {"w": {"buckets": 100, "seed": 3}})
 
 
@@ -145,3 +146,40 @@ def test_hash_indices_are_spread_and_fixed():
     # pinned: artifacts store only the buckets, so the hash may never change
     assert index[0, :4].tolist() == [473, 616, 1619, 2842] and sign[0, :4].tolist() == [-1, -1, 1, 1]
     assert not np.array_equal(index, hash_buckets((300, 784), 3675, seed=8)[0])
+
+
+def test_huffman_bits_are_exact_code_lengths():
+    assert huffman_bits([7]) == 7  # one symbol: a bit each
+    assert huffman_bits([1, 1]) == 2 and huffman_bits([1, 1, 2]) == 6  # codes 10, 11, 0
+    assert huffman_bits([0, 5, 0, 5]) == 10  # absent symbols cost nothing
+
+
+def test_entropy_estimate_uses_the_sparse_form_when_smaller():
+    rng = np.random.default_rng(3)
+    centroids = rng.standard_normal(64).astype(np.float32)
+    weight = centroids[rng.integers(0, 64, size=(300, 784))]
+    weight[rng.random(weight.shape) > 0.08] = 0.0  # 8 % of weights left, as Deep Compression's LeNet-300-100
+    coded = entropy_bytes(weight)
+    dense_indices = -(-weight.size * 7 // 8)  # 65 entries: 7-bit indices
+    assert coded is not None and coded < dense_indices / 4  # the relative-index form wins by far
+    assert coded > weight.size * 0.08 * 6 / 8  # but cannot beat 6 bits a surviving weight
+    assert entropy_bytes(rng.standard_normal(1000).astype(np.float32)) is None  # > 256 values: not coded
+
+
+def test_size_report_of_a_graph_and_of_its_artifact(tmp_path, capsys):
+    graph, _ = _shared_graph(hashed=False)
+    report = weight_sizes(graph)
+    fc1 = next(t for t in report.tensors if t.name == "fc1.weight")
+    assert fc1.form == "codebook" and fc1.dense_fp32_bytes == 96 * 64 * 4
+    assert fc1.stored_bytes == 96 * 64 * 4 // 8 + 16 * 4  # 4-bit indices + 16 float centroids
+    assert fc1.entropy_bytes <= fc1.stored_bytes
+    assert report.dense_fp32_bytes == sum(p.numel() * 4 for p in graph.params().values())
+    assert "total" in report.text() and report.to_json()["ratios"]["stored"] > 1
+    fxpress.compile(graph, target="x86").save(tmp_path / "a")
+    assert (
+        artifact_sizes(tmp_path / "a").stored_bytes
+        == json.loads((tmp_path / "a" / "manifest.json").read_text())["storage"]["stored_bytes"]
+    )
+    assert main(["inspect", str(tmp_path / "a"), "--sizes"]) == 0
+    out = capsys.readouterr().out
+    assert "codebook 1" in out and "entropy-coded" in out
