@@ -198,6 +198,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     _done(t)
     path = compiled.save(args.output)
     print(f"wrote {path}")
+    from fxpress.runtime.artifact import read_manifest
+
+    _print_storage(read_manifest(path), argparse.Namespace(sizes=False))
     return 0
 
 
