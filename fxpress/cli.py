@@ -5,6 +5,7 @@
     fxpress run DIR --input x.npy [--output y.npy]
     fxpress inspect DIR
     fxpress prune-report MODULE:FACTORY --input-shape 1,3,224,224 --ratio 0.5
+    fxpress low-rank-report MODULE:FACTORY --input-shape 1,3,224,224 --ratio 0.5 [--calibration DATA]
     fxpress quant-report MODULE:FACTORY --input-shape 8,3,32,32 --calibration DIR_OR_MODULE:FUNCTION
     fxpress passes
     fxpress demo [-o DIR]
@@ -108,6 +109,23 @@ def cmd_prune_report(args: argparse.Namespace) -> int:
     if args.passes:
         graph = fxpress.optimize(graph, args.passes)
     report = prune_report(graph, args.ratio, per_layer=not args.global_ranking, round_to=args.round_to)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report)
+    return 0
+
+
+def cmd_low_rank_report(args: argparse.Namespace) -> int:
+    import fxpress
+    from fxpress.lowrank import LowRankRequest
+    from fxpress.quant.calib_data import load_calibration
+    from fxpress.reports.low_rank_report import low_rank_report
+
+    opts = ("method", "energy", "ratio", "ranks", "layers", "skip", "rank_multiple")
+    request = LowRankRequest(**{k: getattr(args, k) for k in opts if getattr(args, k) is not None})
+    graph = _capture_factory(args)
+    if args.passes:
+        graph = fxpress.optimize(graph, args.passes)
+    data = load_calibration(args.calibration, graph) if args.calibration else None
+    report = low_rank_report(graph, request, data=data, limit=args.limit)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report)
     return 0
 
@@ -407,6 +425,25 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of this")
     pr.add_argument("--json", action="store_true", help="print the report as JSON")
     pr.set_defaults(func=cmd_prune_report)
+
+    lr = sub.add_parser(
+        "low-rank-report", help="per-layer ranks, sizes and errors of low-rank factors (changes nothing)"
+    )
+    _add_model_args(lr)
+    lr.add_argument("--passes", default="fold-bn", help="pipeline to run first (default fold-bn)")
+    lr.add_argument("--method", help="kxk convs: tucker2 (default), spatial or svd; linears take the SVD")
+    lr.add_argument("--energy", type=float, help="rank keeping this fraction of the squared singular values")
+    lr.add_argument("--ratio", type=float, help="factors hold at most this fraction of weights/MACs (default 0.5)")
+    lr.add_argument("--ranks", help="explicit ranks, NAME=R;NAME2=RINxROUT (NAME: a regex over layer names)")
+    lr.add_argument("--layers", help="only layers one of whose names fully matches this regex")
+    lr.add_argument("--skip", action="append", help="regex of layers to leave alone (repeatable)")
+    lr.add_argument("--rank-multiple", type=int, help="round ranks to a multiple of this (default 16)")
+    lr.add_argument(
+        "--calibration", metavar="DATA", help="inputs for output errors: .npy/.npz directory or MODULE:FUNCTION"
+    )
+    lr.add_argument("--limit", type=int, default=0, help="use at most N calibration batches (default 0: all)")
+    lr.add_argument("--json", action="store_true", help="print the report as JSON")
+    lr.set_defaults(func=cmd_low_rank_report)
 
     qr = sub.add_parser("quant-report", help="per-layer int8 error on calibration data, worst first")
     _add_model_args(qr, example_shape="8,3,32,32")

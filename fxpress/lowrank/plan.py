@@ -228,7 +228,7 @@ def _why_alone(graph: Graph, op: torch.fx.Node, args: dict[str, Any], uses: Coun
     if uses[str(w.target)] > 1:
         return f"its weight is shared by {uses[str(w.target)]} ops"
     if op.target == aten.conv2d.default and args.get("groups", 1) != 1:
-        return f"a grouped conv (groups={args['groups']}): left alone"
+        return f"a grouped conv (groups={args['groups']})"
     if op.target == aten.linear.default and graph.param(w).dim() != 2:
         return "a linear weight of rank != 2"
     return None
