@@ -24,7 +24,13 @@ built; each failure a `LowRankError` subclass):
   stays as it is); explicit ranks are used as written. Multiples of the
   kernels' vector width keep the factors' GEMMs free of remainder tiles;
 - ``layers``: a regex; only layers one of whose names fully matches it;
-- ``skip``: regexes of layers to leave alone.
+- ``skip``: regexes of layers to leave alone;
+- ``data`` (Python only, like ``calibrate``'s): calibration batches (tuples of
+  inputs). Given, every layer the SVD factorizes (linears, svd convs) is
+  factorized *data-aware*: the SVD of ``W C^(1/2)``, C the second moment of
+  the layer's inputs on the data (`fxpress.lowrank.factors.Whitening`), which
+  minimizes the layer's output error on that data instead of the weight error;
+  energy ranks then count the whitened spectrum. Tucker-2 and spatial ignore it.
 
 A layer's names are its module path (``bert.encoder.layer.0.intermediate.dense``:
 what the report prints), its op node's name, and its weight's parameter path.
@@ -43,7 +49,7 @@ import difflib
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +63,7 @@ from fxpress.lowrank.errors import LowRankError, RankError, ThresholdError, Unkn
 from fxpress.lowrank.factors import (
     ConvGeometry,
     Factorization,
+    Whitening,
     energy_rank,
     spatial_factors,
     spatial_spectrum,
@@ -66,6 +73,7 @@ from fxpress.lowrank.factors import (
     tucker2_factors,
     tucker_spectra,
 )
+from fxpress.lowrank.moments import input_moments
 
 if TYPE_CHECKING:
     from fxpress.ir.graph import Graph
@@ -119,6 +127,7 @@ class LowRankRequest:
     layers: str | None = None
     skip: tuple[str, ...] = ()
     rank_multiple: int = 16
+    data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -137,11 +146,16 @@ class LowRankRequest:
         object.__setattr__(self, "skip", (self.skip,) if isinstance(self.skip, str) else tuple(self.skip))
         for regex in (*([self.layers] if self.layers is not None else []), *self.skip):
             _compile(regex, "layers/skip")
+        if isinstance(self.data, str | bytes) or (self.data is not None and not isinstance(self.data, Iterable)):
+            raise LowRankError(
+                "data (for the data-aware SVD) is a Python iterable of input tuples, not pipeline text: "
+                "LowRank(ratio=0.5, data=[(x,), ...])"
+            )
 
     def low_rank_request(self) -> LowRankRequest:
         """This request as a plain `LowRankRequest` (the pass is one; the report takes either)."""
         return LowRankRequest(
-            self.method, self.energy, self.ratio, self.ranks, self.layers, self.skip, self.rank_multiple
+            self.method, self.energy, self.ratio, self.ranks, self.layers, self.skip, self.rank_multiple, self.data
         )
 
     def rank_table(self) -> list[tuple[str, tuple[int, ...]]]:
@@ -389,14 +403,16 @@ def _check_bound(layer: Layer, method: str, rank: tuple[int, ...]) -> tuple[int,
     return rank
 
 
-def _factorize(weight: torch.Tensor, layer: Layer, method: str, rank: tuple[int, ...]) -> Factorization:
+def _factorize(
+    weight: torch.Tensor, layer: Layer, method: str, rank: tuple[int, ...], whitening: Whitening | None = None
+) -> Factorization:
     if method == "tucker2":
         assert layer.geometry is not None
         return tucker2_factors(weight, rank[0], rank[1], layer.geometry)
     if method == "spatial":
         assert layer.geometry is not None
         return spatial_factors(weight, rank[0], layer.geometry)
-    return svd_factors(weight, rank[0], layer.geometry)
+    return svd_factors(weight, rank[0], layer.geometry, whitening)
 
 
 def plan_low_rank(graph: Graph, request: LowRankRequest) -> list[LayerPlan]:
@@ -404,6 +420,7 @@ def plan_low_rank(graph: Graph, request: LowRankRequest) -> list[LayerPlan]:
     layers = find_layers(graph)
     _check_names(graph, request, layers)
     table = request.rank_table()
+    whitening = _whitenings(graph, request, layers)
     rows: list[LayerPlan] = []
     seen_factored: set[str] = set()
     for layer in layers:
@@ -420,8 +437,20 @@ def plan_low_rank(graph: Graph, request: LowRankRequest) -> list[LayerPlan]:
             row.status = f"left alone: {layer.alone}"
             rows.append(row)
             continue
-        rows.append(_plan_layer(graph, request, layer, row, table))
+        rows.append(_plan_layer(graph, request, layer, row, table, whitening.get(layer.op.name)))
     return rows
+
+
+def _whitenings(graph: Graph, request: LowRankRequest, layers: list[Layer]) -> dict[str, Whitening]:
+    """Each selected SVD layer's input whitening on `request.data` (none without data)."""
+    if request.data is None:
+        return {}
+    ops = [
+        x.op.name
+        for x in layers
+        if x.factor is None and x.alone is None and x.method(request.method) == "svd" and _selected(request, x) is None
+    ]
+    return {op: Whitening.of(m) for op, m in input_moments(graph, ops, request.data).items()}
 
 
 def _selected(request: LowRankRequest, layer: Layer) -> str | None:
@@ -437,7 +466,12 @@ def _selected(request: LowRankRequest, layer: Layer) -> str | None:
 
 
 def _plan_layer(
-    graph: Graph, request: LowRankRequest, layer: Layer, row: LayerPlan, table: list[tuple[str, tuple[int, ...]]]
+    graph: Graph,
+    request: LowRankRequest,
+    layer: Layer,
+    row: LayerPlan,
+    table: list[tuple[str, tuple[int, ...]]],
+    whitening: Whitening | None,
 ) -> LayerPlan:
     method = layer.method(request.method)
     row.method, row.weight = method, str(bind(layer.op.target, layer.op.args, layer.op.kwargs)["weight"].target)
@@ -452,10 +486,8 @@ def _plan_layer(
     if explicit is not None:
         rank, row.chosen_by = _check_bound(layer, method, explicit), "ranks"
     elif request.energy is not None:
-        rank, row.chosen_by = (
-            _by_energy(weight, layer, method, request.energy, request.rank_multiple),
-            (f"energy={request.energy:g}"),
-        )
+        rank = _by_energy(weight, layer, method, request.energy, request.rank_multiple, whitening)
+        row.chosen_by = f"energy={request.energy:g}"
     elif request.ratio is not None or not table:
         ratio = DEFAULT_RATIO if request.ratio is None else request.ratio
         rank, row.chosen_by = _ratio_rank(layer, method, ratio, request.rank_multiple), f"ratio={ratio:g}"
@@ -470,20 +502,24 @@ def _plan_layer(
     row.weights, row.macs = (layer.weights, after[0]), (layer.macs, after[1])
     if after[0] >= layer.weights or after[1] >= layer.macs:
         row.status = f"left alone: factors not smaller ({after[0]} weights, {after[1]} MACs)"
-        if method != "tucker2":
+        if method != "tucker2" and whitening is None:
             spectrum = spatial_spectrum(weight) if method == "spatial" else svd_spectrum(weight)
             row.error = tail_error(spectrum, rank[0])
         return row
-    row.factorization = _factorize(weight, layer, method, rank)
+    row.factorization = _factorize(weight, layer, method, rank, whitening)
+    if whitening is not None:
+        row.chosen_by += ", data-aware"
     row.error = row.factorization.relative_error(weight)
     row.status = FACTORIZE
     return row
 
 
-def _by_energy(weight: torch.Tensor, layer: Layer, method: str, energy: float, multiple: int) -> tuple[int, ...]:
+def _by_energy(
+    weight: torch.Tensor, layer: Layer, method: str, energy: float, multiple: int, whitening: Whitening | None
+) -> tuple[int, ...]:
     bound = layer.bound(method)
     if method == "tucker2":
         spectra = tucker_spectra(weight)
         return tuple(_round_up(energy_rank(s, energy), multiple, b) for s, b in zip(spectra, bound, strict=True))
-    spectrum = spatial_spectrum(weight) if method == "spatial" else svd_spectrum(weight)
+    spectrum = spatial_spectrum(weight) if method == "spatial" else svd_spectrum(weight, whitening)
     return (_round_up(energy_rank(spectrum, energy), multiple, bound[0]),)

@@ -12,7 +12,10 @@ regex over the layer's module path, op name and weight path), else from
 for convs, multiply-adds; 0.5 when nothing is given), rounded to
 ``rank-multiple`` (default 16: ranks that fill the fp32 kernels' 16-lane
 panels); ``method`` (tucker2, spatial, svd) says how kxk convs split; linears
-and 1x1 convs take the SVD. The factors are ordinary ``aten.linear`` /
+and 1x1 convs take the SVD, *data-aware* when calibration batches are given
+in Python (``LowRank(ratio=0.5, data=batches)``: the SVD of ``W C^(1/2)``, C
+the second moment of the layer's inputs, which minimizes the output error on
+that data rather than the weight error). The factors are ordinary ``aten.linear`` /
 ``aten.conv2d`` ops with new frozen parameters (marked `LowRankFactor`), so
 every backend runs them as dense kernels, and later passes (``observe``,
 ``fold-qdq``, ``fine-tune``) treat them like any layer. ``fxpress
@@ -40,13 +43,14 @@ quantization.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from fxpress.ir.graph import Graph
 from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
 from fxpress.lowrank.plan import LowRankRequest, plan_low_rank
 from fxpress.lowrank.rewrite import apply_plan
-from fxpress.passes.base import AnalysisManager, Pass, PassResult
+from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class LowRank(LowRankRequest, Pass):
     name = "low-rank"
     establishes = frozenset({Property.LOW_RANK})
     invalidates = WEIGHT_DEPENDENT
+
+    def text(self) -> str:
+        return print_pass(dataclasses.replace(self, data=None))  # data is not pipeline text
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         plan = plan_low_rank(graph, self)
