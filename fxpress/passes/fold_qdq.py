@@ -24,7 +24,9 @@ then the clean-up rules (`fxpress.passes.qdq_rules`, run by the greedy driver
 Convolutions are NCHW 2-D ones (``aten.conv2d``, its ``padding="same"``
 form, or a non-transposed ``aten.convolution``): regular, depthwise and
 grouped, any stride, padding and dilation. Weights are quantized once here and
-stored as int8 parameters (the float weight is dropped); the bias becomes
+stored as int8 parameters (the float weight is dropped; log-level weights,
+``observe{weight-scheme=log}``, round to the nearest of 0 and +-2^k, int8
+values the same kernels multiply exactly); the bias becomes
 int32 at scale ``sx * sw``; the requantization multiplier ``sx * sw[o] / sy``
 becomes a Q31 multiplier and a shift (`fxpress.ir.ops.requantize_params`).
 uint8 activation parameters are re-expressed as int8 (zero point - 128: the
@@ -41,8 +43,8 @@ result equals the integer reference bit for bit (eager and TVM); against fake
 quantization in float it differs by at most one output step (rounding of the
 int32 bias and of the fixed-point multiplier). Leaves alone: (reported in
 ``stats["float"]`` with the reason) ops whose input, weight or output has
-no parameters, per-channel activations, weights with a non-zero zero point,
-multipliers outside the fixed-point range, transposed and non-2-D
+no parameters, per-channel or log-level activations, weights with a
+non-zero zero point, multipliers outside the fixed-point range, transposed and non-2-D
 convolutions, matmuls with a constant operand (a linear is the integer form of
 those) or a 1-D operand. Add and cat are not folded yet: they stay float
 (correct, not faster).
@@ -66,6 +68,7 @@ from fxpress.passes.base import AnalysisManager, Pass, PassResult
 from fxpress.passes.qdq_rules import RULES, clean_up, takes_place_of
 from fxpress.quant.annotations import QuantParams
 from fxpress.quant.qat_graph import is_fake_quant
+from fxpress.quant.scheme import round_to_levels
 
 aten = torch.ops.aten
 fx_ops = torch.ops.fxpress
@@ -91,6 +94,8 @@ def _why_not(x: Any, w: Any, node: torch.fx.Node) -> str | None:
         return "input, weight or output has no quantization parameters"
     if px.axis is not None or py.axis is not None:
         return "per-channel activation parameters"
+    if px.scheme.log_levels or py.scheme.log_levels:
+        return "log-level activations (log levels are for weights only)"
     if bool((pw.zero_point != 0).any()):
         return "weight zero point is not 0 (integer kernels need symmetric weights)"
     if pw.axis not in (None, 0):
@@ -109,6 +114,8 @@ def _why_not_matmul(node: torch.fx.Node) -> str | None:
         return "an operand or the output has no quantization parameters"
     if any(p.axis is not None for p in (pa, pb, py)):
         return "per-channel activation parameters"
+    if any(p.scheme.log_levels for p in (pa, pb, py)):
+        return "log-level activations (log levels are for weights only)"
     return None
 
 
@@ -134,10 +141,10 @@ def _conv_attrs(node: torch.fx.Node, args: dict[str, Any]) -> tuple[Any, ...] | 
 
 
 def _quantize_weight(weight: torch.Tensor, row_scales: torch.Tensor, pw: QuantParams) -> torch.Tensor:
-    """int8 weights: ``round(w / scale[o])`` clamped to the scheme's range ([-128, 127], [-64, 63] reduced)."""
-    wmin, wmax = pw.scheme.qrange
+    """int8 weights: ``round(w / scale[o])`` clamped to the scheme's range ([-128, 127], [-64, 63] reduced);
+    for log levels the nearest of zero and +-2^k (`round_to_levels`)."""
     scales = row_scales.reshape(-1, *[1] * (weight.dim() - 1))
-    return torch.round(weight / scales).clamp(wmin, wmax).to(torch.int8)
+    return round_to_levels(weight / scales, pw.scheme).to(torch.int8)
 
 
 def _replace(graph: Graph, node: torch.fx.Node, y: torch.fx.Node) -> None:

@@ -11,8 +11,8 @@ of two tensors (residuals) and ``aten.cat``. Each root's tensor inputs and its
 output are observed. A constant operand (a ``get_attr``) is a weight: int8,
 symmetric (zero point 0, as integer kernels want), per output channel when
 ``per-channel=true`` (axis 0 of linear / conv weights, the last axis of a
-matmul's right operand), ranged by ``weight-observer`` (min-max; ``mse`` clips
-outlier weights where that lowers the error); its parameters are computed
+matmul's right operand), ranged by ``weight-observer`` (``auto``: min-max, or ``mse`` for log weights;
+``mse`` clips outlier weights where that lowers the error); its parameters are computed
 here, since weights are constants. ``weight-reduce-range=true`` gives weights
 7 bits ([-64, 63]): then no pair of them can saturate AVX2's ``vpmaddubsw``,
 and the x86 backend runs the layer on its u8s8 kernel, ~1.6x faster than the
@@ -22,7 +22,15 @@ resolution (all-MiniLM-L6-v2: cosine 0.9939 vs 0.9945 with 8 bits), where
 (0.980). ``weight-bits=N`` (2 to 8) gives weights the symmetric N-bit range
 [-(2^(N-1)-1), 2^(N-1)-1] (4 bits: [-7, 7]; 2 bits: [-1, 1], ternary), for
 quantization-aware training (``qat``) or to measure what fewer bits cost;
-they run on the int8 kernels and are stored packed in the artifact. Activations get one scheme (``dtype``,
+they run on the int8 kernels and are stored packed in the artifact.
+``weight-scheme=log`` (with ``weight-bits`` 2, 3 or 4) restricts the weights'
+integers to zero and signed powers of two (4 bits: {0, +-1, +-2, ..., +-64} x
+scale; `fxpress.quant.scheme` says what each width means): the same int8
+kernels compute them exactly, and each weight's scale is the one with the
+least squared rounding error over a search (``weight-observer=auto``, the
+default, is ``mse`` for log weights and ``minmax`` for uniform ones). Log
+levels are for weights only; activations stay uniform. A log-scheme weight
+that is zero throughout is refused, naming the layer (skip it). Activations get one scheme (``dtype``,
 ``symmetric``, ``reduce-range``) and one observer kind (``observer``: minmax,
 moving-average, histogram, percentile, mse, entropy), per tensor.
 ``power-of-two=true`` restricts every scale to a power of two.
@@ -73,7 +81,7 @@ from fxpress.passes.base import AnalysisManager, Pass, PassResult
 from fxpress.quant.annotations import DynamicQuant, ObserverSlot, QuantParams
 from fxpress.quant.observers import OBSERVERS, ObserverSpec
 from fxpress.quant.opsets import OWN_RANGE, QUANTIZABLE, SHARED_PARAMS
-from fxpress.quant.scheme import QScheme
+from fxpress.quant.scheme import LEVELS, LOG_BITS, QScheme, log_bits_message
 
 _WEIGHT_AXIS = {"linear": 0, "conv2d": 0}  # kind -> per-channel axis of args[1]; matmul/bmm: its last axis
 
@@ -94,10 +102,11 @@ class Observe(Pass):
     symmetric: bool = False
     dtype: str = "int8"
     observer: str = "minmax"
-    weight_observer: str = "minmax"
+    weight_observer: str = "auto"
     power_of_two: bool = False
     reduce_range: bool = False
     weight_reduce_range: bool = False
+    weight_scheme: str = "uniform"
     weight_bits: int = 8
     averaging_constant: float = 0.01
     percentile: float = 99.99
@@ -118,6 +127,14 @@ class Observe(Pass):
             except re.error as exc:
                 raise ValueError(f"bad regex {pattern!r}: {exc}") from None
         self.activation_spec()  # validates dtype, observer and its options
+        if self.weight_scheme not in LEVELS:
+            raise ValueError(f"weight-scheme must be one of {', '.join(LEVELS)}, got {self.weight_scheme!r}")
+        if self.weight_scheme == "log" and self.weight_bits not in LOG_BITS:
+            raise ValueError(
+                f"weight-scheme=log: weight-bits={self.weight_bits}, but {log_bits_message(self.weight_bits)}"
+            )
+        if self.weight_scheme == "log" and self.weight_reduce_range:
+            raise ValueError("weight-scheme=log sets the weights' levels; drop weight-reduce-range")
         if not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
             raise ValueError(f"weight-bits must be an integer from 2 to 8, got {self.weight_bits!r}")
         if self.weight_bits < 8 and self.weight_reduce_range:
@@ -125,8 +142,10 @@ class Observe(Pass):
                 f"weight-reduce-range (7-bit weights) and weight-bits={self.weight_bits} both set the weights' "
                 "range; give one (weight-bits=7 is the symmetric 7-bit range)"
             )
-        if self.weight_observer not in OBSERVERS:
-            raise ValueError(f"weight-observer must be one of {', '.join(OBSERVERS)}, got {self.weight_observer!r}")
+        if self.weight_observer != "auto" and self.weight_observer not in OBSERVERS:
+            raise ValueError(
+                f"weight-observer must be one of auto, {', '.join(OBSERVERS)}, got {self.weight_observer!r}"
+            )
         self.weight_spec(0)
 
     def activation_spec(self) -> ObserverSpec:
@@ -137,12 +156,16 @@ class Observe(Pass):
 
     def weight_spec(self, axis: int | None) -> ObserverSpec:
         axis = axis if self.per_channel else None
-        if self.weight_bits < 8:  # the symmetric narrow range: 4 bits [-7, 7], 2 bits [-1, 1] (ternary)
+        log = self.weight_scheme == "log"
+        kind = self.weight_observer if self.weight_observer != "auto" else ("mse" if log else "minmax")
+        if log:  # zero and +-2^k up to 2^K: 4 bits [-64, 64], 3 bits [-4, 4], 2 bits [-1, 1]
+            scheme = QScheme.log(self.weight_bits, axis, self.power_of_two)
+        elif self.weight_bits < 8:  # the symmetric narrow range: 4 bits [-7, 7], 2 bits [-1, 1] (ternary)
             top = 2 ** (self.weight_bits - 1) - 1
             scheme = QScheme("int8", True, axis, self.power_of_two, False, -top, top)
         else:
             scheme = QScheme("int8", True, axis, self.power_of_two, self.weight_reduce_range)
-        return ObserverSpec(self.weight_observer, scheme)
+        return ObserverSpec(kind, scheme)
 
     @staticmethod
     def _matches(node: torch.fx.Node, patterns: tuple[str, ...]) -> bool:
@@ -183,7 +206,7 @@ class Observe(Pass):
                 if operand.op == "get_attr":
                     spec = self.weight_spec(axis)
                     slots[operand] = ObserverSlot("weight", spec)
-                    weights[operand] = self._weight_params(graph, operand, spec)
+                    weights[operand] = self._weight_params(graph, operand, spec, node)
                 elif not runtime:
                     slots.setdefault(operand, ObserverSlot("activation", act))
             if runtime:
@@ -221,13 +244,24 @@ class Observe(Pass):
             roots.append((node, kind))
         return roots
 
-    def _weight_params(self, graph: Graph, node: torch.fx.Node, spec: ObserverSpec) -> QuantParams:
+    def _weight_params(
+        self, graph: Graph, node: torch.fx.Node, spec: ObserverSpec, layer: torch.fx.Node
+    ) -> QuantParams:
         weight = graph.param(node)
         if not bool(torch.isfinite(weight).all()):
             raise PassError(
                 f"weight {node.target!r} holds NaN or Inf; it cannot be quantized",
                 node=node.name,
                 notes=[locate(graph, node)],
+            )
+        if spec.scheme.log_levels and not bool(weight.any()):
+            where = module_path(layer) or layer.name
+            raise PassError(
+                f"weight {node.target!r} of layer {where!r} ({layer.target}) is zero throughout: log levels "
+                f"(weight-scheme=log) have no scale to fit and the layer computes only its bias; keep it in float "
+                f"with observe{{skip=[{where}]}} (or remove the layer)",
+                node=layer.name,
+                notes=[locate(graph, layer)],
             )
         observer = spec.make()
         observer.observe(weight)

@@ -4,7 +4,8 @@ Not passes: the ``observe`` and ``calibrate`` passes (``fxpress/passes``) use
 these to decide how each value is quantized and to record it on the graph.
 
 - `scheme`: `QScheme` (int8/uint8, symmetric/affine, per-tensor/per-channel,
-  linear or power-of-two scales, integer range) and `compute_qparams`, the
+  linear or power-of-two scales, integer range, uniform or log levels: zero
+  and +-2^k for 2 to 4-bit log weights) and `compute_qparams`, the
   (scale, zero point) a [min, max] range gives under a scheme;
 - `observers`: statistics collectors (min-max, moving-average, torch-compatible
   histogram, percentile, MSE, entropy) that choose that range from data;

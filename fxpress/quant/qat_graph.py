@@ -33,7 +33,9 @@ the int8 ops whose results equal the trained fake-quantized ones up to
 fold-qdq's usual one-step rounding of bias and multiplier.
 
 Bad input: a graph with no observer slots (run observe, calibrate), an
-observed value without parameters (run calibrate).
+observed value without parameters (run calibrate), log-level weights
+(``observe{weight-scheme=log}``: the op rounds to uniform levels only;
+post-training log quantization met its accuracy target without training).
 """
 
 from __future__ import annotations
@@ -135,6 +137,15 @@ def _sites(graph: Graph) -> list[tuple[torch.fx.Node, QuantParams, set[torch.fx.
         if slot.shared or is_fake_quant(node) or node not in quantized:
             continue
         assert isinstance(params, QuantParams)
+        if params.scheme.log_levels:
+            raise InputError(
+                f"{node.name} ({node.target}) has log-level weights ({params.scheme.text()}); fake-quantize rounds "
+                "to uniform levels only, so training would round differently from fold-qdq. Quantize log weights "
+                "post-training (observe{weight-scheme=log,weight-bits=4},calibrate,fold-qdq), or train with "
+                "uniform weights (drop weight-scheme=log)",
+                node=node.name,
+                notes=[locate(graph, node)],
+            )
         everyone = node.op == "get_attr" or _int8_product(node)
         sites.append((node, params, None if everyone else quantized[node]))
     if observed == 0:

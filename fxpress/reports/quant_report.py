@@ -23,6 +23,21 @@ float (so the numbers measure quantization only). On every batch, in float64:
 - ``cumulative_sqnr_db`` / ``cumulative_cosine``: the layer's output with
   every int8 layer quantized: the error that has built up by then.
 
+- ``weight_sqnr_db``: the layer's constant weight against its quantized
+  values (None for a layer without one: an add, an attention matmul).
+
+Weight schemes: ``weight_scheme`` / ``weight_bits`` (``--weight-scheme``,
+``--weight-bits``) override the ``observe`` pass's options, so
+``quant_report(m, data, weight_scheme="log", weight_bits=4)`` measures the
+int8 pipeline with 4-bit log-level weights (zero and +-2^k x scale, see
+`fxpress.quant.scheme`). ``compare_weights="log"`` (or ``"uniform"``) adds,
+per layer, what its weight would give under the other levels at the same bit
+width (the same per-channel choice and observer rule): ``compare_weight_sqnr_db``
+(the weight alone) and ``compare_sqnr_db`` (the layer's output with only this
+layer quantized, its weight under the compared scheme): the uniform and log
+columns side by side, for choosing levels per layer. It costs one more run
+per layer and batch.
+
 SQNR is ``10 log10(sum ref^2 / sum (ref - q)^2)`` and cosine is taken over all
 batches and elements together (``inf`` dB, ``null`` in JSON: no error at all). The whole model's
 numbers (``model_sqnr_db`` on the report) come from the folded int8 graph
@@ -73,6 +88,7 @@ from fxpress.passes.pipeline import as_passes
 from fxpress.passes.registry import PIPELINES, REGISTRY
 from fxpress.quant.annotations import QuantParams
 from fxpress.quant.opsets import QUANTIZABLE
+from fxpress.quant.scheme import LEVELS
 
 DEFAULT_PIPELINE = "int8"  # the registry's named pipeline: fold-bn,observe{per-channel=true},calibrate,fold-qdq
 
@@ -103,8 +119,8 @@ class _Error:
         return self.dot / math.sqrt(self.ref2 * self.q2)
 
 
-def _fake(node: torch.fx.Node, value: Any) -> Any:
-    p = get(node, QuantParams.key)
+def _fake(node: torch.fx.Node, value: Any, override: dict[torch.fx.Node, QuantParams] | None = None) -> Any:
+    p = override[node] if override and node in override else get(node, QuantParams.key)
     if isinstance(p, QuantParams) and isinstance(value, torch.Tensor) and value.is_floating_point():
         return p.fake_quantize(value)
     return value
@@ -117,18 +133,27 @@ def _flat(out: Any) -> torch.Tensor:
 
 
 class _FakeQuant(torch.fx.Interpreter):
-    """Runs the graph in float, fake-quantizing the operands and output of `layers`; keeps `watch`'s outputs."""
+    """Runs the graph in float, fake-quantizing the operands and output of `layers`; keeps `watch`'s outputs.
 
-    def __init__(self, gm: torch.fx.GraphModule, layers: Collection[torch.fx.Node], watch: Collection[torch.fx.Node]):
+    `override` gives some operands (weights) other parameters than their annotations.
+    """
+
+    def __init__(
+        self,
+        gm: torch.fx.GraphModule,
+        layers: Collection[torch.fx.Node],
+        watch: Collection[torch.fx.Node],
+        override: dict[torch.fx.Node, QuantParams] | None = None,
+    ):
         super().__init__(gm)
-        self.layers, self.watch = set(layers), set(watch)
+        self.layers, self.watch, self.override = set(layers), set(watch), override or {}
         self.seen: dict[torch.fx.Node, Any] = {}
         self.extra_traceback = False
 
     def run_node(self, n: torch.fx.Node) -> Any:
         if n in self.layers:  # y = q(op(q(x), q(w)))
-            args = torch.fx.node.map_arg(n.args, lambda a: _fake(a, self.env[a]))
-            kwargs = torch.fx.node.map_arg(n.kwargs, lambda a: _fake(a, self.env[a]))
+            args = torch.fx.node.map_arg(n.args, lambda a: _fake(a, self.env[a], self.override))
+            kwargs = torch.fx.node.map_arg(n.kwargs, lambda a: _fake(a, self.env[a], self.override))
             out = _fake(n, n.target(*args, **kwargs))  # type: ignore[operator]
         else:
             out = super().run_node(n)
@@ -151,6 +176,9 @@ class LayerRow:
     model_cosine: float
     cumulative_sqnr_db: float
     cumulative_cosine: float
+    weight_sqnr_db: float | None = None
+    compare_weight_sqnr_db: float | None = None
+    compare_sqnr_db: float | None = None
 
 
 @dataclass
@@ -172,12 +200,14 @@ def skip_pattern(row: LayerRow, rows: Sequence[LayerRow]) -> str:
     return f"^{row.name}$"
 
 
-def _db(x: float) -> str:
+def _db(x: float | None) -> str:
+    if x is None:
+        return "-"
     return "inf" if math.isinf(x) and x > 0 else f"{x:.1f}"
 
 
-def _json_num(x: float) -> float | None:
-    return None if math.isinf(x) else round(x, 6)  # null: no error at all
+def _json_num(x: float | None) -> float | None:
+    return None if x is None or math.isinf(x) else round(x, 6)  # null: no error at all (or no weight)
 
 
 @dataclass
@@ -191,30 +221,33 @@ class QuantReport:
     model_cosine: float
     rows: list[LayerRow] = field(default_factory=list)
     float_ops: list[FloatOp] = field(default_factory=list)
+    compare_weights: str | None = None
 
     def text(self) -> str:
-        head = ("layer", "op", "module", "kernel", "SQNR dB", "cosine", "model SQNR", "model cos", "cumul SQNR")
-        body = [
-            (
-                r.name,
-                r.op,
-                r.module or "-",
-                "int8" if r.int8 else "float",
-                _db(r.sqnr_db),
-                f"{r.cosine:.5f}",
-                _db(r.model_sqnr_db),
-                f"{r.model_cosine:.5f}",
-                _db(r.cumulative_sqnr_db),
-            )
-            for r in self.rows
-        ]
+        head: tuple[str, ...] = ("layer", "op", "module", "kernel", "SQNR dB", "cosine", "model SQNR", "model cos")
+        head += ("cumul SQNR", "w SQNR")
+        if self.compare_weights:
+            head += (f"w SQNR {self.compare_weights}", f"SQNR {self.compare_weights}")
+        body = []
+        for r in self.rows:
+            cells: tuple[str, ...] = (r.name, r.op, r.module or "-", "int8" if r.int8 else "float")
+            cells += (_db(r.sqnr_db), f"{r.cosine:.5f}", _db(r.model_sqnr_db), f"{r.model_cosine:.5f}")
+            cells += (_db(r.cumulative_sqnr_db), _db(r.weight_sqnr_db))
+            if self.compare_weights:
+                cells += (_db(r.compare_weight_sqnr_db), _db(r.compare_sqnr_db))
+            body.append(cells)
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
         lines = [
             f"quant-report {self.model}: {self.pipeline} on {self.batches} batches",
             f"model output (int8 graph vs float): SQNR {_db(self.model_sqnr_db)} dB, cosine {self.model_cosine:.5f}",
             "layers, worst first (SQNR/cosine: this layer alone quantized, at its output and the model's; "
-            "cumul: every int8 layer quantized)",
+            "cumul: every int8 layer quantized; w: the weight alone)",
         ]
+        if self.compare_weights:
+            lines.append(
+                f"'{self.compare_weights}' columns: the same layer with its weight on {self.compare_weights} levels "
+                "at the same bit width"
+            )
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
         if self.float_ops:
             lines.append("left in float:")
@@ -239,6 +272,7 @@ class QuantReport:
             "model_cosine": _json_num(self.model_cosine),
             "layers": [row(r) for r in self.rows],
             "float_ops": [asdict(f) for f in self.float_ops],
+            "compare_weights": self.compare_weights,
         }
 
 
@@ -277,10 +311,20 @@ def quant_report(
     *,
     passes: str | Sequence[Pass | str] = DEFAULT_PIPELINE,
     limit: int = 0,
+    weight_scheme: str | None = None,
+    weight_bits: int | None = None,
+    compare_weights: str | None = None,
 ) -> QuantReport:
-    """Quantize with `passes`, calibrated and measured on `data` (at most `limit` batches; 0: all)."""
+    """Quantize with `passes`, calibrated and measured on `data` (at most `limit` batches; 0: all).
+
+    `weight_scheme` / `weight_bits` override observe's options; `compare_weights`
+    (``"uniform"`` or ``"log"``) adds each layer's error with its weight on those
+    levels instead (see the module docstring).
+    """
     if limit < 0:
         raise InputError(f"quant-report: limit must be >= 0 (0: all batches), got {limit}")
+    if compare_weights is not None and compare_weights not in LEVELS:
+        raise InputError(f"quant-report: compare_weights must be one of {', '.join(LEVELS)}, got {compare_weights!r}")
     if isinstance(data, str | bytes) or not isinstance(data, Iterable):
         raise InputError(f"quant-report: data must be an iterable of input tuples, got {type(data).__name__}")
     batches = list(islice(data, limit or None))
@@ -289,7 +333,7 @@ def quant_report(
     graph = graph_or_model if isinstance(graph_or_model, Graph) else capture(graph_or_model, batches[0])
     if Property.QUANTIZED in graph.properties:
         raise InputError("quant-report: the graph is already quantized (fold-qdq ran); give the float graph or model")
-    items = as_passes(passes, REGISTRY)
+    items = _with_weights(as_passes(passes, REGISTRY), weight_scheme, weight_bits)
     before, after = _split(items, batches)
     if not any(isinstance(p, Observe) for p in before) and Property.OBSERVED not in graph.properties:
         raise InputError(
@@ -311,7 +355,9 @@ def quant_report(
         for n in roots
         if (n.name, n.target) in left
     ]
-    errors = _measure(calibrated, folded, layers, int8, batches)
+    weights = _weights(calibrated, layers)
+    alt = _compared(calibrated, weights, before, compare_weights) if compare_weights else {}
+    errors = _measure(calibrated, folded, layers, int8, batches, alt)
     rows = [
         LayerRow(
             n.name,
@@ -324,14 +370,92 @@ def quant_report(
             errors[n][1].cosine,
             errors[n][2].sqnr_db,
             errors[n][2].cosine,
+            _weight_sqnr(calibrated, weights.get(n)),
+            _weight_sqnr(calibrated, weights.get(n), alt.get(n)),
+            errors[n][3].sqnr_db if n in alt else None,
         )
         for n in layers
     ]
     rows.sort(key=lambda r: (not r.int8, r.model_sqnr_db, r.sqnr_db))
     model = errors[None][0]
     return QuantReport(
-        graph.model_name, _text(before + after), len(batches), model.sqnr_db, model.cosine, rows, float_ops
+        graph.model_name,
+        _text(before + after),
+        len(batches),
+        model.sqnr_db,
+        model.cosine,
+        rows,
+        float_ops,
+        compare_weights,
     )
+
+
+def _with_weights(items: list[Pass], scheme: str | None, bits: int | None) -> list[Pass]:
+    """`items` with every observe's weight-scheme / weight-bits replaced where given."""
+    if scheme is None and bits is None:
+        return items
+    if not any(isinstance(p, Observe) for p in items):
+        raise InputError(
+            f"quant-report: weight-scheme / weight-bits set observe's options, but the pipeline {_text(items)!r} "
+            "has no observe pass"
+        )
+    changes: dict[str, Any] = {}
+    if scheme is not None:
+        changes["weight_scheme"] = scheme
+    if bits is not None:
+        changes["weight_bits"] = bits
+    try:
+        return [replace(p, **changes) if isinstance(p, Observe) else p for p in items]
+    except ValueError as exc:
+        raise InputError(f"quant-report: {exc}") from None
+
+
+def _weights(graph: Graph, layers: list[torch.fx.Node]) -> dict[torch.fx.Node, torch.fx.Node]:
+    """Each layer's constant weight operand that carries quantization parameters."""
+    found = {}
+    for n in layers:
+        for a in _operands(n):
+            if a.op == "get_attr" and isinstance(get(a, QuantParams.key), QuantParams):
+                found[n] = a
+                break
+    return found
+
+
+def _compared(
+    graph: Graph, weights: dict[torch.fx.Node, torch.fx.Node], before: list[Pass], levels: str
+) -> dict[torch.fx.Node, dict[torch.fx.Node, QuantParams]]:
+    """Per layer, its weight's parameters on `levels` with observe's other options (the last observe of `before`)."""
+    observes = [p for p in before if isinstance(p, Observe)]
+    if not observes:
+        raise InputError(
+            "quant-report: compare_weights needs an observe pass in the pipeline, to take its options from"
+        )
+    try:
+        other = replace(observes[-1], weight_scheme=levels)
+    except ValueError as exc:
+        raise InputError(f"quant-report: compare_weights={levels!r}: {exc}") from None
+    alt = {}
+    for layer, w in weights.items():
+        own = get(w, QuantParams.key)
+        assert isinstance(own, QuantParams)
+        observer = other.weight_spec(own.axis).make()
+        observer.observe(graph.param(w))
+        alt[layer] = {w: observer.qparams()}
+    return alt
+
+
+def _weight_sqnr(
+    graph: Graph, w: torch.fx.Node | None, override: dict[torch.fx.Node, QuantParams] | None = None
+) -> float | None:
+    """SQNR of a weight against its fake-quantized values (its own parameters, or `override`'s)."""
+    if w is None or (override is not None and w not in override):
+        return None
+    params = override[w] if override is not None else get(w, QuantParams.key)
+    assert isinstance(params, QuantParams)
+    value = graph.param(w).detach()
+    error = _Error()
+    error.add(value, params.fake_quantize(value))
+    return error.sqnr_db
 
 
 def _text(passes: Sequence[Pass]) -> str:
@@ -349,9 +473,11 @@ def _measure(
     layers: list[torch.fx.Node],
     int8: frozenset[torch.fx.Node],
     batches: list[tuple[torch.Tensor, ...]],
+    alt: dict[torch.fx.Node, dict[torch.fx.Node, QuantParams]],
 ) -> dict[torch.fx.Node | None, list[_Error]]:
-    """Per layer: [alone at its output, alone at the model output, cumulative]; under None: the int8 graph."""
-    errors: dict[torch.fx.Node | None, list[_Error]] = {n: [_Error(), _Error(), _Error()] for n in [*layers, None]}
+    """Per layer: [alone at its output, alone at the model output, cumulative, alone with `alt`'s weight
+    parameters]; under None: the int8 graph."""
+    errors: dict[torch.fx.Node | None, list[_Error]] = {n: [_Error() for _ in range(4)] for n in [*layers, None]}
     gm = calibrated.gm
     nodes = list(gm.graph.nodes)
     position = {n: i for i, n in enumerate(nodes)}
@@ -367,9 +493,13 @@ def _measure(
             full.run(*batch)
             for n in layers:
                 errors[n][2].add(ref.seen[n], full.seen[n])
+                start = nodes[: position[n]] if reuse else []  # float up to n: not rerun
                 alone = _FakeQuant(gm, (n,), (n,))
-                before = {m: ref.env[m] for m in nodes[: position[n]]} if reuse else None  # float up to n: not rerun
-                out = _flat(alone.run(*batch, initial_env=before))
+                out = _flat(alone.run(*batch, initial_env={m: ref.env[m] for m in start} if reuse else None))
                 errors[n][0].add(ref.seen[n], alone.seen[n])
                 errors[n][1].add(ref_out, out)
+                if n in alt:  # a run fills and empties the env it is given: a fresh one
+                    other = _FakeQuant(gm, (n,), (n,), alt[n])
+                    other.run(*batch, initial_env={m: ref.env[m] for m in start} if reuse else None)
+                    errors[n][3].add(ref.seen[n], other.seen[n])
     return errors
