@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, int]] = [
     ("fxpress.demo", 5),
     ("fxpress.models", 5),
     ("fxpress.data", 5),
+    ("fxpress.integrations", 5),
     ("fxpress", 5),  # the package root: the lazy public API
 ]
 # Leaves: importable from every layer; what each may import of fxpress itself.
