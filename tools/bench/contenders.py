@@ -5,6 +5,11 @@
 - ``fxpress``: ``capture`` -> ``optimize("default")`` -> ``compile(target="x86",
   num_threads=n)``, called on numpy arrays (the public path, input checks and
   copies included); capture, optimize and compile seconds are recorded;
+- ``fxpress-torch-compile``: ``torch.compile(model, backend="fxpress")`` with
+  the ``default`` pipeline, called on torch tensors under ``inference_mode``
+  (dynamo's guards and the backend's weight check included); the first call's
+  seconds (capture through compile) are recorded; ``fxpress-torch-compile-int8``
+  the same with ``fxpress-int8``'s passes and the case's calibration batches;
 - ``ort``: ``torch.onnx.export`` (the dynamo exporter, falling back to the
   TorchScript one if it fails; which one was used is recorded), then an ONNX
   Runtime CPU session with ``intra_op_num_threads=n``, one inter-op thread,
@@ -66,9 +71,13 @@ CONTENDERS = (
     "torch-int8",
     "ort-int8",
     "openvino-int8",
+    "fxpress-torch-compile",
+    "fxpress-torch-compile-int8",
 )
-INT8 = ("fxpress-int8", "torch-int8", "ort-int8", "openvino-int8")  # only for cases with calibration data
-STATIC_INT8 = ("fxpress-int8", "openvino-int8")  # calibrated: every case with calibration data
+# only for cases with calibration data
+INT8 = ("fxpress-int8", "torch-int8", "ort-int8", "openvino-int8", "fxpress-torch-compile-int8")
+# calibrated: every case with calibration data
+STATIC_INT8 = ("fxpress-int8", "openvino-int8", "fxpress-torch-compile-int8")
 ONNX_BASED = ("ort", "ort-int8", "openvino", "openvino-default", "openvino-int8")  # need the case's ONNX export
 # the packages (import names) a contender needs beyond torch and fxpress; missing ones skip it with a note
 REQUIRES: dict[str, tuple[str, ...]] = {
@@ -191,6 +200,42 @@ def build_fxpress(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: i
     return Contender("fxpress", call, _checked(info, call(), ref))
 
 
+def _int8_passes(dynamic: tuple[str, ...], calibration: Any = None) -> list[Any]:
+    """``fold-bn, observe{per-channel, weight-reduce-range?, dynamic}, calibrate, fold-qdq`` (see `build_fxpress_int8`)."""
+    from fxpress.backends.tvm.targets import resolve_target
+    from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
+
+    seven_bit = resolve_target("x86").isa.int8_prefers_7bit
+    observe = Observe(per_channel=True, weight_reduce_range=seven_bit, dynamic=dynamic)
+    return [FoldBatchNorm(), observe, Calibrate(data=calibration), FoldQDQ()]
+
+
+def build_torch_compile(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    threads: int,
+    ref: np.ndarray,
+    calibration: list[tuple[torch.Tensor, ...]] | None = None,
+    dynamic: tuple[str, ...] = (),
+) -> Contender:
+    """``torch.compile(model, backend="fxpress")``: ``default``, or with `calibration` the int8 passes."""
+    options: dict[str, Any] = {"num_threads": threads, "tuning": False}
+    if calibration is not None:
+        options.update(pipeline=_int8_passes(dynamic), calibration=calibration)
+    torch._dynamo.reset()  # a fresh cache: the other torch.compile contender compiled the same forward
+    compiled = torch.compile(model, backend="fxpress", options=options)
+
+    def call() -> torch.Tensor:
+        with torch.inference_mode():
+            return compiled(*inputs)
+
+    t0 = time.perf_counter()
+    out = call()
+    info = {"first_call_s": round(time.perf_counter() - t0, 3), "torch_threads": torch.get_num_threads()}
+    name = "fxpress-torch-compile" if calibration is None else "fxpress-torch-compile-int8"
+    return Contender(name, call, _checked(info, out, ref))
+
+
 def build_fxpress_int8(
     model: nn.Module,
     inputs: tuple[torch.Tensor, ...],
@@ -208,15 +253,10 @@ def build_fxpress_int8(
     input per row at run time.
     """
     import fxpress
-    from fxpress.backends.tvm.targets import resolve_target
-    from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
 
     t0 = time.perf_counter()
     graph = fxpress.capture(model, inputs)
-    seven_bit = resolve_target("x86").isa.int8_prefers_7bit
-    observe = Observe(per_channel=True, weight_reduce_range=seven_bit, dynamic=dynamic)
-    passes = [FoldBatchNorm(), observe, Calibrate(data=calibration), FoldQDQ()]
-    graph = fxpress.optimize(graph, passes)
+    graph = fxpress.optimize(graph, _int8_passes(dynamic, calibration))
     t1 = time.perf_counter()
     compiled = fxpress.compile(graph, target="x86", num_threads=threads, tuning=False)
     stats = graph.trace[-1].stats

@@ -126,6 +126,11 @@ def _build(
         return ct.build_fxpress_int8(model, inputs, threads, ref, case.calibration(), case.dynamic)
     if name == "torch-int8":
         return ct.build_torch_int8(model, inputs, threads, ref)
+    if name == "fxpress-torch-compile":
+        return ct.build_torch_compile(model, inputs, threads, ref)
+    if name == "fxpress-torch-compile-int8":
+        assert case.calibration is not None
+        return ct.build_torch_compile(model, inputs, threads, ref, case.calibration(), case.dynamic)
     if onnx is None:
         raise RuntimeError("no ONNX model (export failed: see the notes)")
     if name in ("openvino", "openvino-default"):
