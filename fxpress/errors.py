@@ -3,7 +3,7 @@
 Every error a user can provoke with bad input derives from `FxpressError`, so
 callers can catch one type, and every message names what was wrong and what to
 do about it. Subclasses exist per stage (capture, pipeline, pass, verify,
-backend, artifact, input) so tests and callers can tell them apart.
+backend, artifact, input, export) so tests and callers can tell them apart.
 
 Errors are structured rather than strings to be re-wrapped: `message` says
 what is wrong and what to do, `node` names the graph node it concerns (or
@@ -91,3 +91,7 @@ class ArtifactError(FxpressError):
 
 class InputError(FxpressError):
     """Inputs given to a compiled model or artifact do not match its signature."""
+
+
+class ExportError(FxpressError):
+    """A graph cannot be written in another format (ONNX, a torch.export .pt2), or a saved one cannot be read."""

@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, int]] = [
     ("fxpress.train", 2),
     ("fxpress.passes", 3),
     ("fxpress.backends", 4),
+    ("fxpress.export", 4),
     ("fxpress.reports", 5),
     ("fxpress.api", 5),
     ("fxpress.cli", 5),
