@@ -8,19 +8,31 @@ check call is removed, and the graph is verified before it is returned.
 When export fails, the error is turned into a `CaptureError` that names the
 construct (data-dependent control flow, an unsupported input, ...) and the
 line of the user's model that caused it, and says what to change.
+
+A model can also come from a file: `capture` (and `load_pt2`) take the path of
+a program saved with ``torch.export.save`` (``.pt2``), so a training job can
+hand its model over without its Python classes. Its own example inputs and
+dynamic dimensions are kept; the operators it names must be registered first
+(fxpress's own are: ``import fxpress`` registers them), and an unregistered
+one is reported by name, with the library to import, before torch tries.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
+import os
 import re
 import traceback
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from fxpress.errors import CaptureError
+from fxpress.errors import CaptureError, ExportError
 from fxpress.ir.graph import Graph
 
 _HINTS = (
@@ -100,17 +112,26 @@ def _strip_guards(gm: torch.fx.GraphModule) -> None:
 
 
 def capture(
-    model: torch.nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    model: torch.nn.Module | str | os.PathLike[str],
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
     dynamic_shapes: Any = None,
 ) -> Graph:
     """Capture `model` (in eval mode, on a copy) as an fxpress `Graph`.
 
     `dynamic_shapes` is passed to ``torch.export.export`` as is, e.g.
-    ``({0: torch.export.Dim("batch")},)`` for a dynamic batch size.
+    ``({0: torch.export.Dim("batch")},)`` for a dynamic batch size. A path to a
+    saved torch.export program (``.pt2``) is read with `load_pt2` instead.
     """
+    if isinstance(model, os.PathLike) or (isinstance(model, str) and model.endswith(".pt2")):
+        if dynamic_shapes is not None:
+            raise CaptureError("a .pt2 program keeps the dynamic dimensions it was exported with; drop dynamic_shapes")
+        return load_pt2(model, example_inputs)
+    if isinstance(model, str):
+        raise CaptureError(f"model must be a torch.nn.Module, got str {model!r} (a saved program's path ends in .pt2)")
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if example_inputs is None:
+        raise CaptureError(f"capturing a {type(model).__name__} needs example_inputs (a tensor or a tuple of them)")
     inputs = _check_inputs(example_inputs)
     frozen = copy.deepcopy(model).eval()
     for p in frozen.parameters():
@@ -123,6 +144,131 @@ def capture(
     _strip_guards(gm)
     graph = Graph(
         gm, [x.detach().clone() for x in inputs], dynamic_shapes=dynamic_shapes, model_name=type(model).__name__
+    )
+    graph.verify()
+    return graph
+
+
+_OP_TARGET = re.compile(r"torch\.ops\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)")
+
+
+def _unregistered_ops(path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The ``namespace::op`` names the archive's programs call that torch cannot resolve here, and fxpress's note."""
+    names: set[tuple[str, str, str]] = set()
+    note: dict[str, Any] = {}
+    with zipfile.ZipFile(path) as archive:
+        for entry in archive.namelist():
+            if entry.endswith("extra/fxpress.json"):
+                note = json.loads(archive.read(entry))
+            elif entry.endswith(".json") and "/models/" in f"/{entry}":
+                names.update(_OP_TARGET.findall(archive.read(entry).decode("utf-8", "replace")))
+    missing = []
+    for namespace, op, overload in sorted(names):
+        try:
+            getattr(getattr(getattr(torch.ops, namespace), op), overload)
+        except (AttributeError, RuntimeError):
+            missing.append(f"{namespace}::{op}")
+    return sorted(set(missing)), note
+
+
+def _missing_ops_message(path: Path, missing: list[str], note: dict[str, Any]) -> str:
+    ours = [m for m in missing if m.startswith("fxpress::")]
+    theirs = [m for m in missing if not m.startswith("fxpress::")]
+    lines = [f"{path} calls operators that are not registered here: {', '.join(missing)}"]
+    if ours:
+        saved_by = note.get("saved_by", "an unknown fxpress")
+        lines.append(
+            f"  fxpress's ops are registered by `import fxpress` (torch must be importable then); this fxpress "
+            f"defines no {', '.join(ours)}: the file was saved by {saved_by}, install that version or newer"
+        )
+    if theirs:
+        namespaces = sorted({m.split("::")[0] for m in theirs})
+        lines.append(
+            f"  import the library that defines the {', '.join(namespaces)} operators (its torch.library "
+            "registrations) before loading"
+        )
+    return "\n".join(lines)
+
+
+def _dynamic_shapes(program: torch.export.ExportedProgram) -> Any:
+    """The `dynamic_shapes` spec that re-exports `program` with the same dynamic dimensions (None: all static)."""
+    users = set(program.graph_signature.user_inputs)
+    dims: dict[str, Any] = {}
+    spec: list[dict[int, Any] | None] = []
+    for node in program.graph.nodes:
+        if node.op != "placeholder" or node.name not in users:
+            continue
+        val = node.meta.get("val")
+        shape = val.shape if isinstance(val, torch.Tensor) else ()
+        entry: dict[int, Any] = {}
+        for i, size in enumerate(shape):
+            if isinstance(size, int):
+                continue
+            expr = size.node.expr
+            if not expr.is_Symbol:  # a derived size (2 * s0): let export find it again
+                entry[i] = torch.export.Dim.AUTO
+                continue
+            if str(expr) not in dims:
+                bounds = program.range_constraints.get(expr)
+                lower = int(bounds.lower) if bounds is not None else 0
+                upper = bounds.upper if bounds is not None else None
+                kwargs = {"min": lower} if lower > 2 else {}
+                if upper is not None and math.isfinite(float(upper)):  # torch's int_oo claims is_finite
+                    kwargs["max"] = int(upper)
+                dims[str(expr)] = torch.export.Dim(str(expr), **kwargs)
+            entry[i] = dims[str(expr)]
+        spec.append(entry or None)
+    return tuple(spec) if any(e is not None for e in spec) else None
+
+
+def load_pt2(
+    path: str | os.PathLike[str], example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None
+) -> Graph:
+    """A `Graph` from a program saved with ``torch.export.save`` (a ``.pt2`` file), as `capture` gives one.
+
+    The program's saved example inputs are the graph's unless `example_inputs`
+    is given; its dynamic dimensions (and their ranges) become the graph's
+    `dynamic_shapes`. Export the model in eval mode and before
+    ``run_decompositions``: the passes look for ``aten.linear``,
+    ``aten.conv2d`` and the other ops ``torch.export.export`` leaves whole.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CaptureError(f"{path} does not exist (a .pt2 file written by torch.export.save)")
+    try:
+        missing, note = _unregistered_ops(path)
+    except (zipfile.BadZipFile, json.JSONDecodeError) as exc:
+        raise ExportError(f"{path} is not a torch.export archive (.pt2): {exc}") from exc
+    if missing:
+        raise ExportError(_missing_ops_message(path, missing, note))
+    try:
+        program = torch.export.load(path)
+    except Exception as exc:
+        raise ExportError(
+            f"torch.export.load could not read {path} ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+            "was it written by torch.export.save with this torch version or an older one?"
+        ) from exc
+    if example_inputs is None:
+        saved = program.example_inputs
+        if saved is None:
+            raise ExportError(f"{path} holds no example inputs: pass example_inputs (or --input-shape on the CLI)")
+        args, kwargs = saved
+        if kwargs:
+            raise ExportError(f"{path} takes keyword inputs {sorted(kwargs)}; fxpress graphs take positional tensors")
+        example_inputs = args
+    inputs = _check_inputs(example_inputs)
+    expected = len(program.graph_signature.user_inputs)
+    if len(inputs) != expected:
+        raise CaptureError(f"{path} takes {expected} inputs, {len(inputs)} example inputs were given")
+    gm = program.module()
+    _strip_guards(gm)
+    for p in gm.parameters():
+        p.requires_grad_(False)
+    graph = Graph(
+        gm,
+        [x.detach().clone() for x in inputs],
+        dynamic_shapes=_dynamic_shapes(program),
+        model_name=path.stem,
     )
     graph.verify()
     return graph

@@ -9,21 +9,29 @@ is the reference oracle for every later stage.
 
 Copies are deep: `copy()` clones the module, its parameters and the node
 metadata, so a pass working on a copy can never reach the user's tensors.
+`save_pt2` writes the graph as a torch.export program, which PyTorch loads
+back with ``torch.export.load`` once fxpress's ops are registered (``import
+fxpress`` registers them).
 """
 
 from __future__ import annotations
 
 import copy as _copy
 import itertools
+import json
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.fx
 
+from fxpress.errors import ExportError
 from fxpress.ir.annotations import META_KEY
+from fxpress.version import __version__
 
 
 @dataclass(frozen=True)
@@ -223,6 +231,42 @@ class Graph:
     def export(self) -> torch.export.ExportedProgram:
         """Re-export this graph (backends take an ExportedProgram)."""
         return torch.export.export(self.gm, self.example_inputs, dynamic_shapes=self.dynamic_shapes, strict=False)
+
+    def save_pt2(self, path: str | os.PathLike[str]) -> Path:
+        """Write this graph as a torch.export program (``torch.export.save``'s .pt2 archive); returns the path.
+
+        ``torch.export.load(path).module()`` runs it in PyTorch; a pruned graph
+        holds ATen ops only, an int8 or block-sparse one fxpress's own ops,
+        which must be registered before loading: ``import fxpress`` does it
+        (`fxpress.load_pt2` and `fxpress.capture` also take the file back as a
+        Graph). The archive's ``extra/fxpress.json`` says so and records the
+        pipeline that made the graph. Written beside `path` and renamed into
+        place, so a failed save leaves no partial file.
+        """
+        path = Path(path)
+        try:
+            program = self.export()
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(
+                f"cannot save {self.model_name} as .pt2: torch.export could not re-export the graph "
+                f"({type(exc).__name__}: {first}); the graph should run on its example inputs first"
+            ) from exc
+        ops = sorted({str(n.target) for n in self.nodes("call_function") if str(n.target).startswith("fxpress.")})
+        info = {
+            "saved_by": f"fxpress {__version__}",
+            "pipeline": self.pipeline,
+            "fxpress_ops": ops,
+            "load": "import fxpress before torch.export.load: it registers the fxpress:: ops" if ops else "",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+        try:
+            torch.export.save(program, tmp, extra_files={"fxpress.json": json.dumps(info, indent=1)})
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
 
     # -- copies and text -----------------------------------------------------
     def copy(self) -> Graph:
