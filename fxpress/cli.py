@@ -1,6 +1,7 @@
 """The ``fxpress`` command line.
 
     fxpress compile MODULE:FACTORY --input-shape 1,3,224,224 --passes "fold-bn,dce" --target x86 -o DIR
+    fxpress export MODULE:FACTORY|MODEL.pt2 --passes int8 --calibration DATA --format onnx|pt2 -o FILE
     fxpress tune MODULE:FACTORY --input-shape 1,3,224,224 --target x86 --budget-s 60 [--trials N] [--cache-dir DIR]
     fxpress run DIR --input x.npy [--output y.npy]
     fxpress inspect DIR
@@ -11,7 +12,8 @@
     fxpress demo [-o DIR]
 
 ``MODULE:FACTORY`` names a Python module (dotted, or a path to a .py file) and
-a callable in it returning an ``nn.Module``. Every error fxpress raises on
+a callable in it returning an ``nn.Module``; a path ending in ``.pt2`` names a
+program saved with ``torch.export.save`` instead. Every error fxpress raises on
 purpose is printed as ``error: ...`` with exit status 2, never as a traceback;
 ``run`` and ``inspect`` import neither torch nor the compiler.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -73,20 +76,13 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _capture_factory(args: argparse.Namespace) -> Any:
-    """Build the model named MODULE:FACTORY and capture it with random inputs of the given shapes."""
+def _random_inputs(args: argparse.Namespace) -> tuple[Any, ...]:
+    """Seeded random inputs of the --input-shape / --input-dtype shapes and types."""
     import torch
 
-    import fxpress
-
-    if not args.input_shape:
-        raise UsageError("give at least one --input-shape (one per model input)")
     dtypes = args.input_dtype or ["float32"] * len(args.input_shape)
     if len(dtypes) != len(args.input_shape):
         raise UsageError("give one --input-dtype per --input-shape, or none (float32)")
-    model = _load_factory(args.model)()
-    if not isinstance(model, torch.nn.Module):
-        raise UsageError(f"{args.model} returned a {type(model).__name__}, not a torch.nn.Module")
     gen = torch.Generator().manual_seed(0)
     inputs = []
     for shape, dtype in zip(args.input_shape, dtypes, strict=True):
@@ -95,8 +91,33 @@ def _capture_factory(args: argparse.Namespace) -> Any:
             raise UsageError(f"--input-dtype {dtype!r} is not a torch dtype (float32, int64, ...)")
         x = torch.randn(shape, generator=gen) if dt.is_floating_point else torch.randint(0, 2, shape, generator=gen)
         inputs.append(x.to(dt))
+    return tuple(inputs)
+
+
+def _capture_factory(args: argparse.Namespace) -> Any:
+    """Build the model named MODULE:FACTORY and capture it with random inputs of the given shapes.
+
+    A model ending in ``.pt2`` is a saved torch.export program instead: it is
+    loaded with its own example inputs (or random ones of --input-shape).
+    """
+    import torch
+
+    import fxpress
+
+    if args.model.endswith(".pt2"):
+        inputs = _random_inputs(args) if args.input_shape else None
+        t = _progress(f"loading the torch.export program {args.model}")
+        graph = fxpress.load_pt2(args.model, inputs)
+        _done(t)
+        return graph
+    if not args.input_shape:
+        raise UsageError("give at least one --input-shape (one per model input)")
+    inputs = _random_inputs(args)
+    model = _load_factory(args.model)()
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{args.model} returned a {type(model).__name__}, not a torch.nn.Module")
     t = _progress(f"capturing {args.model}")
-    graph = fxpress.capture(model, tuple(inputs))
+    graph = fxpress.capture(model, inputs)
     _done(t)
     return graph
 
@@ -219,6 +240,32 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from fxpress.runtime.artifact import read_manifest
 
     _print_storage(read_manifest(path), argparse.Namespace(sizes=False))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import fxpress
+    from fxpress.passes.registry import parse_pipeline
+
+    fmt = args.format or {".onnx": "onnx", ".pt2": "pt2"}.get(os.path.splitext(args.output)[1].lower())
+    if fmt is None:
+        raise UsageError(f"give --format onnx or pt2 (the output {args.output!r} ends in neither .onnx nor .pt2)")
+    passes = parse_pipeline(args.passes)  # bad pipeline text fails before any work
+    _check_calibration_flag(passes, args.calibration)
+    graph = _capture_factory(args)
+    passes = _with_calibration(passes, args.calibration, graph)
+    t = _progress(f"running passes {args.passes!r}")
+    graph = fxpress.optimize(graph, passes)
+    _done(t)
+    t = _progress(f"writing {fmt}")
+    if fmt == "pt2":
+        path = graph.save_pt2(args.output)
+        _done(t)
+        print(f"wrote {path} (a torch.export program: `import fxpress` before torch.export.load runs it)")
+        return 0
+    report = fxpress.to_onnx(graph, args.output, activations=args.activations)
+    _done(t)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report)
     return 0
 
 
@@ -363,7 +410,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser, example_shape: str = "1,3,224,224") -> None:
     """The model and its example inputs, as every command that captures a model takes them."""
-    p.add_argument("model", help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path)")
+    p.add_argument(
+        "model",
+        help="MODULE:FACTORY returning an nn.Module (MODULE may be a .py path), or a torch.export program (.pt2)",
+    )
     p.add_argument("--input-shape", action="append", type=_parse_shape, help=f"e.g. {example_shape} (repeat per input)")
     p.add_argument("--input-dtype", action="append", help="torch dtype per input (default float32)")
 
@@ -389,6 +439,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", metavar="DATA", help="calibrate's data: a .npy/.npz directory or MODULE:FUNCTION")
     c.add_argument("--no-tuning", action="store_true", help="ignore `fxpress tune` records; schedule rules only")
     c.set_defaults(func=cmd_compile)
+
+    e = sub.add_parser("export", help="capture and optimize a model, then write it as ONNX (int8 as QDQ) or .pt2")
+    _add_model_args(e)
+    e.add_argument("--passes", default="default", help='pipeline text, e.g. "int8" (default: default)')
+    e.add_argument("--calibration", metavar="DATA", help="calibrate's data: a .npy/.npz directory or MODULE:FUNCTION")
+    e.add_argument("--format", choices=("onnx", "pt2"), help="default: from the output's suffix")
+    e.add_argument(
+        "--activations", choices=("uint8", "int8"), default="uint8", help="ONNX type of int8 activations (uint8)"
+    )
+    e.add_argument("-o", "--output", required=True, help="file to write (.onnx or .pt2)")
+    e.add_argument("--json", action="store_true", help="print the ONNX export report as JSON")
+    e.set_defaults(func=cmd_export)
 
     tu = sub.add_parser("tune", help="search kernel schedules (MetaSchedule) for a model; compile replays the winners")
     _add_model_args(tu)
