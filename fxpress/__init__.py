@@ -27,6 +27,7 @@ _LAZY = {
     "capture": ("fxpress.ir.capture", "capture"),
     "load_pt2": ("fxpress.ir.capture", "load_pt2"),
     "to_onnx": ("fxpress.export", "to_onnx"),
+    "export": ("fxpress.export", None),
     "Graph": ("fxpress.ir.graph", "Graph"),
     "optimize": ("fxpress.passes.manager", "optimize"),
     "PassManager": ("fxpress.passes.manager", "PassManager"),
