@@ -279,3 +279,40 @@ def test_changed_weights_run_eagerly_with_one_warning(mlp: nn.Module, mlp_input:
     fallbacks = [w for w in caught if issubclass(w.category, FallbackWarning)]
     assert len(fallbacks) == 1 and "weights changed" in str(fallbacks[0].message)
     assert all(torch.allclose(o, expected, atol=1e-6) for o in outs)
+
+
+# ---- the acceptance models (slow: real MiniLM weights, a ResNet-18-shaped net) ------------------------------
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+def test_resnet18_fp32_matches_eager() -> None:
+    from fxpress.models.resnet import example_input, resnet18
+
+    model, x = resnet18(seed=0), example_input(1, 32, seed=1)
+    with torch.inference_mode():
+        out, caught = _run(model, x)
+        assert not caught, [str(w.message) for w in caught]
+        assert (out - model(x)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+@pytest.mark.parametrize("pipeline", ["default", "int8"])
+def test_minilm_matches_eager(pipeline: str) -> None:
+    pytest.importorskip("transformers")
+    from fxpress.models.minilm import sentence_encoder, tokenize
+    from fxpress.models.sentences import sentences
+
+    model = sentence_encoder("eager")
+    inputs = tokenize(sentences("eval")[:4], 32)
+    calib = sentences("calib")
+    batches = [tokenize(calib[i : i + 4], 32) for i in range(0, 32, 4)]  # (input_ids, attention_mask): forward's order
+    with torch.inference_mode():
+        out, caught = _run(model, *inputs, pipeline=pipeline, calibration=batches)
+        reference = model(*inputs)
+    assert not caught, [str(w.message) for w in caught]
+    if pipeline == "default":
+        assert (out - reference).abs().max().item() <= 1e-4
+    else:  # static int8 of every linear and attention matmul: the sentence embeddings' cosine to fp32
+        assert torch.nn.functional.cosine_similarity(out, reference).min().item() >= 0.98

@@ -21,12 +21,13 @@ Options (each optional; another name, or a bad value, is an error of the first c
   `CalibrationWarning` says so.
 - ``tuning``: as `fxpress.compile` (``"auto"``: replay `fxpress tune`'s records when there are any).
 
-How a subgraph is compiled: dynamo hands over a torch-level GraphModule whose placeholders are the user's
-inputs, the module's parameters and buffers (lifted to inputs), and symbolic sizes. The parameters and
-buffers become frozen weights of a wrapper module (so passes can fold, prune and quantize them), a symbolic
-size is read from the input dimension it stands for, and the wrapper is captured with `fxpress.capture`
-(torch.export, ATen level), run through the pipeline and compiled. The returned function passes the user's
-inputs to the compiled module and returns torch tensors in the structure dynamo expects.
+How a subgraph is compiled (dynamo_graph.py): dynamo hands over a torch-level GraphModule whose
+placeholders are the user's inputs, the module's parameters and buffers (lifted to inputs), and symbolic
+sizes. The parameters and buffers become frozen weights of a wrapper module (so passes can fold, prune and
+quantize them), a symbolic size is read from the input dimension it stands for, and the wrapper is captured
+with `fxpress.capture` (torch.export, ATen level), run through the pipeline and compiled. The returned
+function passes the user's inputs to the compiled module and returns torch tensors in the structure dynamo
+expects.
 
 Weights are frozen at compile time (like inductor's ``freezing``): when a parameter or buffer has changed
 since (an optimizer step, ``load_state_dict``), calls run the subgraph in eager PyTorch, with one warning,
@@ -46,7 +47,6 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -55,9 +55,18 @@ from typing import Any
 import torch
 import torch.fx
 import torch.utils._pytree as pytree
-from torch import nn
 
 from fxpress.errors import FxpressError, InputError, PipelineError, TargetError
+from fxpress.integrations.dynamo_graph import (
+    Layout,
+    Unsupported,
+    check_inference,
+    dynamic_shapes,
+    layout,
+    outputs_spec,
+    subgraph_module,
+    tidy_module_paths,
+)
 from fxpress.passes.base import Pass
 
 log = logging.getLogger(__name__)
@@ -65,7 +74,6 @@ log = logging.getLogger(__name__)
 NAME = "fxpress"
 OPTIONS = ("pipeline", "target", "num_threads", "calibration", "tuning")
 _WHERE = "torch.compile(backend='fxpress')"
-_DYNAMO_ROOT = re.compile(r"^L\['self'\]\.?")
 
 
 class OptionError(FxpressError):
@@ -78,10 +86,6 @@ class FallbackWarning(UserWarning):
 
 class CalibrationWarning(UserWarning):
     """A subgraph was calibrated on the inputs of its first call, not on ``options["calibration"]``."""
-
-
-class _Unsupported(Exception):
-    """A subgraph that this backend does not compile; the message says why (it becomes a `FallbackWarning`)."""
 
 
 Batch = tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor]
@@ -189,136 +193,6 @@ def parse_options(options: Mapping[str, Any] | None) -> Options:
     )
 
 
-# ---- the subgraph: which placeholder is what -------------------------------------------------------------
-
-
-@dataclass
-class Layout:
-    """What each placeholder of a dynamo subgraph is: a user input, a weight, or a size of a user input."""
-
-    count: int
-    inputs: list[int] = field(default_factory=list)  # placeholder index of each user input, in order
-    names: list[str] = field(default_factory=list)  # each user input's name in the compiled function
-    weights: dict[int, tuple[str, torch.Tensor]] = field(default_factory=dict)  # index -> (attribute, tensor)
-    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # index -> (user input, dimension)
-    dynamic: list[dict[int, str]] = field(default_factory=list)  # per user input: dimension -> symbol
-
-
-def _is_weight(node: torch.fx.Node, value: Any) -> bool:
-    from torch._dynamo.source import is_from_unspecialized_param_buffer_source
-
-    source = getattr(node.meta.get("grapharg"), "source", None)
-    return isinstance(value, nn.Parameter) or (source is not None and is_from_unspecialized_param_buffer_source(source))
-
-
-def _attribute(placeholder: str, taken: set[str]) -> str:
-    """A readable attribute name for a lifted weight: ``l_self_modules_bn_buffers_running_mean_`` -> ``bn_running_mean``."""
-    name = re.sub(r"^l_self_|(?<![a-z0-9])(modules|parameters|buffers)_|_+$", "", placeholder) or "weight"
-    name = re.sub(r"\W", "_", name)
-    if not name.isidentifier() or name in taken:
-        name = f"w{len(taken)}_{name}" if f"w{len(taken)}_{name}".isidentifier() else f"w{len(taken)}"
-    taken.add(name)
-    return name
-
-
-def _symbol(value: Any) -> str | None:
-    """The symbol a symbolic size is (``s77``); None for a static size. An expression is not supported."""
-    if not isinstance(value, torch.SymInt):
-        return None
-    expr = value.node.expr
-    if not getattr(expr, "is_Symbol", False):
-        if getattr(expr, "is_number", False):
-            return None
-        raise _Unsupported(f"an input has a size {expr} that is an expression of other sizes")
-    return str(expr)
-
-
-def layout(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Layout:
-    """Classify `gm`'s placeholders (see `Layout`); raises `_Unsupported` for an input fxpress cannot take."""
-    placeholders = list(gm.graph.find_nodes(op="placeholder"))
-    if len(placeholders) != len(example_inputs):
-        raise _Unsupported(f"{len(placeholders)} placeholders but {len(example_inputs)} example inputs")
-    out, taken, where = Layout(len(placeholders)), set[str](), {}
-    sizes = []
-    for i, (node, value) in enumerate(zip(placeholders, example_inputs, strict=True)):
-        if isinstance(value, torch.SymInt | int) and not isinstance(value, bool):
-            sizes.append((i, node))
-        elif not isinstance(value, torch.Tensor):
-            raise _Unsupported(f"input {node.name} is a {type(value).__name__}; fxpress compiles tensor inputs only")
-        elif value.device.type != "cpu":
-            raise _Unsupported(
-                f"input {node.name} is on {value.device}; fxpress's torch.compile backend runs on the CPU"
-            )
-        elif _is_weight(node, value):
-            out.weights[i] = (_attribute(node.name, taken), value)
-        else:
-            source = getattr(node.meta.get("grapharg"), "source", None)
-            out.names.append(str(getattr(source, "local_name", node.name)))
-            fake = node.meta.get("example_value", value)
-            dims = {d: s for d, size in enumerate(fake.shape) if (s := _symbol(size)) is not None}
-            where.update({s: (len(out.inputs), d) for d, s in dims.items()})
-            out.inputs.append(i)
-            out.dynamic.append(dims)
-    for i, node in sizes:
-        symbol = _symbol(node.meta.get("example_value"))
-        if symbol is None or symbol not in where:
-            raise _Unsupported(f"the subgraph takes a number {node.name} that is no dimension of a tensor input")
-        out.sizes[i] = where[symbol]
-    return out
-
-
-class DynamoSubgraph(nn.Module):
-    """A dynamo subgraph as a model of its user inputs alone: weights as (frozen) parameters, sizes read off inputs.
-
-    Returns the subgraph's outputs flattened to a tuple of tensors (see `outputs_spec`). Make one with
-    `subgraph_module`, which gives ``forward`` one named parameter per input: torch.export binds
-    ``dynamic_shapes`` to those, and fxpress re-exports the captured graph with the same spec.
-    """
-
-    def __init__(self, gm: torch.fx.GraphModule, layout: Layout) -> None:
-        super().__init__()
-        self.body = gm
-        self.layout = layout
-        for name, tensor in layout.weights.values():
-            self.register_parameter(name, nn.Parameter(tensor.detach(), requires_grad=False))
-
-    def run(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        lay = self.layout
-        by_slot = dict(zip(lay.inputs, inputs, strict=True))
-        args: list[Any] = []
-        for i in range(lay.count):
-            if i in by_slot:
-                args.append(by_slot[i])
-            elif i in lay.weights:
-                args.append(getattr(self, lay.weights[i][0]))
-            else:
-                k, d = lay.sizes[i]
-                args.append(inputs[k].shape[d])
-        with torch.fx.traceback.preserve_node_meta():  # the captured ops keep dynamo's module paths
-            out = torch.fx.Interpreter(self.body).run(*args)
-        return tuple(pytree.tree_leaves(out))
-
-
-def subgraph_module(gm: torch.fx.GraphModule, lay: Layout) -> DynamoSubgraph:
-    """A `DynamoSubgraph` whose ``forward(self, x0, x1, ...)`` takes the user inputs by position."""
-    names = [f"x{k}" for k in range(len(lay.inputs))]
-    namespace: dict[str, Any] = {}
-    exec(f"def forward(self, {', '.join(names)}):\n    return self.run({', '.join(names)})\n", namespace)
-    cls = type("DynamoSubgraph", (DynamoSubgraph,), {"forward": namespace["forward"], "__module__": __name__})
-    return cls(gm, lay)
-
-
-def outputs_spec(gm: torch.fx.GraphModule) -> pytree.TreeSpec:
-    """The structure of `gm`'s outputs; raises `_Unsupported` when one is not a tensor."""
-    (output,) = gm.graph.find_nodes(op="output")
-    leaves, spec = pytree.tree_flatten(output.args[0])
-    for leaf in leaves:
-        value = leaf.meta.get("example_value") if isinstance(leaf, torch.fx.Node) else leaf
-        if not isinstance(value, torch.Tensor):
-            raise _Unsupported(f"the subgraph returns a {type(value).__name__}; fxpress compiles tensor outputs only")
-    return spec
-
-
 # ---- calibration -----------------------------------------------------------------------------------------
 
 
@@ -381,35 +255,6 @@ def _with_data(passes: Sequence[Pass], batches: list[tuple[torch.Tensor, ...]]) 
 # ---- compile and run -------------------------------------------------------------------------------------
 
 
-def _argument(node: torch.fx.Node, op: torch._ops.OpOverload, name: str) -> Any:
-    for i, arg in enumerate(op._schema.arguments):
-        if arg.name == name:
-            return node.args[i] if i < len(node.args) else node.kwargs.get(name, arg.default_value)
-    return None
-
-
-def _check_inference(graph: Any) -> None:
-    """Refuse a captured graph that writes its inputs or weights, or draws random numbers (training mode)."""
-    for node in graph.nodes("call_function"):
-        op = node.target
-        if not isinstance(op, torch._ops.OpOverload):
-            continue
-        for i, arg in enumerate(op._schema.arguments):
-            written = arg.alias_info is not None and arg.alias_info.is_write
-            target = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
-            if written and isinstance(target, torch.fx.Node) and target.op in ("placeholder", "get_attr"):
-                raise _Unsupported(
-                    f"the subgraph writes {target.name} in place ({op}: BatchNorm statistics in training mode?); "
-                    "fxpress compiles inference graphs: call model.eval() first"
-                )
-        random = torch.Tag.nondeterministic_seeded in op.tags
-        if random and _argument(node, op, "train") is not False:  # dropout(train=False) is the identity
-            raise _Unsupported(
-                f"the subgraph draws random numbers ({op}: dropout in training mode?); "
-                "fxpress compiles inference graphs: call model.eval() first"
-            )
-
-
 class CompiledSubgraph:
     """Runs a compiled subgraph on dynamo's arguments; eager PyTorch where its weights changed since compile."""
 
@@ -438,29 +283,8 @@ class CompiledSubgraph:
         return pytree.tree_unflatten(flat, self.spec)
 
 
-def _tidy_module_paths(graph: Any) -> None:
-    """Dynamo's module paths without its frame prefix: ``L['self'].encoder.layer.0`` -> ``encoder.layer.0``.
-
-    Passes that pick layers by module path (``observe{dynamic=[...]}``, ``skip``) then match the same names
-    as on a model captured directly.
-    """
-    for node in graph.nodes():
-        stack = node.meta.get("nn_module_stack")
-        if stack:
-            node.meta["nn_module_stack"] = {
-                k: (_DYNAMO_ROOT.sub("", path), *rest) for k, (path, *rest) in stack.items()
-            }
-
-
-def _dynamic_shapes(lay: Layout) -> tuple[dict[int, Any], ...] | None:
-    if not any(lay.dynamic):
-        return None
-    auto = torch.export.Dim.AUTO
-    return tuple({d: auto for d in dims} for dims in lay.dynamic)
-
-
 def compile_subgraph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], opts: Options) -> CompiledSubgraph:
-    """Capture, compress and compile one dynamo subgraph; raises `_Unsupported` or an `FxpressError` if it cannot."""
+    """Capture, compress and compile one dynamo subgraph; raises `Unsupported` or an `FxpressError` if it cannot."""
     import fxpress
 
     lay = layout(gm, example_inputs)
@@ -478,10 +302,10 @@ def compile_subgraph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], op
         passes = _with_data(passes, batches)
     # outside dynamo's tracing context: torch.export and fxpress's shape propagation find their own fake mode
     with torch._guards.tracing(None):
-        graph = fxpress.capture(subgraph_module(gm, lay), inputs, dynamic_shapes=_dynamic_shapes(lay))
+        graph = fxpress.capture(subgraph_module(gm, lay), inputs, dynamic_shapes=dynamic_shapes(lay))
         graph.model_name = "torch.compile subgraph"
-        _tidy_module_paths(graph)
-        _check_inference(graph)
+        tidy_module_paths(graph)
+        check_inference(graph)
         graph = fxpress.optimize(graph, passes)
         module = fxpress.compile(graph, opts.target, num_threads=opts.num_threads, tuning=opts.tuning)
     log.info("compiled a subgraph (%d ops) for %s with %s", graph.num_ops, opts.target, graph.pipeline)
@@ -504,7 +328,7 @@ def fxpress_backend(
     opts = parse_options(options)
     try:
         return compile_subgraph(gm, example_inputs, opts)
-    except (_Unsupported, FxpressError) as exc:
+    except (Unsupported, FxpressError) as exc:
         ops = sum(1 for n in gm.graph.nodes if n.op in ("call_function", "call_method", "call_module"))
         reason = str(exc).strip() or "(no message)"
         warnings.warn(
