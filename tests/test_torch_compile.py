@@ -26,6 +26,7 @@ from fxpress.integrations.torch_compile import (
     OptionError,
     fxpress_backend,
     parse_options,
+    register,
 )
 
 FAST = {"num_threads": 1, "tuning": False}
@@ -95,6 +96,8 @@ def test_the_backend_is_found_by_name() -> None:
     from torch._dynamo.backends.registry import lookup_backend
 
     assert "fxpress" in torch._dynamo.list_backends()
+    assert lookup_backend("fxpress") is fxpress_backend
+    register()  # by hand, where fxpress is not pip-installed: a no-op once the entry point registered it
     assert lookup_backend("fxpress") is fxpress_backend
 
 
