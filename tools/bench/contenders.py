@@ -222,7 +222,8 @@ def build_torch_compile(
     options: dict[str, Any] = {"num_threads": threads, "tuning": False}
     if calibration is not None:
         options.update(pipeline=_int8_passes(dynamic), calibration=calibration)
-    torch._dynamo.reset()  # a fresh cache: the other torch.compile contender compiled the same forward
+    # no torch._dynamo.reset(): it would drop the other torch.compile contender's code too (dynamo keeps one
+    # cache entry per backend for the same forward, so the fp32 and int8 builds live side by side)
     compiled = torch.compile(model, backend="fxpress", options=options)
 
     def call() -> torch.Tensor:
