@@ -389,7 +389,12 @@ def cmd_passes(args: argparse.Namespace) -> int:
         print(f"  {name:16} {doc}")
         for f in dataclasses.fields(cls):
             print(f"  {'':16}   {f.name.replace('_', '-')}: {f.type} = {f.default!r}")
-        facts = {"requires": cls.requires, "establishes": cls.establishes, "invalidates": cls.invalidates}
+        facts = {
+            "requires": cls.requires,
+            "establishes": cls.establishes,
+            "invalidates": cls.invalidates,
+            "forbids": cls.forbids,
+        }
         if any(facts.values()):
             print(f"  {'':16}   " + ", ".join(f"{k} {sorted(str(f) for f in v)}" for k, v in facts.items()))
     print("named pipelines:")

@@ -357,3 +357,21 @@ def test_properties_persist_across_optimize_calls(mlp, mlp_input):
     assert CALLS == ["needs-bn-folded"]
     calibrated = fxpress.optimize(later, "calibrate")
     assert fxpress.optimize(calibrated, "prune").properties == frozenset({"bn-folded"})
+
+
+def test_a_float_weight_pass_after_quantization_names_the_pass_to_move():
+    from fxpress.passes.pipeline import check_order
+    from fxpress.passes.registry import REGISTRY
+
+    passes = parse_pipeline("observe,calibrate,fold-qdq,low-rank")
+    with pytest.raises(
+        PipelineError,
+        match=r"low-rank cannot run on a graph that is \['quantized'\] \(made by fold-qdq\); run low-rank before fold-qdq",
+    ):
+        check_order(passes, frozenset(), REGISTRY)
+    passes = parse_pipeline("observe,calibrate,fake-quantize,sparsify")
+    with pytest.raises(PipelineError, match=r"sparsify cannot run on a graph that is \['fake-quantized'\]"):
+        check_order(passes, frozenset(), REGISTRY)
+    with pytest.raises(PipelineError, match=r"\['quantized'\] \(it came that way\); run fine-tune on the float graph"):
+        check_order(parse_pipeline("fine-tune"), frozenset({"quantized"}), REGISTRY)
+    check_order(parse_pipeline("low-rank,sparsify,observe,calibrate,fake-quantize,fine-tune"), frozenset(), REGISTRY)

@@ -48,6 +48,17 @@ class Property(StrEnum):
     """Linear and conv weights hold few shared values, k-means centroids or hash buckets (share-weights)."""
 
 
+QUANTIZED_WEIGHTS: frozenset[Property] = frozenset({Property.QUANTIZED, Property.FAKE_QUANTIZED})
+"""What a pass that rewrites float weights by its own rule (low-rank, share-weights, sparsify, prune-channels) forbids.
+
+After ``fold-qdq`` the weights are int8 parameters of integer ops, and after
+``fake-quantize`` they sit behind rounding ops whose scales were measured on
+the old weights: factorizing, clustering or pruning them then either finds
+no float layer or silently detunes the quantization. Such a pass runs
+before ``observe`` (check_order says so); trainers (fine-tune, distil) forbid
+only ``quantized``, since training a fake-quantized graph is QAT.
+"""
+
 WEIGHT_DEPENDENT: frozenset[Property] = frozenset({Property.OBSERVED, Property.CALIBRATED})
 """What a pass that rewrites or replaces weights invalidates.
 

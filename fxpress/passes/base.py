@@ -9,7 +9,10 @@ text. Class attributes declare:
   (``calibrated``), checked by the manager before anything runs;
 - ``establishes``: properties that hold after it runs (``bn-folded``);
 - ``invalidates``: properties it destroys (a pass that rewrites weights
-  invalidates ``observed`` and ``calibrated``).
+  invalidates ``observed`` and ``calibrated``);
+- ``forbids``: properties that must not hold when it runs (a pass that
+  factorizes or clusters float weights forbids ``quantized``: run it before
+  ``fold-qdq``), checked with ``requires``.
 
 Properties are members of `fxpress.ir.properties.Property`, never bare strings.
 ``text()`` prints the pass back as pipeline text (`print_pass`); parsing lives
@@ -56,6 +59,7 @@ class Pass:
     requires: ClassVar[frozenset[Property]] = frozenset()
     establishes: ClassVar[frozenset[Property]] = frozenset()
     invalidates: ClassVar[frozenset[Property]] = frozenset()
+    forbids: ClassVar[frozenset[Property]] = frozenset()
 
     def run(self, graph: Graph, am: AnalysisManager) -> PassResult:
         raise NotImplementedError(f"pass {self.name!r} does not implement run()")

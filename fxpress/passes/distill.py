@@ -65,6 +65,7 @@ class Distil(Pass):
     name = "distil"
     establishes = frozenset({Property.DISTILLED})
     invalidates = WEIGHT_DEPENDENT
+    forbids = frozenset({Property.QUANTIZED})
 
     teacher: Any = field(default=None, compare=False, repr=False)
     data: Iterable[Any] | None = field(default=None, compare=False, repr=False)

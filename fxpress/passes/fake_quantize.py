@@ -44,6 +44,7 @@ class FakeQuantize(Pass):
     name = "fake-quantize"
     requires = frozenset({Property.OBSERVED, Property.CALIBRATED})
     establishes = frozenset({Property.FAKE_QUANTIZED})
+    forbids = frozenset({Property.QUANTIZED})
 
     learn: bool = True
 

@@ -57,6 +57,7 @@ class FineTune(Pass):
     name = "fine-tune"
     establishes = frozenset({Property.FINE_TUNED})
     invalidates = WEIGHT_DEPENDENT
+    forbids = frozenset({Property.QUANTIZED})
 
     data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
     loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = field(default=None, compare=False, repr=False)

@@ -23,7 +23,9 @@ low-rank-report`` prints the plan and the error of each choice first.
 
 Requires: nothing (run ``fold-bn`` first, so that convs carry their batch norm
 into the factors). Establishes: ``low-rank``; invalidates ``observed`` and
-``calibrated`` (new weights: observe and calibrate afterwards).
+``calibrated`` (new weights: observe and calibrate afterwards); forbids
+``quantized`` and ``fake-quantized`` (it factorizes float weights: run it before
+quantization).
 Numerics: each factorized layer computes the original layer with its weight
 replaced by the truncated one; the relative weight error is the dropped part
 of the spectrum (svd, spatial: exactly ``sqrt(sum of dropped s_i^2) / ||s||``;
@@ -47,7 +49,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from fxpress.ir.graph import Graph
-from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
+from fxpress.ir.properties import QUANTIZED_WEIGHTS, WEIGHT_DEPENDENT, Property
 from fxpress.lowrank.plan import LowRankRequest, plan_low_rank
 from fxpress.lowrank.rewrite import apply_plan
 from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
@@ -64,6 +66,7 @@ class LowRank(LowRankRequest, Pass):
     name = "low-rank"
     establishes = frozenset({Property.LOW_RANK})
     invalidates = WEIGHT_DEPENDENT
+    forbids = QUANTIZED_WEIGHTS
 
     def text(self) -> str:
         return print_pass(dataclasses.replace(self, data=None))  # data is not pipeline text

@@ -201,19 +201,28 @@ def as_passes(passes: str | Pass | Sequence[Pass | str], registry: PassRegistry)
 def check_order(
     passes: Sequence[Pass], properties: frozenset[str], registry: PassRegistry, history: Sequence[str] = ()
 ) -> None:
-    """Raise `PipelineError` if some pass's `requires` would not hold when it runs.
+    """Raise `PipelineError` if some pass's `requires` would not hold, or its `forbids` would, when it runs.
 
     `properties` are those the graph already has; `history` names the passes
     that ran on it in earlier `optimize` calls (for the message only); the
     passes of `registry` that establish a missing property are named as the fix.
     A requirement that an earlier pass of the pipeline invalidated names that
     pass too: ``calibrate requires ['observed']; ran so far: ['observe', 'fold-bn'];
-    run observe before it ('observed' was invalidated by fold-bn)``.
+    run observe before it ('observed' was invalidated by fold-bn)``. A forbidden
+    property names the pass that made it: ``low-rank cannot run on a graph that
+    is ['quantized'] (made by fold-qdq); run low-rank before fold-qdq``.
     """
     have = set(properties)
     ran: list[str] = list(history)
     lost: dict[str, str] = {}  # property -> the pass of this pipeline that last invalidated it
+    made: dict[str, str] = {}  # property -> the pass of this pipeline that last established it
     for p in passes:
+        present = sorted(str(f) for f in p.forbids & have)
+        if present:
+            makers = sorted({made[f] for f in present if f in made})
+            by = f" (made by {', '.join(makers)})" if makers else " (it came that way)"
+            where = f"run {p.name} before {' and '.join(makers)}" if makers else f"run {p.name} on the float graph"
+            raise PipelineError(f"{p.name} cannot run on a graph that is {present}{by}; {where}")
         missing = sorted(str(f) for f in p.requires - have)
         if missing:
             makers = _nearest_makers(registry, have, set(missing))
@@ -226,6 +235,7 @@ def check_order(
         have |= p.establishes
         for f in p.establishes:
             lost.pop(str(f), None)
+            made[str(f)] = p.name
         ran.append(p.name)
 
 

@@ -56,6 +56,7 @@ class Qat(Pass):
     name = "qat"
     requires = frozenset({Property.OBSERVED, Property.CALIBRATED})
     establishes = frozenset({Property.QAT_TRAINED})
+    forbids = frozenset({Property.QUANTIZED})
 
     data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
     loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = field(default=None, compare=False, repr=False)

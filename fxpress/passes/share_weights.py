@@ -30,7 +30,8 @@ runs as before and the trainers keep the sharing (``fine-tune`` / ``distil`` /
   as sparsify's.
 
 Requires: nothing. Establishes: ``weights-shared``; invalidates ``observed``
-and ``calibrated`` (weights change). Numerics: the graph computes what the
+and ``calibrated`` (weights change); forbids ``quantized`` and
+``fake-quantized`` (run it before quantization). Numerics: the graph computes what the
 model computes with the shared weights in eager PyTorch (bit-exact: only
 weights change); the error is the weights' k-means (or projection) error,
 reported per run as ``stats["rmse"]`` (root mean squared change of the
@@ -56,7 +57,7 @@ import torch
 
 from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
-from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
+from fxpress.ir.properties import QUANTIZED_WEIGHTS, WEIGHT_DEPENDENT, Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
 from fxpress.sharing import METHODS, SharedWeights, SharingError, share_hash, share_kmeans
 from fxpress.sparse.pattern import WeightSite, select, weight_sites
@@ -72,6 +73,7 @@ class ShareWeights(Pass):
     name = "share-weights"
     establishes = frozenset({Property.WEIGHTS_SHARED})
     invalidates = WEIGHT_DEPENDENT
+    forbids = QUANTIZED_WEIGHTS
 
     method: str = "kmeans"
     bits: int | None = None

@@ -23,7 +23,8 @@ pass is a `fxpress.sparse.MagnitudeMasks` (the same request `fxpress.train.fine_
 ramps: its options and the masks they give) that applies them.
 
 Requires: nothing. Establishes: ``sparsified``; invalidates ``observed`` and
-``calibrated`` (weights changed: observe and calibrate afterwards).
+``calibrated`` (weights changed: observe and calibrate afterwards); forbids
+``quantized`` and ``fake-quantized`` (run it before quantization).
 Numerics: the graph computes what the original computes with the zeroed weights
 set to zero in eager PyTorch (bit-exact: only weights change). Bad input, each a
 `SparsityError`: bad pattern text, N > M, a density outside (0, 1] or not N/M
@@ -43,7 +44,7 @@ import torch
 
 from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
-from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
+from fxpress.ir.properties import QUANTIZED_WEIGHTS, WEIGHT_DEPENDENT, Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
 from fxpress.sparse.annotations import Sparsity
 from fxpress.sparse.masks import MagnitudeMasks
@@ -61,6 +62,7 @@ class Sparsify(MagnitudeMasks, Pass):
     name = "sparsify"
     establishes = frozenset({Property.SPARSIFIED})
     invalidates = WEIGHT_DEPENDENT
+    forbids = QUANTIZED_WEIGHTS
 
     def magnitude_masks(self) -> MagnitudeMasks:
         """The request this pass applies, as a plain `MagnitudeMasks` (what `fxpress.train.fine_tune` ramps)."""

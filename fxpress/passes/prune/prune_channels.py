@@ -19,7 +19,8 @@ data it is an error that says so.
 
 Requires: nothing (run ``fold-bn`` first to prune folded convs). Establishes:
 ``channels-pruned``; invalidates ``observed`` and ``calibrated`` (weights are
-sliced: observe and calibrate afterwards). Numerics: exact for every group
+sliced: observe and calibrate afterwards); forbids ``quantized`` and
+``fake-quantized`` (run it before quantization). Numerics: exact for every group
 the analysis marks exact: the pruned graph computes what the original computes
 with the pruned channels' parameters set to zero; a group normalized over its
 channels (layer_norm, softmax, mean) is approximate and says so in the report.
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fxpress.ir.graph import Graph
-from fxpress.ir.properties import WEIGHT_DEPENDENT, Property
+from fxpress.ir.properties import QUANTIZED_WEIGHTS, WEIGHT_DEPENDENT, Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
 from fxpress.passes.prune.errors import PruneError
 from fxpress.passes.prune.groups import ChannelGroupsAnalysis
@@ -52,6 +53,7 @@ class PruneChannels(Pass):
     name = "prune-channels"
     establishes = frozenset({Property.CHANNELS_PRUNED})
     invalidates = WEIGHT_DEPENDENT
+    forbids = QUANTIZED_WEIGHTS
 
     ratio: float = 0.5
     per_layer: bool = True
