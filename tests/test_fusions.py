@@ -28,7 +28,7 @@ pytestmark = pytest.mark.tvm
 def _fused(model: torch.nn.Module, *inputs: torch.Tensor, preset: str = "x86") -> tvm.IRModule:
     """The module after compile's own stages up to and including ``fuse-tir``."""
     spec = resolve_target(preset, num_threads=1)
-    mod, _ = _import(fxpress.capture(model.eval(), inputs), spec)
+    mod, _, _ = _import(fxpress.capture(model.eval(), inputs), spec)
     stages = lowering_stages(spec)
     upto = [name for name, _ in stages].index("fuse-tir") + 1
     return as_pass(stages[:upto])(mod)

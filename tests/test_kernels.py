@@ -156,7 +156,7 @@ def test_rows_per_tile_divides_m() -> None:
 def _scheduled_functions(model: torch.nn.Module, *inputs: torch.Tensor, preset: str = "x86") -> dict[str, str]:
     """name -> which rule scheduled it, for every PrimFunc of the lowered module."""
     spec = resolve_target(preset, num_threads=1)
-    mod, _ = _import(fxpress.capture(model.eval(), inputs), spec)
+    mod, _, _ = _import(fxpress.capture(model.eval(), inputs), spec)
     t = relax.transform
     mod = tvm.transform.Sequential(
         [t.DecomposeOpsForInference(), t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FuseOps(), t.FuseTIR()]
