@@ -24,9 +24,9 @@ def _keep_threads():
 
 
 def test_deep_compression_small():
-    """4,000 images, 5-bit sharing: the centroids train, sharing and zeros hold, and the sizes add up."""
+    """4,000 images, 5-bit sharing: the centroids train, sharing and zeros hold, the sizes add up; a second seed."""
     result = load_example("deep_compression_lenet").run(
-        bits=(5,), subset=4000, train_epochs=3, prune_epochs=3, ramp_epochs=1, share_epochs=1, verbose=False
+        bits=(5,), subset=4000, train_epochs=3, prune_epochs=3, ramp_epochs=1, share_epochs=1, seeds=(1,), verbose=False
     )
     graphs, error = result["graphs"], result["test_error_percent"]
     pruned, tuned = graphs["pruned"], graphs["tuned_5bit"]
@@ -41,6 +41,10 @@ def test_deep_compression_small():
     assert sizes["dense_fp32_bytes"] == 266_610 * 4
     assert sizes["ratio_stored"] > 5 and sizes["ratio_entropy_coded"] > 30, sizes
     assert result["tvm_x86"]["same_predictions"] == result["tvm_x86"]["of"]
+    first, second = result["seeds"]["runs"]
+    assert (first["seed"], first["dense"], first["tuned_5bit"]) == (0, error["dense"], error["tuned_5bit"])
+    assert second["seed"] == 1 and second["dense"] != first["dense"], result["seeds"]
+    assert second["ratio_entropy_coded"] > 30, result["seeds"]
 
 
 def test_hashednets_small():
