@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from fxpress import progress
 from fxpress.errors import FxpressError
 from fxpress.loading import import_module_or_file
 
@@ -42,12 +43,16 @@ QUANT_PIPELINE = (
 
 
 def _progress(msg: str) -> float:
-    print(f"[fxpress] {msg} ...", file=sys.stderr, flush=True)
+    """Announce a step on stderr (unless FXPRESS_PROGRESS=0: the CLI's own steps show by default)."""
+    if progress.enabled(default=True):
+        print(f"[fxpress] {msg} ...", file=sys.stderr, flush=True)
     return time.perf_counter()
 
 
 def _done(start: float) -> None:
-    print(f"[fxpress]   done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    """Close the step `_progress` started at `start` with its seconds."""
+    if progress.enabled(default=True):
+        print(f"[fxpress]   done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
 
 def _load_factory(spec: str) -> Any:
@@ -290,6 +295,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         budget_s=args.budget_s,
         trials=args.trials,
         cache_dir=args.cache_dir,
+        progress=progress.enabled(default=True),  # a tune takes minutes: its task lines show unless FXPRESS_PROGRESS=0
         only_faster=not args.keep_slower,
     )
     print(json.dumps(report.to_json(), indent=2) if args.json else report)

@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, int]] = [
 # Leaves: importable from every layer; what each may import of fxpress itself.
 LEAVES: dict[str, tuple[str, ...]] = {
     "fxpress.errors": (),
+    "fxpress.progress": (),
     "fxpress.loading": (),
     "fxpress.version": (),
     "fxpress.runtime": ("fxpress.errors", "fxpress.runtime"),

@@ -43,6 +43,7 @@ import torch
 from fxpress.errors import ExportError
 from fxpress.export.standard import Rewritten, standard_graph
 from fxpress.ir.graph import Graph
+from fxpress.progress import enabled, step
 
 _EXTERNAL_DATA_BYTES = 1 << 30  # a protobuf holds at most 2 GiB: bigger weights go to a .data file beside the model
 
@@ -146,7 +147,12 @@ def _export(std: Graph, tmp: Path, opset: int | None, external: bool) -> None:
 
 
 def to_onnx(
-    graph: Graph, path: str | os.PathLike[str], *, activations: str = "uint8", opset: int | None = None
+    graph: Graph,
+    path: str | os.PathLike[str],
+    *,
+    activations: str = "uint8",
+    opset: int | None = None,
+    progress: bool | None = None,
 ) -> OnnxExport:
     """Write `graph` as an ONNX model at `path`; int8 ops in QDQ form (see the module doc).
 
@@ -154,7 +160,9 @@ def to_onnx(
     (default; zero point + 128, the same real values, what ONNX Runtime's x86
     convolutions take) or ``int8`` (fxpress's own values). `opset`: the ONNX
     opset (default: torch.onnx's). The inputs are the graph's inputs by name,
-    its dynamic dimensions stay dynamic.
+    its dynamic dimensions stay dynamic. `progress`: report each step (rewrite,
+    torch.onnx export, check) on stderr; default ``FXPRESS_PROGRESS``, else
+    whether stderr is a terminal (fxpress.progress).
     """
     try:
         import onnx
@@ -162,15 +170,19 @@ def to_onnx(
         raise ExportError("ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript") from exc
     path = Path(path)
     start = time.perf_counter()
-    standard = standard_graph(graph, activations)
+    show = enabled(progress)
+    with step("rewrite to standard ops", show):
+        standard = standard_graph(graph, activations)
     std = standard.graph
     path.parent.mkdir(parents=True, exist_ok=True)
     external = std.param_bytes > _EXTERNAL_DATA_BYTES
     # the weights file is named after the model, so a model with external weights is written in place
     tmp = path if external else path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        _export(std, tmp, opset, external)
-        onnx.checker.check_model(str(tmp))
+        with step("torch.onnx export", show):
+            _export(std, tmp, opset, external)
+        with step("onnx check", show):
+            onnx.checker.check_model(str(tmp))
         os.replace(tmp, path)
     except Exception as exc:
         raise ExportError(

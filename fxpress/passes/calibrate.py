@@ -15,7 +15,7 @@ per graph input, with the graph's dtypes and static sizes (dynamic sizes may
 vary). It is a Python-only option: ``Calibrate(data=batches, limit=8)``; the
 text form ``calibrate{limit=8}`` prints and parses the other options, and a
 ``calibrate`` run without data fails with a message that says so. ``limit``
-caps the number of batches (0: all). A progress bar shows on a terminal.
+caps the number of batches (0: all). A progress bar shows on a terminal or with FXPRESS_PROGRESS=1.
 
 Parameters depend only on the data given to this run (observers are not kept
 between runs), so the same data gives the same parameters and a second run
@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import sys
 from collections.abc import Iterable, Sized
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx
-from tqdm import tqdm
 
 from fxpress.errors import PassError
 from fxpress.ir import annotations as notes
@@ -50,6 +48,7 @@ from fxpress.ir.graph import Graph
 from fxpress.ir.printer import locate
 from fxpress.ir.properties import Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
+from fxpress.progress import bar
 from fxpress.quant.annotations import ObserverSlot, QuantParams
 from fxpress.quant.calib_data import check_batch
 from fxpress.quant.observers import Observer
@@ -142,13 +141,8 @@ class Calibrate(Pass):
         feeder, batches = _Feeder(graph, observers), 0
         assert self.data is not None
         items = itertools.islice(self.data, self.limit) if self.limit else self.data
-        with (
-            torch.no_grad(),
-            tqdm(
-                items, total=total, desc="calibrate", unit="batch", leave=False, disable=not sys.stderr.isatty()
-            ) as bar,
-        ):
-            for item in bar:
+        with torch.no_grad(), bar(items, total=total, desc="calibrate", unit="batch") as batches_bar:
+            for item in batches_bar:
                 feeder.run(*check_batch(graph, item, batches))
                 batches += 1
         if batches == 0:

@@ -39,6 +39,7 @@ from fxpress.backends.tvm.tuning.records import apply_records, open_records
 from fxpress.errors import BackendError
 from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
+from fxpress.progress import enabled, step
 from fxpress.quant.qat_graph import is_fake_quant
 from fxpress.runtime.module import CompiledModule
 from fxpress.sharing.annotations import SharedWeights
@@ -135,11 +136,16 @@ def _hashed(graph: Graph, targets: list[str]) -> dict[str, Any]:
 
 
 def _build(
-    mod: tvm.IRModule, spec: TargetSpec, timings: dict[str, float], replay: tvm.transform.Pass | None = None
+    mod: tvm.IRModule,
+    spec: TargetSpec,
+    timings: dict[str, float],
+    replay: tvm.transform.Pass | None = None,
+    progress: bool = False,
 ) -> tvm.runtime.Executable:
     try:
-        with spec.target:
-            return tvm.compile(mod, target=spec.target, relax_pipeline=as_pass(lowering_stages(spec, replay), timings))
+        with spec.target, step(f"build for {spec.name}", progress):
+            pipeline = as_pass(lowering_stages(spec, replay), timings, progress)
+            return tvm.compile(mod, target=spec.target, relax_pipeline=pipeline)
     except Exception as exc:
         raise BackendError(f"building for target {spec.name!r} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -157,11 +163,15 @@ def compile_graph(
     num_threads: int | None = None,
     cross: bool = False,
     tuning: bool | str | os.PathLike[str] | None = "auto",
+    progress: bool | None = None,
 ) -> CompiledModule:
     """Compile `graph` for the named target preset (see targets.py), or for an already resolved `TargetSpec`.
 
     `tuning`: ``"auto"`` replays the default cache's records for this target
     when there are any, a path names another cache, False uses the rules only.
+    `progress`: report each step (export/import, build with its lowering stages,
+    transform parameters) on stderr; default ``FXPRESS_PROGRESS``, else whether
+    stderr is a terminal (fxpress.progress).
     """
     if not isinstance(graph, Graph):
         raise BackendError(f"compile() takes an fxpress Graph (from fxpress.capture), got {type(graph).__name__}")
@@ -171,15 +181,18 @@ def compile_graph(
             "and fold-qdq before compiling, e.g. fxpress.optimize(graph, [FreezeFakeQuant(), FoldQDQ()])"
         )
     spec = target if isinstance(target, TargetSpec) else resolve_target(target, num_threads=num_threads, cross=cross)
-    mod, params, sparse, targets = import_graph_targets(graph, spec)
+    show = enabled(progress)
+    with step("export/import", show):
+        mod, params, sparse, targets = import_graph_targets(graph, spec)
     timings: dict[str, float] = {}
     records = open_records(spec, tuning)
     applied: list[str] = []
-    exe = _build(mod, spec, timings, apply_records(records, applied) if records else None)
+    exe = _build(mod, spec, timings, apply_records(records, applied) if records else None, show)
     if spec.host_runnable:
         spec.isa.prepare_runtime()  # e.g. AMX tile permission, before anything of the build runs
-    host_exe = exe if spec.host_runnable else _build(mod, resolve_target("x86"), {})
-    final = _transform_params(host_exe, params)
+    host_exe = exe if spec.host_runnable else _build(mod, resolve_target("x86"), {}, progress=show)
+    with step("transform parameters", show):
+        final = _transform_params(host_exe, params)
     names = [f"p{i}_{v.name}" for i, v in enumerate(mod["main"].params[int(mod["main"].attrs["num_input"]) :])]
     hashed = _hashed(graph, targets) if spec.host_runnable else {}
     manifest = {

@@ -40,6 +40,7 @@ from fxpress.backends.tvm.add_norm import AddNorm
 from fxpress.backends.tvm.dead_bindings import DeadBindings
 from fxpress.backends.tvm.fast_math import FastMath
 from fxpress.backends.tvm.targets import TargetSpec
+from fxpress.progress import enabled, step
 
 
 def schedule_rules(spec: TargetSpec) -> list[dl.ScheduleRule]:
@@ -96,16 +97,25 @@ def lowering_stages(spec: TargetSpec, replay: tvm.transform.Pass | None = None) 
 
 
 def as_pass(
-    stages: Sequence[tuple[str, tvm.transform.Pass]], timings: dict[str, float] | None = None
+    stages: Sequence[tuple[str, tvm.transform.Pass]],
+    timings: dict[str, float] | None = None,
+    progress: bool | None = None,
 ) -> tvm.transform.Pass:
-    """One module pass running `stages` in order, recording each one's seconds."""
+    """One module pass running `stages` in order, recording each one's seconds.
+
+    `progress` (see fxpress.progress; default: ``FXPRESS_PROGRESS``, else a TTY stderr)
+    reports each stage on stderr as ``lower i/n <name>`` when it starts and ends.
+    """
     import time
+
+    show = enabled(progress)
 
     @tvm.transform.module_pass(opt_level=0, name="fxpress_lowering")
     def _run(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        for name, stage in stages:
+        for i, (name, stage) in enumerate(stages, 1):
             start = time.perf_counter()
-            mod = stage(mod)
+            with step(f"lower {i}/{len(stages)} {name}", show):
+                mod = stage(mod)
             if timings is not None:
                 timings[name] = time.perf_counter() - start
         return mod

@@ -15,7 +15,6 @@ the whole tune: what `tune` returns, printed as a table by ``fxpress tune``
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,12 +114,6 @@ def progress_line(r: TaskResult) -> str:
         f"{r.name}: {r.trials} trials ({r.valid} valid) in {r.search_s:.0f} s, "
         f"best {r.tuned_us:.1f} us vs rule {r.rule_us:.1f} us -> {verdict}"
     )
-
-
-def say(enabled: bool, msg: str) -> None:
-    """Print a progress message to stderr when `enabled`."""
-    if enabled:
-        print(f"[fxpress] {msg}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------- side-by-side timing

@@ -40,9 +40,10 @@ from tvm.s_tir.analysis import estimate_tir_flops
 from fxpress.backends.tvm.targets import TargetSpec, default_threads, resolve_target
 from fxpress.backends.tvm.tuning.intrinsics import fast_intrinsics_import, import_tensor_intrinsics
 from fxpress.backends.tvm.tuning.records import cache_root, json_database, target_key
-from fxpress.backends.tvm.tuning.report import TaskResult, TuneReport, progress_line, say, time_side_by_side
+from fxpress.backends.tvm.tuning.report import TaskResult, TuneReport, progress_line, time_side_by_side
 from fxpress.backends.tvm.tuning.tasks import tuning_tasks, work
 from fxpress.errors import BackendError, TargetError
+from fxpress.progress import bar, enabled, say
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +53,43 @@ BATCH = 16  # candidates per round: the budget is checked between rounds
 
 @derived_object
 class _Progress(ms.measure_callback.PyMeasureCallback):
-    """Counts the trials measured and those that built and ran."""
+    """Counts the trials measured and those that built and ran, advancing `bar` (a tqdm bar) by the trials."""
 
-    def __init__(self) -> None:
+    def __init__(self, bar: Any = None) -> None:
         self.trials = 0
         self.valid = 0
+        self.bar = bar
 
     def apply(self, _scheduler: Any, task_id: int, candidates: Any, builds: Any, runs: Any) -> None:
         self.trials += len(candidates)
         self.valid += sum(1 for b, r in zip(builds, runs, strict=True) if b.error_msg is None and r.error_msg is None)
+        if self.bar is not None:
+            self.bar.set_postfix(valid=self.valid, refresh=False)
+            self.bar.update(len(candidates))
         log.debug("task %d: %d trials, %d valid", task_id, self.trials, self.valid)
 
 
-def _search(task: ms.ExtractedTask, spec: TargetSpec, share_s: float, trials: int, pools: tuple[Any, Any]) -> Any:
+def _search(
+    task: ms.ExtractedTask,
+    spec: TargetSpec,
+    share_s: float,
+    trials: int,
+    pools: tuple[Any, Any],
+    trials_bar: Any = None,
+) -> Any:
     """Run MetaSchedule on one task in rounds of `BATCH` until its time or trials run out.
 
     Rounds share the database (each round's evolutionary search starts from
     the best measured so far) and the cost model. Stopping between rounds,
     not from a callback: terminating a task from a measure callback trips
     MetaSchedule's round-robin scheduler (``Check failed: !is_terminated``).
+    `trials_bar`: a tqdm bar the measured trials advance (fxpress.progress.bar).
     Returns (in-memory database, progress counts).
     """
     quiet = logging.getLogger("fxpress.tune.metaschedule")
     quiet.setLevel(logging.WARNING)
     database = ms.database.MemoryDatabase(module_equality="structural")
-    progress = _Progress()
+    progress = _Progress(trials_bar)
     cost = "xgb" if importlib.util.find_spec("xgboost") else "random"
     cost_model = ms.cost_model.CostModel.create(cost, **({"seed": 0} if cost == "random" else {}))
     deadline = time.monotonic() + share_s
@@ -190,10 +203,14 @@ def tune(
     budget_s: float,
     trials: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     only_faster: bool = True,
 ) -> TuneReport:
-    """Search schedules for `graph`'s kernels on this machine and cache the winners (see the module doc)."""
+    """Search schedules for `graph`'s kernels on this machine and cache the winners (see the module doc).
+
+    `progress`: a line per task and a bar over each task's trials on stderr; default
+    ``FXPRESS_PROGRESS``, else whether stderr is a terminal (fxpress.progress).
+    """
     from fxpress.ir.graph import Graph
     from fxpress.runtime.module import set_num_threads
 
@@ -212,7 +229,8 @@ def tune(
     (directory / "target.json").write_text(json.dumps({"preset": spec.name, "target": str(spec.target)}) + "\n")
     tasks, skipped = tuning_tasks(graph, spec)
     report = TuneReport(spec.name, directory.name, directory, float(budget_s), skipped=skipped)
-    say(progress, f"tune: {len(tasks)} task(s) for {spec.name}, budget {budget_s:g} s, records in {directory}")
+    show = enabled(progress)
+    say(f"tune: {len(tasks)} task(s) for {spec.name}, budget {budget_s:g} s, records in {directory}", show)
     if tasks:
         import_tensor_intrinsics()
         set_num_threads(int(spec.target.attrs.get("num-cores", default_threads())))
@@ -226,9 +244,13 @@ def tune(
                 if share < 1.0:
                     report.skipped[task.task_name] = "budget spent"
                     continue
-                result = _tune_one(task, spec, share, trials or _MAX_TRIALS, pools, stored, only_faster, rng, i)
+                label = f"tune {i + 1}/{len(tasks)} {task.task_name}"
+                with bar(None, total=trials or None, desc=label, unit="trial", progress=show) as trials_bar:
+                    result = _tune_one(
+                        task, spec, share, trials or _MAX_TRIALS, pools, stored, only_faster, rng, i, trials_bar
+                    )
                 report.tasks.append(result)
-                say(progress, f"tune {i + 1}/{len(tasks)} {progress_line(result)}")
+                say(f"tune {i + 1}/{len(tasks)} {progress_line(result)}", show)
         finally:
             pools[0].close()
             pools[1].pool.shutdown()
@@ -246,13 +268,14 @@ def _tune_one(
     only_faster: bool,
     rng: np.random.Generator,
     index: int,
+    trials_bar: Any = None,
 ) -> TaskResult:
     """Search one task, time its best against the rule, commit the record if it wins."""
     task_mod, name = task.dispatched[0], task.task_name
     flops = float(estimate_tir_flops(task_mod))
     begin = time.monotonic()
     try:
-        database, progress = _search(task, spec, share, trials, pools)
+        database, progress = _search(task, spec, share, trials, pools, trials_bar)
     except Exception as exc:  # a task MetaSchedule cannot handle must not end the tune
         note = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         return TaskResult(name, int(task.weight), flops, 0, 0, time.monotonic() - begin, None, None, False, note)
