@@ -1,4 +1,4 @@
-"""English sentences from the docstrings of the running Python's standard library, for label-free distillation.
+"""English sentences from the docstrings of the standard library and a few packages, for label-free distillation.
 
     corpus = docstring_sentences(exclude=sentences("eval"))   # ~23,000 sentences, deterministic, nothing downloaded
 
@@ -10,7 +10,7 @@ MiniLM examples need anyway; one that is not installed is left out), read
 with `ast` (nothing is imported or executed): every module, class and function
 docstring, private ones too, split into paragraphs; a paragraph that holds
 code (an indented line, a ``>>>`` prompt, an rst directive ``..``, a ``::``
-block or a field list ``:param``) is dropped whole; the rest are split into
+block, a field list ``:param`` or a bulleted list) is dropped whole; the rest are split into
 sentences after ``.``, ``!`` or ``?``. A sentence is kept if it looks like
 prose: it starts with a capital letter, ends with a period, has `min_words`
 to `max_words` words, is ASCII and has no code in it (the same test as
