@@ -89,43 +89,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import fxpress
 from fxpress.data.mnist import mnist
 from fxpress.ir import annotations as notes
+from fxpress.models.lenet import train_lenet_300_100
 from fxpress.models.mnist_cnn import predict, preprocess
 from fxpress.passes import ShareWeights, Sparsify
 from fxpress.reports.size import SizeReport, artifact_sizes, human_bytes, weight_sizes
 from fxpress.sharing import SharedWeights
 from fxpress.sparse.pattern import weight_sites
-from fxpress.train import ShuffledBatches, fine_tune, schedule_lr
+from fxpress.train import ShuffledBatches, fine_tune
 
 RESULTS = Path(__file__).parent / "results"
 HOLDOUT = 5_000
 PAPER = {"dense_error": 1.64, "compressed_error": 1.58, "ratio": 40}
-
-
-def lenet_300_100() -> nn.Module:
-    """The 784-300-100-10 ReLU MLP of LeCun et al. (1998), taking normalised ``[N, 1, 28, 28]`` digits."""
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
-    )
-
-
-def train_dense(data: ShuffledBatches, *, epochs: int, lr: float, seed: int = 0) -> nn.Module:
-    """A freshly initialised (seeded) `lenet_300_100` trained with Adam and a cosine-decayed learning rate."""
-    torch.manual_seed(seed)
-    model = lenet_300_100()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for epoch in range(epochs):
-        for group in opt.param_groups:
-            group["lr"] = schedule_lr(lr, "cosine", epoch, epochs)
-        for x, y in data:
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    return model.eval()
 
 
 def layers(graph: fxpress.Graph, sizes: SizeReport) -> dict[str, dict[str, Any]]:
@@ -183,7 +161,9 @@ def compress(
     The dense net's initialization is seeded `seed` and the three trainings'
     batch orders ``3 * seed``, ``3 * seed + 1`` and ``3 * seed + 2``.
     """
-    model = train_dense(ShuffledBatches(x, y, batch, seed=3 * seed), epochs=train_epochs, lr=train_lr, seed=seed)
+    model = train_lenet_300_100(
+        ShuffledBatches(x, y, batch, seed=3 * seed), epochs=train_epochs, lr=train_lr, seed=seed
+    )
     dims = torch.export.Dim("batch", min=1, max=1 << 16)
     dense = fxpress.capture(model, (x[:8],), dynamic_shapes=({0: dims},))
     pruned = fine_tune(

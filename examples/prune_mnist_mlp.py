@@ -40,39 +40,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 import fxpress
 from fxpress.data.mnist import mnist
+from fxpress.models.lenet import train_lenet_300_100
 from fxpress.models.mnist_cnn import predict, preprocess
 from fxpress.passes.sparsify import Sparsify
 from fxpress.sparse.pattern import weight_sites
-from fxpress.train import ShuffledBatches, fine_tune, schedule_lr
+from fxpress.train import ShuffledBatches, fine_tune
 
 OUT = Path(__file__).parent.parent / "bench" / "mnist_mlp_prune.json"
 HOLDOUT = 5_000
-
-
-def lenet_300_100() -> nn.Module:
-    """The 784-300-100-10 ReLU MLP of LeCun et al. (1998), taking normalised ``[N, 1, 28, 28]`` digits."""
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10)
-    )
-
-
-def train_dense(data: ShuffledBatches, *, epochs: int, lr: float) -> nn.Module:
-    """A freshly initialised (seeded) `lenet_300_100` trained with Adam and a cosine-decayed learning rate."""
-    torch.manual_seed(0)
-    model = lenet_300_100()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for epoch in range(epochs):
-        for group in opt.param_groups:
-            group["lr"] = schedule_lr(lr, "cosine", epoch, epochs)
-        for x, y in data:
-            opt.zero_grad(set_to_none=True)
-            nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    return model.eval()
 
 
 def layer_table(graph: fxpress.Graph) -> dict[str, dict[str, float | int]]:
@@ -128,7 +106,7 @@ def run(
     order = order[:subset] if subset is not None else order
     x, y = preprocess(train_images[order]), train_labels[order]
 
-    model = train_dense(ShuffledBatches(x, y, batch), epochs=train_epochs, lr=train_lr)
+    model = train_lenet_300_100(ShuffledBatches(x, y, batch), epochs=train_epochs, lr=train_lr)
     dims = torch.export.Dim("batch", min=1, max=1 << 16)
     dense = fxpress.capture(model, (x[:8],), dynamic_shapes=({0: dims},))
     prune = Sparsify(density=density, scope=scope)
