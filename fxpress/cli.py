@@ -204,6 +204,7 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
         weight_scheme=args.weight_scheme,
         weight_bits=args.weight_bits,
         compare_weights=args.compare_weights,
+        bf16=args.bf16,
     )
     _done(t)
     print(json.dumps(report.to_json(), indent=2) if args.json else report)
@@ -533,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-weights",
         choices=("uniform", "log"),
         help="add per-layer columns with each weight on these levels at the same bit width",
+    )
+    qr.add_argument(
+        "--bf16", action="store_true", help="add per-linear columns: its error computed in bfloat16 (cast-bf16)"
     )
     qr.add_argument("--json", action="store_true", help="print the report as JSON")
     qr.set_defaults(func=cmd_quant_report)

@@ -109,7 +109,9 @@ def test_an_artifact_for_a_missing_isa_is_refused_when_loaded(tmp_path: Path, mo
     _host(monkeypatch, VNNI_HOST)
     manifest["target"]["host_runnable"] = True  # as if built on an AMX machine and copied here
     (Path(saved) / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match=r"needs CPU features \['amx_int8', 'amx_tile'\] that this machine lacks"):
+    with pytest.raises(
+        ArtifactError, match=r"needs CPU features \['amx_int8', 'amx_bf16', 'amx_tile'\] that this machine lacks"
+    ):
         fxpress.load(saved)
 
 

@@ -111,6 +111,7 @@ LOSSY = {
     "qat",
     "share-weights",
     "low-rank",
+    "cast-bf16",
 }  # passes whose output legitimately differs from their input
 RETRAINS = {"fine-tune", "distil", "qat"}  # training again on its own output changes it again (and honestly says so)
 TRAINS_QPARAMS = {"qat"}  # its quantization parameters are trained with the weights

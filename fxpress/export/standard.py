@@ -15,6 +15,7 @@ with the scales of `fxpress.export.scales`::
     quantized_matmul_float(a, .., b, ..)   -> matmul(dq(a), dq(b))
     dynamic_quantized_linear(x, w, sw, b)  -> its per-row quantization in float ops, linear((u - zp), float(w)) * (s * sw) + b
     block_sparse_linear(x, blocks.., b)    -> linear(x, dense weight, b)    # dense float
+    bf16_linear(x, w, b)                   -> linear(float(bf16(x)), float(bf16(w)), b)  # Casts to bfloat16 and back
     fake_quantize(x, s, z, qmin, qmax, ..) -> dequantize(quantize(x, s, z)) [+ clamp], per channel along its axis
 
 ``dq_c`` is the per-channel dequantize (one scale per output channel, int8
@@ -63,6 +64,7 @@ FORMS = {  # how each fxpress op is written, as the export report says it
     fx_ops.dynamic_quantized_linear.default: "per-row dynamic int8 in float ops (no such op in ONNX)",
     fx_ops.block_sparse_linear.default: "dense float linear (no block-sparse op in ONNX)",
     fx_ops.fake_quantize.default: "QDQ (fake quantization)",
+    fx_ops.bf16_linear.default: "linear on bf16-rounded input (Cast to bfloat16 and back)",
 }
 
 
@@ -166,7 +168,15 @@ class _Writer:
             return self.call(aten.linear.default, x, weight, bias)
         if t == fx_ops.fake_quantize.default:
             return self.fake_quantize(node)
+        if t == fx_ops.bf16_linear.default:
+            x, weight, bias = args
+            return self.call(aten.linear.default, self.bf16_values(x), self.bf16_values(weight), bias)
         return None
+
+    def bf16_values(self, x: torch.fx.Node) -> torch.fx.Node:
+        """float32 `x` rounded to bfloat16 values: a Cast to bfloat16 and back."""
+        half = self.graph.fx.call_function(aten._to_copy.default, (x,), {"dtype": torch.bfloat16})
+        return self.graph.fx.call_function(aten._to_copy.default, (half,), {"dtype": torch.float32})
 
     def dynamic_linear(self, node: torch.fx.Node) -> torch.fx.Node:
         """Per-row dynamic int8 in float ops, step for step as `fxpress.ir.ops.dynamic_quantized_linear`.

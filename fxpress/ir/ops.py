@@ -49,6 +49,12 @@ Integer conventions (those of gemmlowp / TFLite, spelled out):
   (scale * w_scale[n]) + bias[n]`` in float32. Per-row ranges follow each
   token's own range, which a static per-tensor range cannot (a transformer's
   FFN down-projection input).
+- ``bf16_linear``: float in, float out, a float layer computed in bfloat16:
+  ``y[.., n] = sum_k bf16(x[.., k]) * bf16(w[n, k]) + bias[n]``, both
+  operands rounded to bfloat16 (round to nearest even, torch's ``.to``), the
+  products (exact in float32) summed in float32. Kernels differ from it only
+  in the order of the float32 sums (AMX-BF16 ``tdpbf16ps``, or a float32
+  GEMM over the rounded values).
 """
 
 from __future__ import annotations
@@ -342,3 +348,42 @@ def dynamic_quantized_linear(
 @dynamic_quantized_linear.register_fake
 def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+
+def bf16_round(t: torch.Tensor) -> torch.Tensor:
+    """`t`'s values rounded to bfloat16 (nearest even), as float32."""
+    return t.float().to(torch.bfloat16).float()
+
+
+@torch.library.custom_op(f"{_LIB}::bf16_linear", mutates_args=())
+def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """float32 [.., K] x [N, K] -> float32 [.., N] with both operands rounded to bfloat16 (see module doc)."""
+    y = torch.nn.functional.linear(bf16_round(x), bf16_round(weight))
+    return y + bias.float() if bias is not None else y
+
+
+@bf16_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+
+def _bf16_linear_setup(
+    ctx: torch.autograd.function.FunctionCtx, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(bf16_round(x), bf16_round(weight))
+    ctx.has_bias = bias is not None  # type: ignore[attr-defined]
+
+
+def _bf16_linear_backward(
+    ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+) -> tuple[torch.Tensor | None, ...]:
+    """Straight through the rounding: the gradients of the float linear at the rounded operands."""
+    xb, wb = ctx.saved_tensors  # type: ignore[attr-defined]
+    grad_x = grad @ wb
+    grad_w = grad.reshape(-1, grad.shape[-1]).t() @ xb.reshape(-1, xb.shape[-1])
+    grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None  # type: ignore[attr-defined]
+    return grad_x, grad_w, grad_b
+
+
+bf16_linear.register_autograd(_bf16_linear_backward, setup_context=_bf16_linear_setup)

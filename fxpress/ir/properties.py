@@ -46,6 +46,8 @@ class Property(StrEnum):
     """Linears and convs were replaced by chains of smaller dense factor layers (low-rank)."""
     WEIGHTS_SHARED = "weights-shared"
     """Linear and conv weights hold few shared values, k-means centroids or hash buckets (share-weights)."""
+    BF16_CAST = "bf16-cast"
+    """Chosen float linears compute in bfloat16 with float32 accumulation (cast-bf16)."""
 
 
 QUANTIZED_WEIGHTS: frozenset[Property] = frozenset({Property.QUANTIZED, Property.FAKE_QUANTIZED})

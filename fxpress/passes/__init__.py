@@ -7,6 +7,7 @@ registry maps their pipeline names to them.
 from fxpress.passes.annotate_sparsity import AnnotateSparsity
 from fxpress.passes.base import Analysis, AnalysisManager, Pass, PassResult
 from fxpress.passes.calibrate import Calibrate
+from fxpress.passes.cast_bf16 import CastBf16
 from fxpress.passes.dce import DeadCodeElimination
 from fxpress.passes.distill import Distil
 from fxpress.passes.fake_quantize import FakeQuantize
@@ -32,6 +33,7 @@ __all__ = [
     "AnalysisManager",
     "AnnotateSparsity",
     "Calibrate",
+    "CastBf16",
     "DeadCodeElimination",
     "Distil",
     "DumpIR",

@@ -17,6 +17,7 @@ from fxpress.passes import pipeline
 from fxpress.passes.annotate_sparsity import AnnotateSparsity
 from fxpress.passes.base import Pass
 from fxpress.passes.calibrate import Calibrate
+from fxpress.passes.cast_bf16 import CastBf16
 from fxpress.passes.dce import DeadCodeElimination
 from fxpress.passes.distill import Distil
 from fxpress.passes.fake_quantize import FakeQuantize
@@ -50,6 +51,7 @@ PASSES: dict[str, type[Pass]] = {
     Qat.name: Qat,
     ShareWeights.name: ShareWeights,
     LowRank.name: LowRank,
+    CastBf16.name: CastBf16,
 }
 
 PIPELINES: dict[str, str] = {

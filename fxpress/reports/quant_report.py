@@ -38,6 +38,12 @@ layer quantized, its weight under the compared scheme): the uniform and log
 columns side by side, for choosing levels per layer. It costs one more run
 per layer and batch.
 
+bf16: ``bf16=True`` (``--bf16``) adds, per linear with a constant weight, what
+computing it in bfloat16 instead would cost (``cast-bf16``: input and weight
+rounded to bf16, float32 sums, the rest of the model float):
+``bf16_sqnr_db`` at the layer's output and ``bf16_model_cosine`` at the
+model's, the columns to choose int8, bf16 or float per layer by.
+
 SQNR is ``10 log10(sum ref^2 / sum (ref - q)^2)`` and cosine is taken over all
 batches and elements together (``inf`` dB, ``null`` in JSON: no error at all). The whole model's
 numbers (``model_sqnr_db`` on the report) come from the folded int8 graph
@@ -77,6 +83,7 @@ from fxpress.errors import InputError
 from fxpress.ir.annotations import get
 from fxpress.ir.capture import capture
 from fxpress.ir.graph import Graph
+from fxpress.ir.ops import bf16_round
 from fxpress.ir.opsets import module_path
 from fxpress.ir.properties import Property
 from fxpress.passes.base import Pass
@@ -135,7 +142,8 @@ def _flat(out: Any) -> torch.Tensor:
 class _FakeQuant(torch.fx.Interpreter):
     """Runs the graph in float, fake-quantizing the operands and output of `layers`; keeps `watch`'s outputs.
 
-    `override` gives some operands (weights) other parameters than their annotations.
+    `override` gives some operands (weights) other parameters than their annotations. `bf16`
+    layers instead run ``cast-bf16``'s arithmetic: input and weight rounded to bf16, float32 out.
     """
 
     def __init__(
@@ -144,14 +152,20 @@ class _FakeQuant(torch.fx.Interpreter):
         layers: Collection[torch.fx.Node],
         watch: Collection[torch.fx.Node],
         override: dict[torch.fx.Node, QuantParams] | None = None,
+        bf16: Collection[torch.fx.Node] = (),
     ):
         super().__init__(gm)
         self.layers, self.watch, self.override = set(layers), set(watch), override or {}
+        self.bf16 = set(bf16)
         self.seen: dict[torch.fx.Node, Any] = {}
         self.extra_traceback = False
 
     def run_node(self, n: torch.fx.Node) -> Any:
-        if n in self.layers:  # y = q(op(q(x), q(w)))
+        if n in self.bf16:  # y = linear(bf16(x), bf16(w), b)
+            x, w, *rest = torch.fx.node.map_arg(n.args, lambda a: self.env[a])
+            assert isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)
+            out = n.target(bf16_round(x), bf16_round(w), *rest)  # type: ignore[operator]
+        elif n in self.layers:  # y = q(op(q(x), q(w)))
             args = torch.fx.node.map_arg(n.args, lambda a: _fake(a, self.env[a], self.override))
             kwargs = torch.fx.node.map_arg(n.kwargs, lambda a: _fake(a, self.env[a], self.override))
             out = _fake(n, n.target(*args, **kwargs))  # type: ignore[operator]
@@ -179,6 +193,8 @@ class LayerRow:
     weight_sqnr_db: float | None = None
     compare_weight_sqnr_db: float | None = None
     compare_sqnr_db: float | None = None
+    bf16_sqnr_db: float | None = None
+    bf16_model_cosine: float | None = None
 
 
 @dataclass
@@ -222,12 +238,15 @@ class QuantReport:
     rows: list[LayerRow] = field(default_factory=list)
     float_ops: list[FloatOp] = field(default_factory=list)
     compare_weights: str | None = None
+    bf16: bool = False
 
     def text(self) -> str:
         head: tuple[str, ...] = ("layer", "op", "module", "kernel", "SQNR dB", "cosine", "model SQNR", "model cos")
         head += ("cumul SQNR", "w SQNR")
         if self.compare_weights:
             head += (f"w SQNR {self.compare_weights}", f"SQNR {self.compare_weights}")
+        if self.bf16:
+            head += ("bf16 SQNR", "bf16 model cos")
         body = []
         for r in self.rows:
             cells: tuple[str, ...] = (r.name, r.op, r.module or "-", "int8" if r.int8 else "float")
@@ -235,6 +254,9 @@ class QuantReport:
             cells += (_db(r.cumulative_sqnr_db), _db(r.weight_sqnr_db))
             if self.compare_weights:
                 cells += (_db(r.compare_weight_sqnr_db), _db(r.compare_sqnr_db))
+            if self.bf16:
+                cos = "-" if r.bf16_model_cosine is None else f"{r.bf16_model_cosine:.6f}"
+                cells += (_db(r.bf16_sqnr_db), cos)
             body.append(cells)
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
         lines = [
@@ -248,6 +270,8 @@ class QuantReport:
                 f"'{self.compare_weights}' columns: the same layer with its weight on {self.compare_weights} levels "
                 "at the same bit width"
             )
+        if self.bf16:
+            lines.append("bf16 columns: the same linear computed in bfloat16 instead (cast-bf16), the rest float")
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
         if self.float_ops:
             lines.append("left in float:")
@@ -273,6 +297,7 @@ class QuantReport:
             "layers": [row(r) for r in self.rows],
             "float_ops": [asdict(f) for f in self.float_ops],
             "compare_weights": self.compare_weights,
+            "bf16": self.bf16,
         }
 
 
@@ -314,12 +339,13 @@ def quant_report(
     weight_scheme: str | None = None,
     weight_bits: int | None = None,
     compare_weights: str | None = None,
+    bf16: bool = False,
 ) -> QuantReport:
     """Quantize with `passes`, calibrated and measured on `data` (at most `limit` batches; 0: all).
 
     `weight_scheme` / `weight_bits` override observe's options; `compare_weights`
     (``"uniform"`` or ``"log"``) adds each layer's error with its weight on those
-    levels instead (see the module docstring).
+    levels instead (see the module docstring); `bf16` adds each linear's error computed in bfloat16.
     """
     if limit < 0:
         raise InputError(f"quant-report: limit must be >= 0 (0: all batches), got {limit}")
@@ -357,7 +383,8 @@ def quant_report(
     ]
     weights = _weights(calibrated, layers)
     alt = _compared(calibrated, weights, before, compare_weights) if compare_weights else {}
-    errors = _measure(calibrated, folded, layers, int8, batches, alt)
+    bf16_layers = frozenset(n for n in layers if bf16 and _bf16_able(n))
+    errors = _measure(calibrated, folded, layers, int8, batches, alt, bf16_layers)
     rows = [
         LayerRow(
             n.name,
@@ -373,6 +400,8 @@ def quant_report(
             _weight_sqnr(calibrated, weights.get(n)),
             _weight_sqnr(calibrated, weights.get(n), alt.get(n)),
             errors[n][3].sqnr_db if n in alt else None,
+            errors[n][4].sqnr_db if n in bf16_layers else None,
+            errors[n][5].cosine if n in bf16_layers else None,
         )
         for n in layers
     ]
@@ -387,7 +416,14 @@ def quant_report(
         rows,
         float_ops,
         compare_weights,
+        bf16,
     )
+
+
+def _bf16_able(node: torch.fx.Node) -> bool:
+    """A linear with a constant weight: what ``cast-bf16`` would cast."""
+    w = node.args[1] if len(node.args) > 1 else None
+    return node.target == torch.ops.aten.linear.default and isinstance(w, torch.fx.Node) and w.op == "get_attr"
 
 
 def _with_weights(items: list[Pass], scheme: str | None, bits: int | None) -> list[Pass]:
@@ -474,10 +510,11 @@ def _measure(
     int8: frozenset[torch.fx.Node],
     batches: list[tuple[torch.Tensor, ...]],
     alt: dict[torch.fx.Node, dict[torch.fx.Node, QuantParams]],
+    bf16: frozenset[torch.fx.Node] = frozenset(),
 ) -> dict[torch.fx.Node | None, list[_Error]]:
     """Per layer: [alone at its output, alone at the model output, cumulative, alone with `alt`'s weight
-    parameters]; under None: the int8 graph."""
-    errors: dict[torch.fx.Node | None, list[_Error]] = {n: [_Error() for _ in range(4)] for n in [*layers, None]}
+    parameters, in bf16 alone at its output, in bf16 alone at the model output]; under None: the int8 graph."""
+    errors: dict[torch.fx.Node | None, list[_Error]] = {n: [_Error() for _ in range(6)] for n in [*layers, None]}
     gm = calibrated.gm
     nodes = list(gm.graph.nodes)
     position = {n: i for i, n in enumerate(nodes)}
@@ -502,4 +539,9 @@ def _measure(
                     other = _FakeQuant(gm, (n,), (n,), alt[n])
                     other.run(*batch, initial_env={m: ref.env[m] for m in start} if reuse else None)
                     errors[n][3].add(ref.seen[n], other.seen[n])
+                if n in bf16:
+                    half = _FakeQuant(gm, (), (n,), bf16=(n,))
+                    out = _flat(half.run(*batch, initial_env={m: ref.env[m] for m in start} if reuse else None))
+                    errors[n][4].add(ref.seen[n], half.seen[n])
+                    errors[n][5].add(ref_out, out)
     return errors

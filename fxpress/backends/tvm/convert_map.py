@@ -11,7 +11,8 @@ The int8 ops (``quantized_linear``, ``quantized_conv2d``, ``quantized_matmul``,
 plumbing here: arguments read, leading dimensions flattened, the int32-fit
 proofs (`narrow`) made on constant operands; what is emitted, in which
 layouts and for which kernels, is the target ISA's `Int8Lowering`
-(``spec.isa.int8_lowering``; isa/generic.py, isa/x86_avx2/int8.py, ...).
+(``spec.isa.int8_lowering``; isa/generic.py, isa/x86_avx2/int8.py, ...);
+``bf16_linear`` likewise is the ISA's `Bf16Lowering` (isa/base.py, isa/x86_amx/bf16.py).
 The quantize converter takes a last-axis softmax into itself (te_softmax.py),
 and CPU max-pools become te_pool's separable passes.
 """
@@ -25,7 +26,7 @@ import torch
 from tvm import relax, te, tirx
 
 from fxpress.backends.tvm.block_sparse import convert_block_sparse_linear
-from fxpress.backends.tvm.isa import Conv, Int8Weight, Requant
+from fxpress.backends.tvm.isa import Bf16Lowering, Conv, Int8Weight, Requant
 from fxpress.backends.tvm.targets import TargetSpec
 from fxpress.backends.tvm.te_pool import te_max_pool2d_nhwc, te_max_pool2d_separable
 from fxpress.backends.tvm.te_requant import te_dequantize, te_quantize
@@ -169,6 +170,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
 
     table = {
         "dynamic_quantized_linear.default": dynamic_quantized_linear,
+        "bf16_linear.default": _bf16_linear(spec.isa.bf16_lowering(spec.target)),
         "quantize.default": quantize,
         "dequantize.default": dequantize,
         "quantized_linear.default": quantized_linear,
@@ -189,6 +191,21 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
 
 
 OPAQUE = 8  # relax's OpPatternKind kOpaque: FuseOps leaves the function alone
+
+
+def _bf16_linear(lowering: Bf16Lowering) -> Converter:
+    """``bf16_linear``: leading dimensions flattened, then the ISA's `Bf16Lowering`."""
+
+    def convert(node: Any, importer: Any) -> relax.Expr:
+        x, w, bias = importer.retrieve_args(node)
+        bb = importer.block_builder
+        n = int(w.ty.shape.values[0])
+        *lead, k = x.ty.shape.values
+        x2 = bb.emit(relax.op.reshape(x, (-1, k))) if len(lead) != 1 else x
+        y = lowering.linear(bb, x2, w, bias)
+        return bb.emit(relax.op.reshape(y, (*lead, n))) if len(lead) != 1 else y
+
+    return convert
 
 
 def _pair_of(v: Any) -> tuple[int, int]:

@@ -9,7 +9,7 @@ x86 ones, weakest first:
 | ``x86-avx2`` (x86_avx2/) | avx2, fma | ``vpmaddubsw`` / ``vpmaddwd`` | 8-lane |
 | ``x86-avx512`` (x86_avx2/) | avx512f, avx512bw | as AVX2 | 16-lane |
 | ``x86-vnni`` (x86_vnni/) | + avx512_vnni | ``vpdpbusd`` | 16-lane |
-| ``x86-amx`` (x86_amx/) | + amx_int8, amx_tile | ``tdpbusd`` tiles, VNNI for small shapes | 16-lane |
+| ``x86-amx`` (x86_amx/) | + amx_int8, amx_bf16, amx_tile | ``tdpbusd`` tiles, VNNI for small shapes | 16-lane; bf16 layers on ``tdpbf16ps`` tiles |
 
 `best_x86_isa(flags)` is what the ``x86`` preset takes: the strongest ISA
 whose flags the host has. ``arm`` and ``cuda`` have one ISA each.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fxpress.backends.tvm.isa.base import ISA, Conv, ConvAttrs, Int8Lowering, Int8Weight, Requant
+from fxpress.backends.tvm.isa.base import ISA, Bf16Lowering, Conv, ConvAttrs, Int8Lowering, Int8Weight, Requant
 from fxpress.backends.tvm.isa.generic import ARM, CUDA, X86_64
 from fxpress.backends.tvm.isa.x86_amx.spec import AMX
 from fxpress.backends.tvm.isa.x86_avx2 import AVX2, AVX512
@@ -39,6 +39,7 @@ __all__ = [
     "ISA",
     "ISAS",
     "X86_ISAS",
+    "Bf16Lowering",
     "Conv",
     "ConvAttrs",
     "Int8Lowering",

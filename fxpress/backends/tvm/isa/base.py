@@ -16,6 +16,9 @@ depends on the instruction set asks it instead of testing CPU flags in place:
 - `vector_bits`: its vector register width (recorded in the manifest);
 - `prepare_runtime()`: what a process must do before running its code (AMX
   asks Linux for tile-data permission).
+- `bf16_lowering(target)`: a `Bf16Lowering`, what ``fxpress.bf16_linear``
+  becomes (the default, every ISA: a float32 GEMM over bf16-rounded
+  operands; AMX: ``tdpbf16ps`` tiles).
 
 Adding an instruction set is one module or folder with an `ISA` subclass (or
 instance) and one line in the registry (isa/__init__.py).
@@ -29,6 +32,8 @@ from typing import Any
 import torch
 from tvm import relax
 from tvm.target import Target
+
+from fxpress.backends.tvm.te_bf16 import te_bf16_round
 
 ConvAttrs = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int]]  # stride, padding, dilation, (groups,)
 
@@ -94,6 +99,23 @@ class Int8Lowering:
         raise NotImplementedError
 
 
+class Bf16Lowering:
+    """Emits ``bf16_linear`` (both operands rounded to bf16, float32 sums) for one ISA.
+
+    The default, right on every CPU: round the rows and the weight to bf16
+    values held in float32 (te_bf16.py; the weight's rounding is lifted to
+    compile time) and run the float32 ``linear``, whose packed-weight GEMM
+    rules schedule it. The products of bf16 values are exact in float32, so
+    only the order of the sums differs from the reference.
+    """
+
+    def linear(self, bb: Any, x2: relax.Expr, weight: relax.Expr, bias: relax.Expr | None) -> relax.Expr:
+        """``bf16_linear`` over 2-D float32 rows `x2` [M, K] and weights [N, K]."""
+        xr = bb.emit(bb.call_te(te_bf16_round, x2, primfunc_name_hint="bf16_round"))
+        wr = bb.emit(bb.call_te(te_bf16_round, weight, primfunc_name_hint="bf16_round"))
+        return bb.emit(relax.op.linear(xr, wr, bias))
+
+
 @dataclass(frozen=True)
 class ISA:
     """One instruction set: its preset name, what it needs of a CPU, and what it owns (see module doc)."""
@@ -114,6 +136,9 @@ class ISA:
 
     def schedule_rules(self) -> list[Any]:
         raise NotImplementedError
+
+    def bf16_lowering(self, target: Target) -> Bf16Lowering:
+        return Bf16Lowering()
 
     def prepare_runtime(self) -> None:
         """Make this process able to run the ISA's code (nothing for most ISAs)."""

@@ -1,4 +1,9 @@
-"""The AMX int8 GEMM as a hand-written TIR PrimFunc: ``C[M, N] s32 = A[M, K] u8|s8 x W[N, K]ᵀ s8``.
+"""The AMX GEMM as a hand-written TIR PrimFunc: ``C[M, N] s32 = A[M, K] u8|s8 x W[N, K]ᵀ s8``.
+
+The same builder emits the bf16 GEMM ``C[M, N] f32 = A[M, K] bf16 x W[N, K]ᵀ
+bf16`` (``tdpbf16ps``, fp32 accumulation; A and W hold bf16 bits as uint16,
+W packed in pairs, layout.py): every tile is a byte for byte the int8 one,
+a K step of 64 bytes being 32 bf16 values.
 
 Why by hand: TVM 0.27 has no AMX schedule, and ``tensorize`` over a
 32x32-block intrinsic reached 1600-1800 GOP/s where straight-line TIR with
@@ -47,7 +52,7 @@ from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
 from fxpress.backends.tvm.isa.x86_amx import tiles
-from fxpress.backends.tvm.isa.x86_amx.layout import GROUP, PANEL, check_k, packed_shape
+from fxpress.backends.tvm.isa.x86_amx.layout import BF16_GROUP, GROUP, PANEL, check_k, packed_shape
 
 BLOCK = 32  # output rows (and columns) per register block: 2 x 16
 TILE = 16
@@ -60,32 +65,45 @@ Tiles = tuple[int, ...]  # the extents of a block's tiles along one axis
 
 @dataclass(frozen=True)
 class GemmShape:
-    """A GEMM problem: ``C[m, n] = A[m, k] x W[n, k]ᵀ``, A uint8 (int8 if `signed_a`), W int8."""
+    """A GEMM problem: ``C[m, n] = A[m, k] x W[n, k]ᵀ``, A uint8 (int8 if `signed_a`), W int8.
+
+    With `bf16`, A and W are bf16 (their bits as uint16) and C float32.
+    """
 
     m: int
     n: int
     k: int
     threads: int = 1
     signed_a: bool = False
+    bf16: bool = False
 
     def __post_init__(self) -> None:
-        if self.m < 1 or self.n < 1 or self.threads < 1:
+        if self.m < 1 or self.n < 1 or self.threads < 1 or (self.bf16 and self.signed_a):
             raise ValueError(f"bad AMX GEMM shape {self}")
-        check_k(self.k)
+        check_k(self.k, self.group)
+
+    @property
+    def group(self) -> int:
+        """Values of K per 4-byte group: 4 int8 or 2 bf16."""
+        return BF16_GROUP if self.bf16 else GROUP
+
+    @property
+    def elem_bytes(self) -> int:
+        return 2 if self.bf16 else 1
 
     @property
     def default_name(self) -> str:
-        a = "s8" if self.signed_a else "u8"
-        return f"fx_amx_gemm_{a}s8_{self.m}x{self.n}x{self.k}_t{self.threads}"
+        a = "bf16bf16" if self.bf16 else ("s8" if self.signed_a else "u8") + "s8"
+        return f"fx_amx_gemm_{a}_{self.m}x{self.n}x{self.k}_t{self.threads}"
 
     @cached_property
     def k_step(self) -> int:
-        """Bytes of K per tile step: the largest multiple of 4 up to 64 that divides K."""
-        return next(s for s in range(tiles.MAX_COLSB, 0, -GROUP) if self.k % s == 0)
+        """Bytes of K per tile step: the largest multiple of 4 up to 64 that divides K's bytes."""
+        return next(s for s in range(tiles.MAX_COLSB, 0, -4) if self.k * self.elem_bytes % s == 0)
 
     @cached_property
     def panels_per_group(self) -> int:
-        return max(1, L2_WEIGHT_BYTES // (PANEL * self.k))
+        return max(1, L2_WEIGHT_BYTES // (PANEL * self.k * self.elem_bytes))
 
 
 @dataclass(frozen=True)
@@ -140,9 +158,10 @@ class GemmBuilder:
         with IRBuilder() as ib, T.prim_func():
             T.func_name(name)
             T.func_attr({"global_symbol": name, "tirx.noalias": True})
-            self.a = T.arg("A", T.Buffer((s.m, s.k), "int8" if s.signed_a else "uint8"))
-            self.w = T.arg("W", T.Buffer(packed_shape(s.n, s.k), "int8"))
-            self.c = T.arg("C", T.Buffer((s.m, s.n), "int32"))
+            a_dtype = "uint16" if s.bf16 else ("int8" if s.signed_a else "uint8")
+            self.a = T.arg("A", T.Buffer((s.m, s.k), a_dtype))
+            self.w = T.arg("W", T.Buffer(packed_shape(s.n, s.k, s.group), "uint16" if s.bf16 else "int8"))
+            self.c = T.arg("C", T.Buffer((s.m, s.n), "float32" if s.bf16 else "int32"))
             self._body()
         return ib.get()
 
@@ -184,7 +203,7 @@ class GemmBuilder:
             for s_, cc in enumerate(cols):
                 shapes[2 * r + s_] = (rr, 4 * cc)
         for s_, cc in enumerate(cols):
-            shapes[B_TILES + s_] = (kc // GROUP, 4 * cc)
+            shapes[B_TILES + s_] = (kc // 4, 4 * cc)
         return tiles.tile_config(shapes)
 
     def _kind(self, m_lo: Bound, m_hi: Bound, n_lo: Bound, n_hi: Bound, rows: Tiles, cols: Tiles) -> None:
@@ -203,13 +222,17 @@ class GemmBuilder:
         pairs = [(r, c) for r in range(len(rows)) for c in range(len(cols))]
         for r, c in pairs:
             tiles.zero(2 * r + c)
-        with T.serial(0, s.k // kc) as ko:
+        eb = s.elem_bytes
+        with T.serial(0, s.k * eb // kc) as ko:
             for r in range(len(rows)):
-                tiles.load(A_TILES + r, T.address_of(self.a[i * BLOCK + TILE * r, ko * kc]), s.k)
+                tiles.load(A_TILES + r, T.address_of(self.a[i * BLOCK + TILE * r, ko * (kc // eb)]), s.k * eb)
             for c in range(len(cols)):
-                tiles.load(B_TILES + c, T.address_of(self.w[j, ko * (kc // GROUP), TILE * c, 0]), PANEL * GROUP)
+                tiles.load(B_TILES + c, T.address_of(self.w[j, ko * (kc // 4), TILE * c, 0]), PANEL * 4)
             for r, c in pairs:
-                tiles.dot(2 * r + c, A_TILES + r, B_TILES + c, signed_a=s.signed_a)
+                if s.bf16:
+                    tiles.dot_bf16(2 * r + c, A_TILES + r, B_TILES + c)
+                else:
+                    tiles.dot(2 * r + c, A_TILES + r, B_TILES + c, signed_a=s.signed_a)
         self._store_block(i, j, pairs)
 
     def _store_block(self, i: Expr, j: Expr, pairs: list[tuple[int, int]]) -> None:
@@ -219,12 +242,14 @@ class GemmBuilder:
 
 
 def amx_gemm(
-    m: int, n: int, k: int, *, threads: int = 1, signed_a: bool = False, name: str | None = None
+    m: int, n: int, k: int, *, threads: int = 1, signed_a: bool = False, bf16: bool = False, name: str | None = None
 ) -> tirx.PrimFunc:
     """The PrimFunc ``name(A[m, k], Wp, C[m, n])`` with Wp = `layout.pack_weight` (W[n, k]).
+
+    `bf16`: A and W bf16 bits (uint16), C float32 (``tdpbf16ps``).
 
     Its ``global_symbol`` is `name`, by default one that names the shape and
     threads (``fx_amx_gemm_u8s8_128x1536x384_t1``): TVM 0.27 silently lets
     two functions of one module share a symbol, so each must be unique.
     """
-    return GemmBuilder(GemmShape(m, n, k, threads, signed_a)).build(name)
+    return GemmBuilder(GemmShape(m, n, k, threads, signed_a, bf16)).build(name)

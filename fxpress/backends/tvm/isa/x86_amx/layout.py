@@ -1,4 +1,4 @@
-"""The packed int8 weight layout the AMX GEMM reads: 32-column panels of VNNI groups.
+"""The packed weight layout the AMX GEMM reads: 32-column panels of 4-byte groups (int8 or bf16).
 
 A weight ``W[N, K]`` (a linear's ``[out, in]``, or a conv's ``[O, I*KH*KW]``
 after im2col; the GEMM computes ``C = A @ W.T``) is stored as
@@ -18,6 +18,11 @@ im2col prologue).
 index map (with ``pad_value=0``), so a converter can pack constant weights
 in the graph and have ``LiftTransformParams`` run it once at compile time;
 `pack_weight` does it in numpy for tests and benchmarks.
+
+A bf16 weight (``tdpbf16ps``, its bits as uint16) packs the same way with
+groups of two: ``Wp[N/32, K/2, 32, 2]``, so a panel row is again 128 bytes
+and the GEMM's tile loads are byte for byte the int8 ones (``group=2``
+below; K a multiple of 2).
 """
 
 from __future__ import annotations
@@ -30,15 +35,18 @@ PANEL = 32  # output columns per panel: two 16-column tiles side by side
 GROUP = 4  # int8 values per dword, the dot-product depth of one tdpbusd step
 
 
-def check_k(k: int) -> None:
-    if k < GROUP or k % GROUP:
-        raise ValueError(f"the AMX GEMM needs K a positive multiple of {GROUP}, got {k}: pad K with zeros")
+BF16_GROUP = 2  # bf16 values per dword, the dot-product depth of one tdpbf16ps step
 
 
-def packed_shape(n: int, k: int) -> tuple[int, int, int, int]:
-    """The shape of the packed ``W[n, k]``: ``(ceil(n/32), k/4, 32, 4)``."""
-    check_k(k)
-    return (-(-n // PANEL), k // GROUP, PANEL, GROUP)
+def check_k(k: int, group: int = GROUP) -> None:
+    if k < group or k % group:
+        raise ValueError(f"the AMX GEMM needs K a positive multiple of {group}, got {k}: pad K with zeros")
+
+
+def packed_shape(n: int, k: int, group: int = GROUP) -> tuple[int, int, int, int]:
+    """The shape of the packed ``W[n, k]``: ``(ceil(n/32), k/group, 32, group)``."""
+    check_k(k, group)
+    return (-(-n // PANEL), k // group, PANEL, group)
 
 
 def weight_index_map(n: Any, k: Any) -> tuple[Any, Any, Any, Any]:
@@ -46,13 +54,22 @@ def weight_index_map(n: Any, k: Any) -> tuple[Any, Any, Any, Any]:
     return (n // PANEL, k // GROUP, n % PANEL, k % GROUP)
 
 
+def bf16_weight_index_map(n: Any, k: Any) -> tuple[Any, Any, Any, Any]:
+    """``(n, k) -> (n // 32, k // 2, n % 32, k % 2)``: the bf16 packing as a layout_transform index map."""
+    return (n // PANEL, k // BF16_GROUP, n % PANEL, k % BF16_GROUP)
+
+
 def pack_weight(w: Any) -> np.ndarray:
-    """Pack an int8 ``W[N, K]`` (numpy or a CPU torch tensor) into ``Wp[N/32, K/4, 32, 4]``."""
+    """Pack an int8 ``W[N, K]`` (numpy or a CPU torch tensor) into ``Wp[N/32, K/4, 32, 4]``.
+
+    A uint16 ``W`` (bf16 bits) packs into ``Wp[N/32, K/2, 32, 2]``.
+    """
     w = np.asarray(w)
-    if w.ndim != 2 or w.dtype != np.int8:
-        raise ValueError(f"expected a 2-D int8 weight [N, K], got {w.dtype} {w.shape}")
+    if w.ndim != 2 or w.dtype not in (np.int8, np.uint16):
+        raise ValueError(f"expected a 2-D int8 (or uint16 bf16 bits) weight [N, K], got {w.dtype} {w.shape}")
+    group = GROUP if w.dtype == np.int8 else BF16_GROUP
     n, k = w.shape
-    np_, g, _, _ = packed_shape(n, k)
-    padded = np.zeros((np_ * PANEL, k), np.int8)
+    np_, g, _, _ = packed_shape(n, k, group)
+    padded = np.zeros((np_ * PANEL, k), w.dtype)
     padded[:n] = w
-    return np.ascontiguousarray(padded.reshape(np_, PANEL, g, GROUP).transpose(0, 2, 1, 3))
+    return np.ascontiguousarray(padded.reshape(np_, PANEL, g, group).transpose(0, 2, 1, 3))

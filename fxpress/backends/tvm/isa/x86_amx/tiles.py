@@ -10,6 +10,7 @@ here is a ``void`` ``call_llvm_intrin``:
     tilezero(t)                      t = 0
     tileloadd64(t, ptr, stride)      t = rows x colsb bytes at ptr, rows `stride` bytes apart
     tdpbusd(c, a, b) / tdpbssd       c[i, j] += sum_k a[i, 4k..4k+3] . b[k, 4j..4j+3] (u8|s8 x s8 -> s32)
+    tdpbf16ps(c, a, b)               c[i, j] += sum_k a[i, 2k..2k+1] . b[k, 2j..2j+1] (bf16 x bf16 -> f32)
     tilestored64(t, ptr, stride)     the reverse of tileloadd64
     tilerelease()                    back to the initial state (cheap context switches)
 
@@ -32,7 +33,7 @@ NUM_TILES = 8
 MAX_ROWS = 16
 MAX_COLSB = 64  # bytes per tile row
 CONFIG_BYTES = 64
-AMX_MATTR = ("+amx-tile", "+amx-int8")  # LLVM features the tile intrinsics need
+AMX_MATTR = ("+amx-tile", "+amx-int8", "+amx-bf16")  # LLVM features the tile intrinsics need
 
 TileShape = tuple[int, int]  # (rows, bytes per row)
 
@@ -91,6 +92,11 @@ def store(t: int, ptr: Expr, stride_bytes: int) -> None:
 def dot(c: int, a: int, b: int, *, signed_a: bool = False) -> None:
     """``c += a . b`` over int8 groups of four: ``tdpbusd`` (u8 a) or ``tdpbssd`` (s8 a), s8 b, s32 c."""
     _intrin("tdpbssd" if signed_a else "tdpbusd", _tile(c), _tile(a), _tile(b))
+
+
+def dot_bf16(c: int, a: int, b: int) -> None:
+    """``c += a . b`` over bf16 pairs: ``tdpbf16ps`` (bf16 a, b; f32 c)."""
+    _intrin("tdpbf16ps", _tile(c), _tile(a), _tile(b))
 
 
 def release() -> None:
