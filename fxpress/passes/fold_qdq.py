@@ -21,6 +21,10 @@ then the clean-up rules (`fxpress.passes.qdq_rules`, run by the greedy driver
                dq(quantized_linear(x, ..)) -> quantized_linear_float(x, ..) # likewise (FFN up, attention output)
                dq(quantized_conv2d(x, ..)) -> quantized_conv2d_float(x, ..) # likewise (a ReLU, a residual add)
 
+A weight's `Sparsity` annotation (``sparsify``, ``annotate-sparsity``) is measured again
+on its int8 form and put on the int8 parameter, so the TVM backend keeps the
+block-sparse kernel (an int8 one) for such linears.
+
 Convolutions are NCHW 2-D ones (``aten.conv2d``, its ``padding="same"``
 form, or a non-transposed ``aten.convolution``): regular, depthwise and
 grouped, any stride, padding and dilation. Weights are quantized once here and
@@ -60,7 +64,7 @@ import torch.fx
 
 from fxpress.errors import PassError
 from fxpress.ir import ops
-from fxpress.ir.annotations import META_KEY, get
+from fxpress.ir.annotations import META_KEY, annotate, get
 from fxpress.ir.graph import Graph
 from fxpress.ir.opsets import CONV, CONV_TRANSPOSE, bind, is_transposed_conv, packet
 from fxpress.ir.properties import Property
@@ -69,6 +73,8 @@ from fxpress.passes.qdq_rules import RULES, clean_up, takes_place_of
 from fxpress.quant.annotations import QuantParams
 from fxpress.quant.qat_graph import is_fake_quant
 from fxpress.quant.scheme import round_to_levels
+from fxpress.sparse.annotations import Sparsity
+from fxpress.sparse.pattern import parse_pattern
 
 aten = torch.ops.aten
 fx_ops = torch.ops.fxpress
@@ -145,6 +151,16 @@ def _quantize_weight(weight: torch.Tensor, row_scales: torch.Tensor, pw: QuantPa
     for log levels the nearest of zero and +-2^k (`round_to_levels`)."""
     scales = row_scales.reshape(-1, *[1] * (weight.dim() - 1))
     return round_to_levels(weight / scales, pw.scheme).to(torch.int8)
+
+
+def _carry_sparsity(w: torch.fx.Node, w_i8: torch.fx.Node, wq: torch.Tensor) -> None:
+    """The float weight's `Sparsity` pattern, measured again on its int8 form (zeros stay zeros; more may round to 0).
+
+    The backend reads it to keep the block-sparse kernel (int8 now; backends/tvm/block_sparse.py).
+    """
+    note = get(w, Sparsity.key)
+    if isinstance(note, Sparsity):
+        annotate(w_i8, Sparsity.of(wq, parse_pattern(note.pattern)))
 
 
 def _replace(graph: Graph, node: torch.fx.Node, y: torch.fx.Node) -> None:
@@ -266,6 +282,7 @@ class FoldQDQ(Pass):
             graph.add_param(f"{hint}.{k}", v, before=node)
             for k, v in (("weight_i8", wq), ("bias_i32", bq), ("requant_mult", mult), ("requant_shift", shift))
         ]
+        _carry_sparsity(w, params[0], wq)
         op = fx_ops.quantized_conv2d.default if conv else fx_ops.quantized_linear.default
         with graph.fx.inserting_before(node):
             xq = graph.fx.call_function(fx_ops.quantize.default, (x, sx, zx, qmin, qmax))

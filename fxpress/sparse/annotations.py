@@ -2,7 +2,9 @@
 
 Stored under key ``sparsity`` on the weight's ``get_attr`` node (the parameter
 feeding an ``aten.linear`` / ``aten.conv2d``) by ``sparsify`` (the pattern it
-made) and ``annotate-sparsity`` (the pattern it measured). The TVM backend reads
+made) and ``annotate-sparsity`` (the pattern it measured); ``fold-qdq`` measures
+the int8 weight it makes from an annotated float one under the same pattern
+(an int8 linear keeps its block-sparse kernel that way). The TVM backend reads
 it to lower annotated linears to block-sparse (BSR) kernels.
 
 - ``pattern``: ``"unstructured"``, ``"2:4"`` (N:M) or ``"16x1"`` (R x C blocks);
@@ -47,8 +49,12 @@ class Sparsity(Annotation):
         val = node.meta.get("val")
         if node.op != "get_attr":
             return f"sparsity on a {node.op} node; it belongs on a weight's get_attr node"
-        if not isinstance(val, torch.Tensor) or not val.is_floating_point() or val.dim() < 2:
-            return f"sparsity on a value that is not a float weight of rank >= 2 ({getattr(val, 'shape', val)})"
+        if (
+            not isinstance(val, torch.Tensor)
+            or not (val.is_floating_point() or val.dtype == torch.int8)
+            or val.dim() < 2
+        ):
+            return f"sparsity on a value that is not a float or int8 weight of rank >= 2 ({getattr(val, 'shape', val)})"
         try:
             expected = parse_pattern(self.pattern).block
         except SparsityError as exc:

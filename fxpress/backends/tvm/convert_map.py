@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tvm import relax, te, tirx
 
-from fxpress.backends.tvm.block_sparse import convert_block_sparse_linear
+from fxpress.backends.tvm.block_sparse import convert_block_sparse_linear, convert_block_sparse_quantized_linear
 from fxpress.backends.tvm.isa import Bf16Lowering, Conv, Int8Weight, Requant
 from fxpress.backends.tvm.targets import TargetSpec
 from fxpress.backends.tvm.te_pool import te_max_pool2d_nhwc, te_max_pool2d_separable
@@ -183,6 +183,8 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         "quantized_matmul.default": quantized_matmul,
         "quantized_matmul_float.default": quantized_matmul_float,
         "block_sparse_linear.default": convert_block_sparse_linear(spec),
+        "block_sparse_quantized_linear.default": convert_block_sparse_quantized_linear(spec, constants),
+        "block_sparse_quantized_linear_float.default": convert_block_sparse_quantized_linear(spec, constants, True),
     }
     if spec.device == "cpu":
         table["max_pool2d.default"] = max_pool2d

@@ -75,8 +75,27 @@ class Int8Weight:
     value: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class SparseInt8:
+    """How an ISA runs int8 block-sparse linears (kernels/bsr_int8.py): `Int8Lowering.sparse_int8`'s answer.
+
+    `intrinsic` computes one step (four kept columns into each of `lanes` int32
+    lanes; isa/x86_vnni/sparse.py); a layer takes the kernel when its padded
+    column density is at most `max_density` (measured against the ISA's own
+    dense int8 kernel, tools/bench/sparsity.py).
+    """
+
+    intrinsic: str
+    lanes: int
+    max_density: float
+
+
 class Int8Lowering:
     """Emits the int8 computations for one ISA (the default: none; the generic ISA implements them all)."""
+
+    def sparse_int8(self, rows: int) -> SparseInt8 | None:
+        """The int8 block-sparse kernel for blocks of `rows` output rows, or None: such layers stay dense."""
+        return None
 
     def linear(self, bb: Any, x: relax.Expr, x_zp: int, w: Int8Weight, bias: Any, rq: Requant) -> relax.Expr:
         """``quantized_linear`` over 2-D rows `x` [M, K] and weights [N, K]."""

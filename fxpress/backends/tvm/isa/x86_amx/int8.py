@@ -61,6 +61,10 @@ def _round4(k: int) -> int:
 class AmxInt8(VnniInt8):
     """AMX tiles for big static linears and groups=1 convs; VNNI (`VnniInt8`) for every other layer."""
 
+    # int8 block-sparse linears run VNNI's kernel, whose rival here is the AMX GEMM: measured even with it
+    # at a padded column density of 0.26 (Linear(768, 3072), batch 128, 1 thread; bench/sparsity.md)
+    sparse_max_density = 0.2
+
     def __init__(self, panel: int, threads: int, u8s8: bool = True) -> None:
         super().__init__(panel, u8s8=u8s8)
         self.threads = threads

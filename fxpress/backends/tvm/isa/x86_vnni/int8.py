@@ -23,6 +23,8 @@ computed at run time). Otherwise they keep the s16 form in 8-lane panels
 leave the epilogue outside the tile, as it does on AVX2 for N % 8), and so
 does a K too deep for the corrections to fit int32. A symbolic batch takes
 the u8s8 form with a rows output and a reshape, as the s16 form does.
+Block-sparse int8 linears (16- or 8-row blocks) take ``vpdpbusd`` on quads
+of kept columns (`sparse_int8`; kernels/bsr_int8.py, sparse.py).
 ``dynamic_quantized_linear`` keeps 8-lane u8s8 panels (te_dynamic.py's
 accumulator is 8 lanes wide; ``vpdpbusd`` ymm computes them).
 """
@@ -36,11 +38,12 @@ from typing import Any
 from tvm import relax, tirx
 from tvm.target import Target
 
-from fxpress.backends.tvm.isa.base import Int8Lowering, Int8Weight
+from fxpress.backends.tvm.isa.base import Int8Lowering, Int8Weight, SparseInt8
 from fxpress.backends.tvm.isa.generic import cpu_rules
 from fxpress.backends.tvm.isa.x86_avx2 import Avx2ISA
 from fxpress.backends.tvm.isa.x86_avx2.int8 import Avx2Int8
 from fxpress.backends.tvm.isa.x86_vnni.kernels import CPUInt8Conv2dVNNI, CPUInt8GemmVNNI
+from fxpress.backends.tvm.isa.x86_vnni.sparse import SPARSE_VPDPBUSD_8, SPARSE_VPDPBUSD_16
 from fxpress.backends.tvm.isa.x86_vnni.te_matmul import (
     GROUP,
     fits_int32,
@@ -53,6 +56,7 @@ from fxpress.backends.tvm.isa.x86_vnni.te_matmul import (
 from fxpress.backends.tvm.kernels.matmul import register_tile
 
 LANES = 16  # int32 lanes of a zmm accumulator: the panel width of the VNNI linear and conv layouts
+SPARSE_MAX_DENSITY = 0.4  # padded column density up to which the int8 BSR kernel beats the dense VNNI GEMM
 
 
 class VnniInt8(Avx2Int8):
@@ -63,6 +67,16 @@ class VnniInt8(Avx2Int8):
     def fast(self, w: Int8Weight) -> bool:
         """Always u8s8 (unless switched off): ``vpdpbusd`` cannot saturate, whatever the weights."""
         return self.u8s8
+
+    # measured (tools/bench/sparsity.py): the int8 BSR kernel against this lowering's dense VNNI GEMM
+    sparse_max_density = SPARSE_MAX_DENSITY
+
+    def sparse_int8(self, rows: int) -> SparseInt8 | None:
+        """``vpdpbusd`` quads (sparse.py) for blocks of 16 rows (zmm) or 8 (ymm); u8s8 like every VNNI layer."""
+        lanes = 16 if rows % 16 == 0 else 8 if rows % 8 == 0 else 0
+        if not self.u8s8 or not lanes:
+            return None
+        return SparseInt8(SPARSE_VPDPBUSD_16 if lanes == 16 else SPARSE_VPDPBUSD_8, lanes, self.sparse_max_density)
 
     def matmul(
         self, bb: Any, a: relax.Expr, a_zp: int, b: relax.Expr, b_zp: int, scalars: tuple[int, int, int], scale: Any
