@@ -37,6 +37,7 @@ _LAZY = {
     "passes": ("fxpress.passes", None),
     "errors": ("fxpress.errors", None),
     "FxpressError": ("fxpress.errors", "FxpressError"),
+    "auto": ("fxpress.auto", None),  # the package is callable: fxpress.auto(graph, ...) runs the search
 }
 
 __all__ = sorted(_LAZY)

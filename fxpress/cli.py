@@ -211,6 +211,39 @@ def cmd_quant_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_auto(args: argparse.Namespace) -> int:
+    """`fxpress auto`: search per-layer methods under a budget; print the per-layer table and the Pareto set."""
+    from fxpress.auto import Budget, auto
+    from fxpress.quant.calib_data import load_calibration
+
+    budget = Budget.parse(args.budget)  # a bad budget fails before any work
+    graph = _capture_factory(args)
+    data = load_calibration(args.calibration, graph)
+    held = load_calibration(args.held_out, graph) if args.held_out else None
+    evaluate = _load_factory(args.evaluate) if args.evaluate else None
+    result = auto(
+        graph,
+        data,
+        budget=budget,
+        evaluate=evaluate,
+        held_out=held,
+        metric=args.metric,
+        target=args.target,
+        threads=args.threads,
+        methods=args.method or None,
+        weight_bits=args.weight_bits or (8, 4),
+        seed=args.seed,
+        max_candidates=args.max_candidates,
+        confirm=args.confirm,
+        cache_dir=args.cache,
+        out_dir=args.out,
+    )
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.text())
+    if args.out:
+        print(f"wrote {result.files['json']} and {result.files['plot']}", file=sys.stderr)
+    return 0 if result.met else 2
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     import fxpress
     from fxpress.backends.tvm.targets import resolve_target
@@ -540,6 +573,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     qr.add_argument("--json", action="store_true", help="print the report as JSON")
     qr.set_defaults(func=cmd_quant_report)
+
+    au = sub.add_parser(
+        "auto", help="search per-layer compression under a budget; print the Pareto set (exit 2: unmet)"
+    )
+    _add_model_args(au, example_shape="1,1,28,28")
+    au.add_argument("--calibration", required=True, metavar="DATA", help="a .npy/.npz directory or MODULE:FUNCTION")
+    au.add_argument("--budget", required=True, help="accuracy>=0.99, latency<=4ms or size<=200KB")
+    au.add_argument(
+        "--held-out",
+        metavar="DATA",
+        help="held-out batches for the default evaluation (default: a quarter of --calibration)",
+    )
+    au.add_argument("--evaluate", metavar="MODULE:FUNCTION", help="a function graph -> float, higher is better")
+    au.add_argument("--metric", choices=("cosine", "top1"), default="cosine", help="the default evaluation's measure")
+    au.add_argument("--target", default="x86", help="target preset (default x86: the host)")
+    au.add_argument("--threads", type=int, default=1, help="threads the timed kernels use (default 1)")
+    au.add_argument(
+        "--method", action="append", help="a per-layer method, e.g. int8, dynamic, prune=0.25+int8 (repeat)"
+    )
+    au.add_argument(
+        "--weight-bits", type=int, action="append", help="int8 weight widths to try (repeat; default 8 and 4)"
+    )
+    au.add_argument("--seed", type=int, default=0)
+    au.add_argument("--max-candidates", type=int, default=24, help="whole-model evaluations (default 24)")
+    au.add_argument("--confirm", type=int, default=4, help="Pareto points compiled whole and timed (default 4)")
+    au.add_argument(
+        "--cache", metavar="DIR", help="cache directory (default FXPRESS_AUTO_CACHE or ~/.cache/fxpress/auto)"
+    )
+    au.add_argument("--out", metavar="DIR", help="write auto.json and auto_pareto.png here")
+    au.add_argument("--json", action="store_true", help="print the result as JSON")
+    au.set_defaults(func=cmd_auto)
 
     p = sub.add_parser("passes", help="list passes, their options, named pipelines and targets")
     p.set_defaults(func=cmd_passes)
