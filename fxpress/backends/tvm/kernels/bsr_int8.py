@@ -25,9 +25,9 @@ block row at a time (the parallel loop):
 4. the requantization (te_requant.requantize, the dense kernels' arithmetic)
    or the float scaling, fused under the tile.
 
-As in kernels/bsr.py, each block row's quad loop is cut to ``ceil(counts[i] /
-4)`` after scheduling, so padding blocks cost no multiply-adds (the gather of
-step 2 still runs the padded width).
+As in kernels/bsr.py, each block row's quad loops (the gather's and the
+reduction's) are cut to ``ceil(counts[i] / 4)`` after scheduling, so padding
+blocks cost no work.
 `bsr_int8_func` returns the scheduled PrimFunc (marked scheduled and opaque).
 """
 
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 OPAQUE = 8  # relax OpPatternKind.kOpaque: never fused with neighbours
 QUAD = 4  # kept columns per vpdpbusd lane
+QUAD_LOOP = "fxpress_bsr_quads"  # loop annotation: a loop over a block row's quads, cut to its own count
 
 
 def quad_product(packed: tirx.PrimExpr, q: tirx.PrimExpr, weight: tirx.PrimExpr) -> tirx.PrimExpr:
@@ -119,7 +120,10 @@ def bsr_int8_func(
     read = lambda rest, j: acc[rest[0], j // r, j % r]  # noqa: E731
     if as_float:
         scale = te.placeholder((n,), "float32", name="scale")
-        y = te_scaled([rows, n], lambda m, j: read([m], j).astype("int64") + bias[j].astype("int64"), scale)
+        if narrow:  # acc + bias fits int32 (the converter proved it): one int32 add, then vcvtdq2ps
+            y = te_scaled([rows, n], lambda m, j: read([m], j) + bias[j], scale)
+        else:
+            y = te_scaled([rows, n], lambda m, j: read([m], j).astype("int64") + bias[j].astype("int64"), scale)
         params = [scale]
     else:
         mult = te.placeholder((n,), "int32", name="multiplier")
@@ -146,7 +150,8 @@ def _schedule(func: tirx.PrimFunc, rows: int, nb: int, r: int, width: int, intri
     # the row's packed activations, under the block row: [width / 4, rows] int32, vectors over m
     packed = sch.get_sblock("packed")
     sch.compute_at(packed, i, preserve_unit_loops=True)
-    *_, pm = sch.get_loops(packed)
+    *_, pq, pm = sch.get_loops(packed)
+    sch.annotate(pq, QUAD_LOOP, 1)  # marks the gather's quad loop for `_variable_length`
     vec = next((v for v in (16, 8, 4) if rows % v == 0), 1)
     if vec > 1:
         sch.vectorize(sch.split(pm, factors=[None, vec])[1])
@@ -172,14 +177,17 @@ def _schedule(func: tirx.PrimFunc, rows: int, nb: int, r: int, width: int, intri
 
 
 def _variable_length(func: tirx.PrimFunc, quads: int) -> tirx.PrimFunc:
-    """Stop each block row's reduction (the loop over quads, ``lq``) at ``ceil(counts[i] / 4)``.
+    """Stop each block row's loops over quads (the gather's, marked `QUAD_LOOP`, and the reduction's ``lq``)
+    at ``ceil(counts[i] / 4)``; done on the printed TensorIR, as in kernels/bsr.py.
 
-    The gather of the packed activations still runs the padded width (its
-    loops print as one ``T.grid``); the padding columns read column 0.
+    If either loop is not found as expected, the padded kernel is kept: still
+    exact (padding reads column 0 against zero weights), only slower.
     """
     text = func.script()
-    pattern = rf"for lq in range\({quads}\):"
-    if len(re.findall(pattern, text)) != 1:
-        log.warning("int8 block-sparse kernel: the quad loop was not found; running the padded width")
+    reduction = rf"for lq in range\({quads}\):"
+    gather = rf'for (\w+) in T.serial\({quads}, annotations=\{{"{QUAD_LOOP}": 1\}}\):'
+    if len(re.findall(reduction, text)) != 1 or len(re.findall(gather, text)) != 1:
+        log.warning("int8 block-sparse kernel: the quad loops were not found; running the padded width")
         return func
-    return from_source(re.sub(pattern, "for lq in range((counts[i] + 3) // 4):", text))
+    text = re.sub(reduction, "for lq in range((counts[i] + 3) // 4):", text)
+    return from_source(re.sub(gather, r"for \1 in range((counts[i] + 3) // 4):", text))
