@@ -1,13 +1,15 @@
 """Post-training int8 quantization of all-MiniLM-L6-v2, and what it keeps.
 
-    python examples/quantize_minilm.py [--ffn-out dynamic|float|static] [--no-weight-reduce-range] [--seq-len 128]
+    python examples/quantize_minilm.py [--ffn-out dynamic|float|static|bf16] [--no-weight-reduce-range] [--seq-len 128]
 
 Calibrates on the 64 calibration sentences bundled in fxpress.models.sentences
 (``observe{per-channel=true,weight-reduce-range=true},calibrate,fold-qdq``:
 linears and the attention matmuls in int8, weights in 7 bits so that AVX2's
 u8s8 kernel takes every linear; the six FFN down-projections, whose GELU
 inputs no static range serves, quantize their input per row at run time
-(``dynamic=[...]``) unless ``--ffn-out`` says float or static), compiles the int8 graph for this CPU, and compares its
+(``dynamic=[...]``) unless ``--ffn-out`` says float, static or bf16 (skipped by
+``observe``, then ``cast-bf16{layers=[...]}`` after ``fold-qdq``: bfloat16 with
+float32 sums, on AMX-BF16 tiles where the host has them), compiles the int8 graph for this CPU, and compares its
 embeddings with fp32 eager PyTorch on the 336 other sentences: mean and min
 cosine. It also compares, on the first batch, the compiled int8 model with the
 int8 graph run in eager PyTorch (fxpress's reference ops): the integer ops are
@@ -26,14 +28,14 @@ import torch
 import fxpress
 from fxpress.models.minilm import sentence_encoder, tokenize
 from fxpress.models.sentences import sentences
-from fxpress.passes import Calibrate, FoldQDQ, Observe
+from fxpress.passes import Calibrate, CastBf16, FoldQDQ, Observe
 
 FFN_OUT = r"layer\.\d+\.output\.dense"  # the six FFN down-projections: the layers int8 hurts most (quant-report)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ffn-out", choices=("dynamic", "float", "static"), default="dynamic")
+    parser.add_argument("--ffn-out", choices=("dynamic", "float", "static", "bf16"), default="dynamic")
     parser.add_argument("--weight-reduce-range", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--seq-len", type=int, default=128)
     args = parser.parse_args()
@@ -43,11 +45,12 @@ def main() -> None:
     batches = [tokenize(calib[i : i + 8], args.seq_len) for i in range(0, len(calib), 8)]
     dynamic = ({0: torch.export.Dim("batch")}, {0: torch.export.Dim("batch")})
     graph = fxpress.capture(encoder, batches[0], dynamic_shapes=dynamic)
-    skip = (FFN_OUT,) if args.ffn_out == "float" else ()
+    skip = (FFN_OUT,) if args.ffn_out in ("float", "bf16") else ()
     dynamic = (FFN_OUT,) if args.ffn_out == "dynamic" else ()
     observe = Observe(per_channel=True, weight_reduce_range=args.weight_reduce_range, skip=skip, dynamic=dynamic)
-    quantized = fxpress.optimize(graph, [observe, Calibrate(data=batches), FoldQDQ()])
-    stats = quantized.trace[-1].stats
+    bf16 = [CastBf16(layers=(FFN_OUT,))] if args.ffn_out == "bf16" else []
+    quantized = fxpress.optimize(graph, [observe, Calibrate(data=batches), FoldQDQ(), *bf16])
+    stats = next(r.stats for r in quantized.trace if r.pipeline.startswith("fold-qdq"))
     compiled = fxpress.compile(quantized, target="x86", num_threads=2)
     ids, mask = tokenize(held_out, args.seq_len)
     with torch.no_grad():

@@ -115,6 +115,7 @@ def test_contenders_per_case() -> None:
     assert {"fxpress-int8", "openvino-int8"} <= set(applying["efficientnet-lite0"])
     assert "ort-int8" not in applying["efficientnet-lite0"]  # dynamic int8 of Linear layers: MiniLM only
     assert {"fxpress-int8", "openvino-int8", "torch-int8", "ort-int8"} <= set(applying["minilm-b1"])
+    assert "fxpress-bf16" in applying["minilm-b1"] and "fxpress-bf16" not in applying["efficientnet-lite0"]
     assert parse_args(["--quick"]).models == list(CASE_NAMES)
 
 

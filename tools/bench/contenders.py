@@ -5,6 +5,10 @@
 - ``fxpress``: ``capture`` -> ``optimize("default")`` -> ``compile(target="x86",
   num_threads=n)``, called on numpy arrays (the public path, input checks and
   copies included); capture, optimize and compile seconds are recorded;
+- ``fxpress-bf16``: the same with ``default,cast-bf16``: every linear in
+  bfloat16 with float32 sums (AMX-BF16 tiles on AMX hosts), the rest fp32; on
+  MiniLM only (a CNN's one linear would measure nothing): the counterpart of
+  ``openvino-default``'s bf16, not an fp32 comparison;
 - ``fxpress-torch-compile``: ``torch.compile(model, backend="fxpress")`` with
   the ``default`` pipeline, called on torch tensors under ``inference_mode``
   (dynamo's guards and the backend's weight check included); the first call's
@@ -64,6 +68,7 @@ from tools.bench.machine import KEY_FLAGS
 CONTENDERS = (
     "eager",
     "fxpress",
+    "fxpress-bf16",
     "ort",
     "openvino",
     "openvino-default",
@@ -91,7 +96,10 @@ EXTRAS = {"onnxruntime": "dev", "openvino": "bench", "nncf": "bench"}  # the pyp
 
 
 def applies(name: str, family: str, has_calibration: bool) -> bool:
-    """Whether contender `name` runs for a case of `family`: int8 only with calibration data, dynamic int8 on MiniLM."""
+    """Whether contender `name` runs for a case of `family`: int8 only with calibration data, dynamic int8 and bf16
+    on MiniLM."""
+    if name == "fxpress-bf16":
+        return family == "minilm"
     if name not in INT8:
         return True
     if not has_calibration:
@@ -173,13 +181,16 @@ def fxpress_isa(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"isa": isa, "source": "target mcpu/requires", "mcpu": mcpu, "requires": requires}
 
 
-def build_fxpress(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int, ref: np.ndarray) -> Contender:
+def build_fxpress(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int, ref: np.ndarray, bf16: bool = False
+) -> Contender:
+    """``default`` (fp32), or with `bf16` ``default,cast-bf16`` (every linear in bfloat16)."""
     import fxpress
 
     t0 = time.perf_counter()
     graph = fxpress.capture(model, inputs)
     t1 = time.perf_counter()
-    graph = fxpress.optimize(graph, "default")
+    graph = fxpress.optimize(graph, "default,cast-bf16" if bf16 else "default")
     t2 = time.perf_counter()
     compiled = fxpress.compile(graph, target="x86", num_threads=threads, tuning=False)
     t3 = time.perf_counter()
@@ -197,7 +208,7 @@ def build_fxpress(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: i
     def call() -> Any:
         return compiled(*arrays)
 
-    return Contender("fxpress", call, _checked(info, call(), ref))
+    return Contender("fxpress-bf16" if bf16 else "fxpress", call, _checked(info, call(), ref))
 
 
 def _int8_passes(dynamic: tuple[str, ...], calibration: Any = None) -> list[Any]:

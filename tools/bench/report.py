@@ -184,7 +184,8 @@ def markdown(run: dict[str, Any]) -> str:
         "contender's own calls (≈ the cores it obtained). Ratio = median / eager median (> 1 is slower). "
         "Idle worker threads stop spinning soon after a call (ONNX Runtime: session.force_spinning_stop; "
         "TVM: 10000 polls), so one contender's pool does not take the cores of the next.",
-        f"- MiniLM attention implementation: {cfg['attn']}; fxpress pipeline: default; target x86",
+        f"- MiniLM attention implementation: {cfg['attn']}; fxpress pipeline: default (`fxpress-bf16`: "
+        "default,cast-bf16, every linear in bfloat16 with float32 sums); target x86",
         "- OpenVINO: the ORT contender's ONNX file, CPU plugin, INFERENCE_NUM_THREADS = threads, LATENCY hint, "
         "one synchronous infer request; `openvino` and `openvino-int8` with INFERENCE_PRECISION_HINT f32, "
         "`openvino-default` at the plugin's default precision (named in brackets: bf16 on AMX). "

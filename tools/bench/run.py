@@ -119,8 +119,8 @@ def _build(
 ) -> ct.Contender:
     if name == "eager":
         return ct.build_eager(model, inputs, threads, ref)
-    if name == "fxpress":
-        return ct.build_fxpress(model, inputs, threads, ref)
+    if name in ("fxpress", "fxpress-bf16"):
+        return ct.build_fxpress(model, inputs, threads, ref, bf16=name == "fxpress-bf16")
     if name == "fxpress-int8":
         assert case.calibration is not None
         return ct.build_fxpress_int8(model, inputs, threads, ref, case.calibration(), case.dynamic)
