@@ -241,7 +241,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
     print(json.dumps(result.to_json(), indent=2) if args.json else result.text())
     if args.out:
         print(f"wrote {result.files['json']} and {result.files['plot']}", file=sys.stderr)
-    return 0 if result.met else 2
+    return 0 if result.met else 3  # 2 is an error (main), 3 a budget no candidate meets
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     qr.set_defaults(func=cmd_quant_report)
 
     au = sub.add_parser(
-        "auto", help="search per-layer compression under a budget; print the Pareto set (exit 2: unmet)"
+        "auto", help="search per-layer compression under a budget; print the Pareto set (exit 3: budget unmet)"
     )
     _add_model_args(au, example_shape="1,1,28,28")
     au.add_argument("--calibration", required=True, metavar="DATA", help="a .npy/.npz directory or MODULE:FUNCTION")

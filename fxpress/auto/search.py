@@ -80,6 +80,7 @@ class _Search:
     reduce_range: bool
     bar: Any
     bits: list[int] = field(default_factory=lambda: [8])
+    quick: tuple[list[tuple[torch.Tensor, ...]], Evaluation] | None = None  # sensitivity's calibration, evaluation
     evaluated: dict[str, Point] = field(default_factory=dict)
     evaluations: int = 0
 
@@ -89,12 +90,14 @@ class _Search:
     def outcome(self, plan: Plan, probe: Layer | None = None) -> dict[str, Any]:
         """{"accuracy", "bytes", "effect"} of `plan` (cached by its text), or {"error"} if its passes fail."""
         text = self.text(plan)
-        key = f"eval|{text}"
+        quick = self.quick if probe is not None or not plan.methods else None  # sensitivity and its float reference
+        key = f"{'quick' if quick else 'eval'}|{text}"
+        calibration, evaluation = quick or (self.calibration, self.evaluation)
         hit = self.store.get(key)
         if hit is not None and (probe is None or "effect" in hit or "error" in hit):
             return dict(hit)
         try:
-            optimized = optimize_text(self.graph, text, self.calibration) if text else self.graph
+            optimized = optimize_text(self.graph, text, calibration) if text else self.graph
         except Exception as exc:
             if probe is None or not is_error(exc):
                 raise
@@ -105,7 +108,7 @@ class _Search:
             entry = {"effect": False}  # the passes left the layer alone: nothing to evaluate
             self.store.put(key, entry)
             return entry
-        accuracy = call_evaluation(self.evaluation, optimized, text)
+        accuracy = call_evaluation(evaluation, optimized, text)
         self.evaluations += 1
         entry = {"accuracy": accuracy, "bytes": weight_sizes(optimized).stored_bytes}
         if probe is not None:
@@ -297,6 +300,7 @@ def auto(
     seed: int = 0,
     max_candidates: int = 24,
     confirm: int = 4,
+    sensitivity_batches: int = 0,
     cache_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
     progress_bar: bool | None = None,
@@ -309,7 +313,8 @@ def auto(
     (``int8``, ``dynamic``, ``prune=0.25+int8``, ...; default `default_methods()`); `weight_bits`: the
     widths tried for int8 weights. `latency_inputs`: what the model is timed on (default the graph's
     example inputs). `include`: pipeline texts to evaluate and show beside the search's own (a hand
-    recipe). `out_dir`: write ``auto.json`` and ``auto_pareto.png`` there. The graph is never changed.
+    recipe). `sensitivity_batches` (default evaluation only; 0: all): measure each layer's effect alone
+    with that many calibration and held-out batches (cheaper; whole candidates always use all). `out_dir`: write ``auto.json`` and ``auto_pareto.png`` there. The graph is never changed.
     """
     start, cpu0 = time.perf_counter(), time.process_time()
     if not isinstance(graph, Graph):
@@ -359,6 +364,9 @@ def auto(
     steps = len(layers) * (len(chosen) + len(bits)) + max_candidates + confirm + 2
     with progress.bar(None, desc="fxpress auto", unit="step", total=steps, progress=progress_bar) as bar:
         s = _Search(graph, layers, calib, evaluation, store, table, timing_inputs, fold_bn, reduce_range, bar, bits)
+        if sensitivity_batches and evaluate is None:
+            k = sensitivity_batches
+            s.quick = (calib[:k], default_evaluation(graph, held[:k], metric))
         result = _run(s, budget, chosen, bits, include, seed, max_candidates, confirm, eval_name, spec.isa.name)
     result.search_s = time.perf_counter() - start
     result.cpu_per_wall = (time.process_time() - cpu0) / max(result.search_s, 1e-9)
@@ -412,8 +420,11 @@ def _run(
     isa: str,
 ) -> AutoResult:
     rng = random.Random(seed)
-    float_acc = float(s.outcome(Plan())["accuracy"])
+    float_acc = float(s.outcome(Plan())["accuracy"])  # on the sensitivity batches when they are fewer
     trials = _measure_layers(s, methods, bits, float_acc)
+    if s.quick is not None:
+        s.quick = None
+        float_acc = float(s.outcome(Plan())["accuracy"])
     float_ms, float_cpu = s.whole_ms(Plan())
     int8_plan = Plan({x.ident: INT8 for x in s.layers if "int8" in _options(trials[x.ident])})
     rest = {"float": max(0.0, float_ms - sum(trials[x.ident]["float"].ms or 0.0 for x in s.layers))}
