@@ -127,3 +127,16 @@ def test_the_isa_owns_the_choice():
     assert lowering.sparse_int8(4) is None
     off = dataclasses.replace(vnni.isa, u8s8=False)
     assert off.int8_lowering(vnni.target).sparse_int8(16) is None
+
+
+def test_two_four_kernel_is_exact():
+    """The 2:4 VNNI experiment (isa/x86_vnni/nm_bench.py, measured slower than dense): compressed form and kernel."""
+    runnable_preset("x86-vnni")
+    from fxpress.backends.tvm.isa.x86_vnni.nm_bench import bench, compress_2_4
+
+    w = torch.tensor([[0, 3, 0, -2, 5, 0, 0, 0] * 2] * 16, dtype=torch.int8)  # the second group keeps one nonzero
+    kept, select = compress_2_4(w)
+    assert kept.shape == (1, 2, 16, 4) and kept[0, 0, 0].tolist() == [3, -2, 5, 0]
+    assert select[0, 0, 0].tolist()[:3] == [1, 3, 4]  # positions in the 8-column window
+    result = bench(8, 64, 32, repeat=1)  # raises unless both kernels equal torch's integer matmul
+    assert result["exact"] and result["nm_2_4_ms"] > 0
