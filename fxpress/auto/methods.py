@@ -7,6 +7,10 @@ A `Method` is a weight transform and a precision:
                | low-rank=R (low-rank ratio R)
     precision  float | bf16 (``cast-bf16``, only when registered) | int8 (static) | dynamic (per-row int8)
 
+Observe quantizes the other quantizable ops too (attention's matmuls, residual
+adds, concatenations) whenever some layer is int8: the "int8 rest", which
+``Plan(quantize_rest=True)`` asks for with every layer float.
+
 A `Plan` maps each layer's ident (`fxpress.auto.layers.Layer.ident`) to a
 method, plus one weight bit width for every int8 layer (``observe``'s
 ``weight-bits`` is one option for the whole graph, so lower-bit weights are a
@@ -109,9 +113,10 @@ class Plan:
 
     methods: Mapping[str, Method] = field(default_factory=dict)
     weight_bits: int = 8
+    quantize_rest: bool = False  # observe the other quantizable ops (attention matmuls, adds) even with no int8 layer
 
-    def key(self) -> tuple[tuple[tuple[str, str], ...], int]:
-        return tuple(sorted((k, m.label) for k, m in self.methods.items())), self.weight_bits
+    def key(self) -> tuple[tuple[tuple[str, str], ...], int, bool]:
+        return tuple(sorted((k, m.label) for k, m in self.methods.items())), self.weight_bits, self.quantize_rest
 
     def with_method(self, ident: str, method: Method) -> Plan:
         return replace(self, methods={**self.methods, ident: method})
@@ -150,7 +155,7 @@ def pipeline_text(plan: Plan, layers: Sequence[Layer], *, fold_bn: bool = False,
         pattern, _, density = spec.partition("@")
         items.append(f"sparsify{{pattern={pattern}{f',density={density}' if density else ''},layers={union(names)}}}")
     chosen = {layer.ident: plan.methods.get(layer.ident, Method()) for layer in layers}
-    if any(m.quantized for m in chosen.values()):
+    if plan.quantize_rest or any(m.quantized for m in chosen.values()):
         options = ["per-channel=true"]
         if plan.weight_bits < 8:
             options.append(f"weight-bits={plan.weight_bits}")

@@ -117,6 +117,7 @@ class AutoResult:
     isa: str
     threads: int
     seed: int
+    rest_accuracy: float | None = None  # every layer float, the other quantizable ops int8
     search_s: float = 0.0
     cpu_per_wall: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
@@ -146,7 +147,13 @@ class AutoResult:
                 acc = f"{t.accuracy:.5f}" if t.accuracy is not None else "-"
                 delta = f"{-t.delta:+.5f}" if t.delta is not None else "-"
                 lines.append(f"  {mark} {'':37} {t.method:26} {ms:>9} {size:>10} {acc:>10} {delta:>10}")
-        lines += ["", "* the method of the best point; effect: accuracy change with only this layer changed", ""]
+        lines += [
+            "",
+            "* the method of the best point; effect: the accuracy change when only this layer takes the method",
+            "  (a quantized method against the int8 rest: every layer float, attention matmuls and adds int8"
+            + (f", accuracy {self.rest_accuracy:.5g})" if self.rest_accuracy is not None else ")"),
+            "",
+        ]
         lines.append(f"Pareto set ({len(self.pareto)} of {len(self.points)} evaluated points):")
         for p in self.pareto:
             star = "*" if p is self.best else " "
@@ -181,6 +188,7 @@ class AutoResult:
             "seed": self.seed,
             "evaluation": self.evaluation,
             "float_accuracy": _num(self.float_accuracy),
+            "rest_accuracy": _num(self.rest_accuracy),
             "search_s": round(self.search_s, 1),
             "cpu_per_wall": round(self.cpu_per_wall, 3),
             "best": point(self.best) if self.best else None,

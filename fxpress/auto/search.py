@@ -9,7 +9,9 @@ The steps, each cached (`fxpress.auto.cache`), so an interrupted search resumes:
 1. **Layers** (`layers.find_layers`): every linear / conv2d with a constant
    weight, its input recorded on the timing inputs.
 2. **Sensitivity** (`sensitivity`): each layer under each method alone,
-   evaluated; methods that do not apply, fail or change nothing are dropped
+   evaluated (a quantized method against the *int8 rest*: every layer float,
+   attention matmuls and adds int8, which observe quantizes whenever any
+   layer is int8; the model counts the rest's own cost once); methods that do not apply, fail or change nothing are dropped
    for that layer with the reason.
 3. **Cost** (`latency.LatencyTable`): each layer under each method it keeps,
    compiled for the target and timed; the whole float model and the plain
@@ -60,6 +62,7 @@ from fxpress.auto.result import AutoResult, LayerReport, Point, Trial, pareto
 from fxpress.auto.sensitivity import alone_plans, bits_label, combine, is_error, signature, trial_from
 from fxpress.backends.tvm.targets import resolve_target
 from fxpress.ir.graph import Graph
+from fxpress.quant.opsets import QUANTIZABLE
 from fxpress.reports.size import weight_sizes
 
 INT8 = Method("none", "int8")
@@ -90,7 +93,7 @@ class _Search:
     def outcome(self, plan: Plan, probe: Layer | None = None) -> dict[str, Any]:
         """{"accuracy", "bytes", "effect"} of `plan` (cached by its text), or {"error"} if its passes fail."""
         text = self.text(plan)
-        quick = self.quick if probe is not None or not plan.methods else None  # sensitivity and its float reference
+        quick = self.quick if probe is not None or not plan.methods else None  # sensitivity and its references
         key = f"{'quick' if quick else 'eval'}|{text}"
         calibration, evaluation = quick or (self.calibration, self.evaluation)
         hit = self.store.get(key)
@@ -117,6 +120,11 @@ class _Search:
         self.bar.update(1)
         return entry
 
+    def rest_quantizable(self) -> bool:
+        """Whether observe quantizes anything besides the layers (an attention matmul, an add, a cat)."""
+        kinds = {"matmul", "bmm", "add", "cat"}
+        return any(QUANTIZABLE.get(n.target) in kinds for n in self.graph.nodes("call_function"))
+
     def whole_ms(self, plan: Plan) -> tuple[float, float]:
         """(ms, cpu per wall) of the whole model under `plan`, compiled and timed (cached)."""
         text = self.text(plan)
@@ -140,8 +148,10 @@ def _options(trials: dict[str, Trial]) -> dict[str, Trial]:
 class _Model:
     """The additive estimate: latency = sum of layer ms + rest; accuracy = float - sum of effects."""
 
-    def __init__(self, layers: list[Layer], trials: dict[str, dict[str, Trial]], rest: dict[str, float]) -> None:
-        self.layers, self.trials, self.rest = layers, trials, rest
+    def __init__(
+        self, layers: list[Layer], trials: dict[str, dict[str, Trial]], rest: dict[str, float], rest_effect: float
+    ) -> None:
+        self.layers, self.trials, self.rest, self.rest_effect = layers, trials, rest, rest_effect
 
     def ms(self, plan: Plan) -> float:
         quantized = any(m.quantized for m in plan.methods.values())
@@ -152,7 +162,7 @@ class _Model:
         return total
 
     def effect(self, plan: Plan) -> float:
-        total = 0.0
+        total = self.rest_effect if any(m.quantized for m in plan.methods.values()) else 0.0
         for layer in self.layers:
             m = plan.methods.get(layer.ident, Method())
             total += max(self.trials[layer.ident][m.label].delta or 0.0, 0.0)
@@ -379,9 +389,13 @@ def auto(
 
 
 def _measure_layers(
-    s: _Search, methods: list[Method], bits: list[int], float_acc: float
+    s: _Search, methods: list[Method], bits: list[int], float_acc: float, rest_acc: float
 ) -> dict[str, dict[str, Trial]]:
-    """Steps 2 and 3: each layer under each method alone (accuracy effect), then its kernel time and size."""
+    """Steps 2 and 3: each layer under each method alone (accuracy effect), then its kernel time and size.
+
+    A quantized method's effect is against `rest_acc` (the int8 rest: every layer float, the other
+    quantizable ops int8), a float one's against `float_acc`.
+    """
     trials: dict[str, dict[str, Trial]] = {}
     for layer in s.layers:  # 2. sensitivity
         row = {Method().label: Trial(Method().label, accuracy=float_acc, delta=0.0)}
@@ -390,7 +404,8 @@ def _measure_layers(
                 row[label] = Trial(label, skipped=plan)
                 s.bar.update(1)
             else:
-                row[label] = trial_from(label, s.outcome(plan, layer), float_acc)
+                quantized = any(m.quantized for m in plan.methods.values())
+                row[label] = trial_from(label, s.outcome(plan, layer), rest_acc if quantized else float_acc)
         for m in methods:
             if m.label not in row:
                 reason = m.applies(layer)
@@ -421,7 +436,9 @@ def _run(
 ) -> AutoResult:
     rng = random.Random(seed)
     float_acc = float(s.outcome(Plan())["accuracy"])  # on the sensitivity batches when they are fewer
-    trials = _measure_layers(s, methods, bits, float_acc)
+    rest_acc = float(s.outcome(Plan(quantize_rest=True))["accuracy"]) if s.rest_quantizable() else float_acc
+    trials = _measure_layers(s, methods, bits, float_acc, rest_acc)
+    rest_effect = max(float_acc - rest_acc, 0.0)
     if s.quick is not None:
         s.quick = None
         float_acc = float(s.outcome(Plan())["accuracy"])
@@ -433,7 +450,7 @@ def _run(
         int8_ms, _ = s.whole_ms(int8_plan)
         layer_ms = sum(trials[x.ident][int8_plan.methods.get(x.ident, Method()).label].ms or 0.0 for x in s.layers)
         rest["int8"] = max(0.0, int8_ms - layer_ms)
-    model = _Model(s.layers, trials, rest)
+    model = _Model(s.layers, trials, rest, rest_effect)
     plans: dict[str, Plan] = {s.text(Plan()): Plan(), s.text(int8_plan): int8_plan}
     _point(s, model, Plan(), "float")
     _point(s, model, int8_plan, "int8")
@@ -498,9 +515,11 @@ def _run(
                 chosen,
             )
         )
-    return AutoResult(
+    result = AutoResult(
         budget, met, message, best, everything, pareto(everything), reports, float_acc, eval_name, "", isa, 1, seed
     )
+    result.rest_accuracy = rest_acc if rest_acc != float_acc else None
+    return result
 
 
 def _message(budget: Budget, best: Point | None, met: bool) -> str:

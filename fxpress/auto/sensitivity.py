@@ -58,7 +58,11 @@ def alone_plans(layer: Layer, methods: Sequence[Method], weight_bits: Sequence[i
 
 
 def combine(method: Method, row: dict[str, Trial], float_accuracy: float) -> Trial:
-    """The trial of a transform-and-precision method from its two parts' trials (effects add)."""
+    """The trial of a transform-and-precision method from its two parts' trials (effects add).
+
+    A quantized part's effect is measured against the int8 rest (`trial_from`), so the sum is this
+    layer's own cost; the model adds the rest's cost once per candidate.
+    """
     transform, precision = row.get(Method(method.transform).label), row.get(Method("none", method.precision).label)
     for part in (transform, precision):
         if part is None or part.skipped is not None:
@@ -69,15 +73,19 @@ def combine(method: Method, row: dict[str, Trial], float_accuracy: float) -> Tri
     return Trial(method.label, accuracy=float_accuracy - delta, delta=delta)
 
 
-def trial_from(label: str, outcome: dict[str, Any], float_accuracy: float) -> Trial:
-    """A `Trial` from an evaluation outcome ({"accuracy", "effect"} or {"error"})."""
+def trial_from(label: str, outcome: dict[str, Any], reference: float) -> Trial:
+    """A `Trial` from an evaluation outcome ({"accuracy", "effect"} or {"error"}); its effect against `reference`.
+
+    `reference` is the float model's accuracy for a float method, and the int8 rest's (every layer float,
+    the other quantizable ops int8) for a quantized one: what this layer adds by itself.
+    """
     if "error" in outcome:
         reason = str(outcome["error"]).rpartition("): ")[2][:160]  # the pass's own message, without the context
         return Trial(label, skipped=f"its passes failed on this layer: {reason}")
     if not outcome.get("effect", True):
         return Trial(label, skipped="the passes leave this layer unchanged")
     acc = float(outcome["accuracy"])
-    return Trial(label, accuracy=acc, delta=float_accuracy - acc)
+    return Trial(label, accuracy=acc, delta=reference - acc)
 
 
 def is_error(exc: BaseException) -> bool:
