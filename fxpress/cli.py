@@ -569,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add per-layer columns with each weight on these levels at the same bit width",
     )
     qr.add_argument(
-        "--bf16", action="store_true", help="add per-linear columns: its error computed in bfloat16 (cast-bf16)"
+        "--bf16", action="store_true", help="add per-layer columns: its error computed in bfloat16 (cast-bf16)"
     )
     qr.add_argument("--json", action="store_true", help="print the report as JSON")
     qr.set_defaults(func=cmd_quant_report)

@@ -102,9 +102,45 @@ def test_int8_layers_stay_int8_and_the_skipped_ones_go_bf16() -> None:
     assert between.trace[-1].stats == {"cast": 1, "left_quantized": 1}
 
 
-def test_leaves_alone_graphs_without_float_linears() -> None:
-    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
-    graph = fxpress.capture(conv, (torch.randn(1, 3, 8, 8),))
+def _cnn() -> nn.Module:
+    torch.manual_seed(6)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1, groups=4),
+        nn.Conv2d(64, 48, 1, bias=False),
+    ).eval()
+
+
+def test_convs_golden_ir_and_numerics() -> None:
+    model, x = _cnn(), torch.randn(2, 3, 16, 16)
+    out = fxpress.optimize(fxpress.capture(model, (x,)), "cast-bf16")
+    text = str(out)
+    assert "%2 = fxpress.bf16_conv2d(%1, %2.weight, %2.bias, [2, 2], [1, 1], [1, 1], 1) : f32[2,64,8,8]" in text
+    assert "%4 = fxpress.bf16_conv2d(%3, %4.weight, %4.bias, [1, 1], [1, 1], [1, 1], 4)" in text
+    assert "%5 = fxpress.bf16_conv2d(%4, %5.weight, none, [1, 1], [0, 0], [1, 1], 1)" in text
+    last = fxpress.optimize(fxpress.capture(model, (x,)), "cast-bf16{layers=[^5$]}")
+    want = nn.functional.conv2d(bf16_round(model[:5](x)), bf16_round(model[5].weight))
+    torch.testing.assert_close(last(x), want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(last(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_reference_gradient_is_straight_through() -> None:
+    x, w = torch.randn(2, 3, 8, 8, requires_grad=True), torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    torch.ops.fxpress.bf16_conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1).pow(2).sum().backward()
+    leaves = [bf16_round(x.detach()).requires_grad_(), bf16_round(w.detach()).requires_grad_()]
+    bias = b.detach().requires_grad_()
+    nn.functional.conv2d(*leaves, bias, 1, 1).pow(2).sum().backward()
+    for got, want in ((x.grad, leaves[0].grad), (w.grad, leaves[1].grad), (b.grad, bias.grad)):
+        torch.testing.assert_close(got, want)
+
+
+def test_leaves_alone_graphs_without_float_linears_or_convs() -> None:
+    pool = nn.Sequential(nn.MaxPool2d(2), nn.ReLU()).eval()
+    graph = fxpress.capture(pool, (torch.randn(1, 3, 8, 8),))
     out = fxpress.optimize(graph, "cast-bf16")
     assert out.trace[-1].modified is False and str(out) == str(graph)
 
@@ -113,7 +149,7 @@ def test_bad_input() -> None:
     graph = fxpress.capture(_mlp(), (torch.randn(2, 64),))
     with pytest.raises(ValueError, match=r"cast-bf16: bad regex '\('"):
         CastBf16(layers=("(",))
-    with pytest.raises(Exception, match=r"layers pattern 'decoder' matches no float linear; the linears are: 0, 2"):
+    with pytest.raises(Exception, match=r"layers pattern 'decoder' matches no float linear or conv; they are: 0, 2"):
         fxpress.optimize(graph, "cast-bf16{layers=[decoder]}")
 
 
@@ -215,6 +251,41 @@ def test_compiled_matches_eager(target: str) -> None:
     got = np.asarray(compiled(x.numpy()))
     want = graph(x).detach().numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("target", ["x86", "x86-avx512"])
+def test_compiled_convs_match_eager(target: str) -> None:
+    """Regular, strided, grouped and 1x1 convs: AMX im2col tiles for groups=1 with 16+ channels, else float32."""
+    if target != "x86":
+        runnable_preset(target)
+    model, x = _cnn(), torch.randn(2, 3, 16, 16)
+    graph = fxpress.optimize(fxpress.capture(model, (x,)), "cast-bf16")
+    compiled = fxpress.compile(graph, target=target, num_threads=1, tuning=False)
+    want = graph(x).detach().numpy()
+    np.testing.assert_allclose(np.asarray(compiled(x.numpy())), want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.tvm
+def test_amx_lowering_takes_the_tiles_for_big_layers_only() -> None:
+    """Cross-built for x86-amx: the tile GEMM for the 32-channel conv, the 1x1 conv and the big linear; the
+    RGB stem, the grouped conv and the tiny linear keep the float32 kernels."""
+    from fxpress.backends.tvm.compile import import_graph
+    from fxpress.backends.tvm.targets import resolve_target
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cnn, self.fc, self.tiny = _cnn(), nn.Linear(48 * 64, 256), nn.Linear(256, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.tiny(self.fc(self.cnn(x).flatten(1)))
+
+    graph = fxpress.optimize(fxpress.capture(Net().eval(), (torch.randn(2, 3, 16, 16),)), "cast-bf16")
+    mod, _, _ = import_graph(graph, resolve_target("x86-amx", num_threads=1, cross=True))
+    gemms = sorted(str(gv.name_hint) for gv in mod.functions if str(gv.name_hint).startswith("amx_gemm_bf16"))
+    assert len(gemms) == 3, gemms  # conv 32->64 (M 128, K 288), 1x1 64->48 (K 64), fc (M 2, K 3072)
+    assert sum("im2col" in str(gv.name_hint) for gv in mod.functions) == 2
 
 
 @pytest.mark.tvm

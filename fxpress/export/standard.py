@@ -16,6 +16,7 @@ with the scales of `fxpress.export.scales`::
     dynamic_quantized_linear(x, w, sw, b)  -> its per-row quantization in float ops, linear((u - zp), float(w)) * (s * sw) + b
     block_sparse_linear(x, blocks.., b)    -> linear(x, dense weight, b)    # dense float
     bf16_linear(x, w, b)                   -> linear(float(bf16(x)), float(bf16(w)), b)  # Casts to bfloat16 and back
+    bf16_conv2d(x, w, b, ..)               -> conv2d(float(bf16(x)), float(bf16(w)), b, ..)
     fake_quantize(x, s, z, qmin, qmax, ..) -> dequantize(quantize(x, s, z)) [+ clamp], per channel along its axis
 
 ``dq_c`` is the per-channel dequantize (one scale per output channel, int8
@@ -65,6 +66,7 @@ FORMS = {  # how each fxpress op is written, as the export report says it
     fx_ops.block_sparse_linear.default: "dense float linear (no block-sparse op in ONNX)",
     fx_ops.fake_quantize.default: "QDQ (fake quantization)",
     fx_ops.bf16_linear.default: "linear on bf16-rounded input (Cast to bfloat16 and back)",
+    fx_ops.bf16_conv2d.default: "conv2d on bf16-rounded input (Cast to bfloat16 and back)",
 }
 
 
@@ -171,6 +173,9 @@ class _Writer:
         if t == fx_ops.bf16_linear.default:
             x, weight, bias = args
             return self.call(aten.linear.default, self.bf16_values(x), self.bf16_values(weight), bias)
+        if t == fx_ops.bf16_conv2d.default:
+            x, weight, *rest = args
+            return self.call(aten.conv2d.default, self.bf16_values(x), self.bf16_values(weight), *rest)
         return None
 
     def bf16_values(self, x: torch.fx.Node) -> torch.fx.Node:

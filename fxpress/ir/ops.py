@@ -55,11 +55,15 @@ Integer conventions (those of gemmlowp / TFLite, spelled out):
   products (exact in float32) summed in float32. Kernels differ from it only
   in the order of the float32 sums (AMX-BF16 ``tdpbf16ps``, or a float32
   GEMM over the rounded values).
+- ``bf16_conv2d``: the same for an NCHW ``conv2d`` (stride, padding,
+  dilation, groups as ``aten.conv2d``'s): input and weight rounded to
+  bfloat16, float32 sums, float32 bias.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -387,3 +391,51 @@ def _bf16_linear_backward(
 
 
 bf16_linear.register_autograd(_bf16_linear_backward, setup_context=_bf16_linear_setup)
+
+
+@torch.library.custom_op(f"{_LIB}::bf16_conv2d", mutates_args=())
+def bf16_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """float32 NCHW conv2d with input and weight rounded to bfloat16 (see module doc)."""
+    return torch.nn.functional.conv2d(bf16_round(x), bf16_round(weight), bias, stride, padding, dilation, groups)
+
+
+@bf16_conv2d.register_fake
+def _(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    return torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+def _bf16_conv2d_setup(ctx: torch.autograd.function.FunctionCtx, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    x, weight, bias, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(bf16_round(x), bf16_round(weight), bias)
+    ctx.conv = (stride, padding, dilation, groups)  # type: ignore[attr-defined]
+
+
+def _bf16_conv2d_backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[Any, ...]:
+    """Straight through the rounding: the float conv's gradients at the rounded operands."""
+    xb, wb, bias = ctx.saved_tensors  # type: ignore[attr-defined]
+    leaves = [t.detach().requires_grad_() for t in (xb, wb)]
+    b = bias.detach().requires_grad_() if bias is not None else None
+    with torch.enable_grad():
+        stride, padding, dilation, groups = ctx.conv  # type: ignore[attr-defined]
+        y = torch.nn.functional.conv2d(leaves[0], leaves[1], b, stride, padding, dilation, groups)
+        grads = torch.autograd.grad(y, [*leaves, *([b] if b is not None else [])], grad)
+    return grads[0], grads[1], grads[2] if b is not None else None, None, None, None, None
+
+
+bf16_conv2d.register_autograd(_bf16_conv2d_backward, setup_context=_bf16_conv2d_setup)

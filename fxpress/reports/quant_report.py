@@ -38,7 +38,7 @@ layer quantized, its weight under the compared scheme): the uniform and log
 columns side by side, for choosing levels per layer. It costs one more run
 per layer and batch.
 
-bf16: ``bf16=True`` (``--bf16``) adds, per linear with a constant weight, what
+bf16: ``bf16=True`` (``--bf16``) adds, per linear or conv2d with a constant weight, what
 computing it in bfloat16 instead would cost (``cast-bf16``: input and weight
 rounded to bf16, float32 sums, the rest of the model float):
 ``bf16_sqnr_db`` at the layer's output and ``bf16_model_cosine`` at the
@@ -271,7 +271,7 @@ class QuantReport:
                 "at the same bit width"
             )
         if self.bf16:
-            lines.append("bf16 columns: the same linear computed in bfloat16 instead (cast-bf16), the rest float")
+            lines.append("bf16 columns: the same layer computed in bfloat16 instead (cast-bf16), the rest float")
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
         if self.float_ops:
             lines.append("left in float:")
@@ -421,9 +421,10 @@ def quant_report(
 
 
 def _bf16_able(node: torch.fx.Node) -> bool:
-    """A linear with a constant weight: what ``cast-bf16`` would cast."""
+    """A linear or conv2d with a constant weight: what ``cast-bf16`` would cast."""
     w = node.args[1] if len(node.args) > 1 else None
-    return node.target == torch.ops.aten.linear.default and isinstance(w, torch.fx.Node) and w.op == "get_attr"
+    ops = (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default)
+    return node.target in ops and isinstance(w, torch.fx.Node) and w.op == "get_attr"
 
 
 def _with_weights(items: list[Pass], scheme: str | None, bits: int | None) -> list[Pass]:

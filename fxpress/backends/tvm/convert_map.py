@@ -12,7 +12,7 @@ plumbing here: arguments read, leading dimensions flattened, the int32-fit
 proofs (`narrow`) made on constant operands; what is emitted, in which
 layouts and for which kernels, is the target ISA's `Int8Lowering`
 (``spec.isa.int8_lowering``; isa/generic.py, isa/x86_avx2/int8.py, ...);
-``bf16_linear`` likewise is the ISA's `Bf16Lowering` (isa/base.py, isa/x86_amx/bf16.py).
+``bf16_linear`` and ``bf16_conv2d`` likewise are the ISA's `Bf16Lowering` (isa/base.py, isa/x86_amx/bf16.py).
 The quantize converter takes a last-axis softmax into itself (te_softmax.py),
 and CPU max-pools become te_pool's separable passes.
 """
@@ -171,6 +171,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
     table = {
         "dynamic_quantized_linear.default": dynamic_quantized_linear,
         "bf16_linear.default": _bf16_linear(spec.isa.bf16_lowering(spec.target)),
+        "bf16_conv2d.default": _bf16_conv2d(spec.isa.bf16_lowering(spec.target)),
         "quantize.default": quantize,
         "dequantize.default": dequantize,
         "quantized_linear.default": quantized_linear,
@@ -206,6 +207,18 @@ def _bf16_linear(lowering: Bf16Lowering) -> Converter:
         x2 = bb.emit(relax.op.reshape(x, (-1, k))) if len(lead) != 1 else x
         y = lowering.linear(bb, x2, w, bias)
         return bb.emit(relax.op.reshape(y, (*lead, n))) if len(lead) != 1 else y
+
+    return convert
+
+
+def _bf16_conv2d(lowering: Bf16Lowering) -> Converter:
+    """``bf16_conv2d``: aten.conv2d's arguments read (padding as top, left, bottom, right), then the ISA's lowering."""
+
+    def convert(node: Any, importer: Any) -> relax.Expr:
+        x, w, bias, stride, padding, dilation, groups = importer.retrieve_args(node)
+        ph, pw = (int(p) for p in padding)
+        attrs = (tuple(int(s) for s in stride), (ph, pw, ph, pw), tuple(int(d) for d in dilation), (int(groups),))
+        return lowering.conv2d(importer.block_builder, x, w, bias, attrs)
 
     return convert
 

@@ -119,12 +119,12 @@ class Int8Lowering:
 
 
 class Bf16Lowering:
-    """Emits ``bf16_linear`` (both operands rounded to bf16, float32 sums) for one ISA.
+    """Emits ``bf16_linear`` and ``bf16_conv2d`` (both operands rounded to bf16, float32 sums) for one ISA.
 
     The default, right on every CPU: round the rows and the weight to bf16
     values held in float32 (te_bf16.py; the weight's rounding is lifted to
     compile time) and run the float32 ``linear``, whose packed-weight GEMM
-    rules schedule it. The products of bf16 values are exact in float32, so
+    rules schedule it (a conv: the float32 conv rules). The products of bf16 values are exact in float32, so
     only the order of the sums differs from the reference.
     """
 
@@ -133,6 +133,18 @@ class Bf16Lowering:
         xr = bb.emit(bb.call_te(te_bf16_round, x2, primfunc_name_hint="bf16_round"))
         wr = bb.emit(bb.call_te(te_bf16_round, weight, primfunc_name_hint="bf16_round"))
         return bb.emit(relax.op.linear(xr, wr, bias))
+
+    def conv2d(
+        self, bb: Any, x: relax.Expr, weight: relax.Expr, bias: relax.Expr | None, attrs: ConvAttrs
+    ) -> relax.Expr:
+        """``bf16_conv2d`` (NCHW) with `attrs` = (stride, padding (top, left, bottom, right), dilation, (groups,))."""
+        stride, padding, dilation, (groups,) = attrs
+        xr = bb.emit(bb.call_te(te_bf16_round, x, primfunc_name_hint="bf16_round"))
+        wr = bb.emit(bb.call_te(te_bf16_round, weight, primfunc_name_hint="bf16_round"))
+        y = bb.emit(relax.op.nn.conv2d(xr, wr, strides=stride, padding=padding, dilation=dilation, groups=groups))
+        if bias is None:
+            return y
+        return bb.emit(relax.op.add(y, relax.op.reshape(bias, (1, -1, 1, 1))))
 
 
 @dataclass(frozen=True)
