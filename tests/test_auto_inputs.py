@@ -174,3 +174,11 @@ def test_bad_arguments(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
         _auto(graph, batches[:1], tmp_path)
     with pytest.raises(AutoError, match=r"weight_bits must lie in 2\.\.8"):
         _auto(graph, batches, tmp_path, weight_bits=(1,))
+
+
+def test_latency_graph_must_be_the_same_model(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    graph, batches = tiny
+    torch.manual_seed(1)  # other weights than the fixture's (seed 0): another model
+    other = fxpress.capture(Tiny().eval(), (torch.randn(1, 1, 6, 6),))
+    with pytest.raises(AutoError, match=r"latency_graph is not the model `graph` holds: its layer 'conv'"):
+        _auto(graph, batches, tmp_path, latency_graph=other)

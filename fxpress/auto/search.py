@@ -39,6 +39,7 @@ its ``message`` names the closest point (also `result.best`), a
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
@@ -125,15 +126,20 @@ class _Search:
         kinds = {"matmul", "bmm", "add", "cat"}
         return any(QUANTIZABLE.get(n.target) in kinds for n in self.graph.nodes("call_function"))
 
+    def timed_graph(self, text: str) -> Graph:
+        """The timing graph under pipeline `text`, calibrated on the timing inputs (ranges do not change kernels)."""
+        graph = self.table.graph
+        return optimize_text(graph, text, [self.latency_inputs]) if text else graph
+
     def whole_ms(self, plan: Plan) -> tuple[float, float]:
         """(ms, cpu per wall) of the whole model under `plan`, compiled and timed (cached)."""
         text = self.text(plan)
         shapes = [list(t.shape) for t in self.latency_inputs]
-        key = f"whole|{text}|{shapes}|{self.table.target}/{self.table.isa}|threads={self.table.threads}"
+        shape_hash = hashlib.sha256(str(self.table.graph).encode()).hexdigest()[:12]  # static or symbolic sizes
+        key = f"whole|{text}|{shapes}|{shape_hash}|{self.table.target}/{self.table.isa}|threads={self.table.threads}"
         hit = self.store.get(key)
         if hit is None:
-            optimized = optimize_text(self.graph, text, self.calibration) if text else self.graph
-            timing = self.table.whole(optimized, self.latency_inputs)
+            timing = self.table.whole(self.timed_graph(text), self.latency_inputs)
             hit = {"ms": timing.ms, "cpu_per_wall": timing.cpu_per_wall}
             self.store.put(key, hit)
             self.bar.update(1)
@@ -283,6 +289,21 @@ def _refine(
             return
 
 
+def _check_same_model(graph: Graph, timing_graph: Graph, layers: Sequence[Layer]) -> None:
+    """`timing_graph` holds every layer of `graph` under the same node name, op and weight; else `AutoError`."""
+    if timing_graph is graph:
+        return
+    nodes = {n.name: n for n in graph.nodes("call_function")}
+    for layer in layers:
+        node = nodes.get(layer.name)
+        same = node is not None and len(node.args) > 1 and getattr(node.args[1], "target", None) == layer.weight
+        if not same or not torch.equal(graph.param(layer.weight), timing_graph.param(layer.weight)):
+            raise AutoError(
+                f"latency_graph is not the model `graph` holds: its layer {layer.ident!r} ({layer.name}) has no "
+                "twin there with the same weight; capture the same model at the timing shape"
+            )
+
+
 def _choose(points: Iterable[Point], budget: Budget) -> tuple[Point | None, bool]:
     pts = list(points)
     meeting = [p for p in pts if budget.meets(p)]
@@ -306,6 +327,7 @@ def auto(
     methods: Sequence[Method | str] | None = None,
     weight_bits: Sequence[int] = (8, 4),
     latency_inputs: Sequence[torch.Tensor] | None = None,
+    latency_graph: Graph | None = None,
     include: Sequence[str] = (),
     seed: int = 0,
     max_candidates: int = 24,
@@ -322,7 +344,9 @@ def auto(
     last quarter of `calibration`, which then calibrates with the rest). `methods`: `Method`s or labels
     (``int8``, ``dynamic``, ``prune=0.25+int8``, ...; default `default_methods()`); `weight_bits`: the
     widths tried for int8 weights. `latency_inputs`: what the model is timed on (default the graph's
-    example inputs). `include`: pipeline texts to evaluate and show beside the search's own (a hand
+    example inputs of `latency_graph`, else of `graph`). `latency_graph`: the same model captured at the
+    shape it will run at (static sizes), used for every timing when `graph` has a dynamic batch for the
+    evaluation (kernels compiled for symbolic sizes can be much slower). `include`: pipeline texts to evaluate and show beside the search's own (a hand
     recipe). `sensitivity_batches` (default evaluation only; 0: all): measure each layer's effect alone
     with that many calibration and held-out batches (cheaper; whole candidates always use all). `out_dir`: write ``auto.json`` and ``auto_pareto.png`` there. The graph is never changed.
     """
@@ -345,8 +369,8 @@ def auto(
         calib, held = calib[:cut], calib[cut:]
     else:
         held = check_batches(graph, held_out, "held_out") if held_out is not None else []
-    timing_inputs = tuple(latency_inputs) if latency_inputs is not None else tuple(graph.example_inputs)
-    check_batches(graph, [timing_inputs], "latency_inputs")
+    default_inputs = (latency_graph if latency_graph is not None else graph).example_inputs
+    timing_inputs = tuple(latency_inputs) if latency_inputs is not None else tuple(default_inputs)
     chosen = [m if isinstance(m, Method) else Method.parse(m) for m in (methods or default_methods())]
     if Method() not in chosen:
         chosen.insert(0, Method())
@@ -362,10 +386,15 @@ def auto(
     )
     store = JsonStore(cache / "candidates" / f"{fingerprint.replace('/', '_')[:120]}.json")
     reduce_range = spec.isa.int8_prefers_7bit
+    timing_graph = latency_graph if latency_graph is not None else graph
+    if not isinstance(timing_graph, Graph):
+        raise AutoError(f"latency_graph must be a captured fxpress Graph, got {type(timing_graph).__name__}")
+    check_batches(timing_graph, [timing_inputs], "latency_inputs")
     table = LatencyTable(
-        graph, target=target, threads=threads, store=JsonStore(cache / "latency.json"), reduce_range=reduce_range
+        timing_graph, target=target, threads=threads, store=JsonStore(cache / "latency.json"), reduce_range=reduce_range
     )
-    layers = find_layers(graph, timing_inputs)
+    layers = find_layers(timing_graph, timing_inputs)
+    _check_same_model(graph, timing_graph, layers)
     if not layers:
         raise AutoError(
             "the graph has no linear or conv2d layer with a constant weight: nothing to choose a method for"
@@ -457,7 +486,8 @@ def _run(
     for text in include:  # a hand recipe, shown beside the search's points
         optimized = optimize_text(s.graph, text, s.calibration)
         acc = call_evaluation(s.evaluation, optimized, text)
-        ms, cpu = s.table.whole(optimized, s.latency_inputs).ms, 0.0
+        timed = s.table.whole(s.timed_graph(text), s.latency_inputs)
+        ms, cpu = timed.ms, timed.cpu_per_wall
         p = Point(text, {}, 8, acc, weight_sizes(optimized).stored_bytes, ms, ms, cpu, source="include")
         s.evaluated[text] = p
     total_bytes = float(weight_sizes(s.graph).stored_bytes)
