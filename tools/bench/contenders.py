@@ -8,7 +8,9 @@
 - ``fxpress-bf16``: the same with ``default,cast-bf16``: every linear in
   bfloat16 with float32 sums (AMX-BF16 tiles on AMX hosts), the rest fp32; on
   MiniLM only (a CNN's one linear would measure nothing): the counterpart of
-  ``openvino-default``'s bf16, not an fp32 comparison;
+  ``openvino-default``'s bf16, not an fp32 comparison; ``fxpress-int8-bf16``:
+  ``fxpress-int8`` with the case's dynamic layers (MiniLM's FFN
+  down-projections) in bf16 instead of per-row int8;
 - ``fxpress-torch-compile``: ``torch.compile(model, backend="fxpress")`` with
   the ``default`` pipeline, called on torch tensors under ``inference_mode``
   (dynamo's guards and the backend's weight check included); the first call's
@@ -73,6 +75,7 @@ CONTENDERS = (
     "openvino",
     "openvino-default",
     "fxpress-int8",
+    "fxpress-int8-bf16",
     "torch-int8",
     "ort-int8",
     "openvino-int8",
@@ -80,7 +83,7 @@ CONTENDERS = (
     "fxpress-torch-compile-int8",
 )
 # only for cases with calibration data
-INT8 = ("fxpress-int8", "torch-int8", "ort-int8", "openvino-int8", "fxpress-torch-compile-int8")
+INT8 = ("fxpress-int8", "fxpress-int8-bf16", "torch-int8", "ort-int8", "openvino-int8", "fxpress-torch-compile-int8")
 # calibrated: every case with calibration data
 STATIC_INT8 = ("fxpress-int8", "openvino-int8", "fxpress-torch-compile-int8")
 ONNX_BASED = ("ort", "ort-int8", "openvino", "openvino-default", "openvino-int8")  # need the case's ONNX export
@@ -98,7 +101,7 @@ EXTRAS = {"onnxruntime": "dev", "openvino": "bench", "nncf": "bench"}  # the pyp
 def applies(name: str, family: str, has_calibration: bool) -> bool:
     """Whether contender `name` runs for a case of `family`: int8 only with calibration data, dynamic int8 and bf16
     on MiniLM."""
-    if name == "fxpress-bf16":
+    if name in ("fxpress-bf16", "fxpress-int8-bf16"):
         return family == "minilm"
     if name not in INT8:
         return True
@@ -211,12 +214,18 @@ def build_fxpress(
     return Contender("fxpress-bf16" if bf16 else "fxpress", call, _checked(info, call(), ref))
 
 
-def _int8_passes(dynamic: tuple[str, ...], calibration: Any = None) -> list[Any]:
-    """``fold-bn, observe{per-channel, weight-reduce-range?, dynamic}, calibrate, fold-qdq`` (see `build_fxpress_int8`)."""
+def _int8_passes(dynamic: tuple[str, ...], calibration: Any = None, bf16: bool = False) -> list[Any]:
+    """``fold-bn, observe{per-channel, weight-reduce-range?, dynamic}, calibrate, fold-qdq`` (see `build_fxpress_int8`).
+
+    `bf16`: the `dynamic` layers are skipped by observe and cast to bf16 after fold-qdq instead.
+    """
     from fxpress.backends.tvm.targets import resolve_target
-    from fxpress.passes import Calibrate, FoldBatchNorm, FoldQDQ, Observe
+    from fxpress.passes import Calibrate, CastBf16, FoldBatchNorm, FoldQDQ, Observe
 
     seven_bit = resolve_target("x86").isa.int8_prefers_7bit
+    if bf16:
+        observe = Observe(per_channel=True, weight_reduce_range=seven_bit, skip=dynamic)
+        return [FoldBatchNorm(), observe, Calibrate(data=calibration), FoldQDQ(), CastBf16(layers=dynamic)]
     observe = Observe(per_channel=True, weight_reduce_range=seven_bit, dynamic=dynamic)
     return [FoldBatchNorm(), observe, Calibrate(data=calibration), FoldQDQ()]
 
@@ -255,6 +264,7 @@ def build_fxpress_int8(
     ref: np.ndarray,
     calibration: list[tuple[torch.Tensor, ...]],
     dynamic: tuple[str, ...],
+    bf16: bool = False,
 ) -> Contender:
     """Static int8: ``fold-bn, observe{per-channel, weight-reduce-range?, dynamic}, calibrate, fold-qdq``.
 
@@ -262,16 +272,17 @@ def build_fxpress_int8(
     ``vpmaddubsw`` saturates on some 8-bit weights), 7-bit weights let every
     layer take the u8s8 kernel; on VNNI and AMX hosts weights keep all 8 bits.
     The case's `dynamic` layers (MiniLM's FFN down-projections) quantize their
-    input per row at run time.
+    input per row at run time; with `bf16` (``fxpress-int8-bf16``) they run in
+    bfloat16 instead (``observe{skip}``, then ``cast-bf16`` after fold-qdq).
     """
     import fxpress
 
     t0 = time.perf_counter()
     graph = fxpress.capture(model, inputs)
-    graph = fxpress.optimize(graph, _int8_passes(dynamic, calibration))
+    graph = fxpress.optimize(graph, _int8_passes(dynamic, calibration, bf16))
     t1 = time.perf_counter()
     compiled = fxpress.compile(graph, target="x86", num_threads=threads, tuning=False)
-    stats = graph.trace[-1].stats
+    stats = next(r.stats for r in graph.trace if r.pipeline.startswith("fold-qdq"))
     info = {
         "quantize_s": round(t1 - t0, 3),
         "compile_s": round(time.perf_counter() - t1, 3),
@@ -286,7 +297,7 @@ def build_fxpress_int8(
     def call() -> Any:
         return compiled(*arrays)
 
-    return Contender("fxpress-int8", call, _checked(info, call(), ref))
+    return Contender("fxpress-int8-bf16" if bf16 else "fxpress-int8", call, _checked(info, call(), ref))
 
 
 def build_torch_int8(model: nn.Module, inputs: tuple[torch.Tensor, ...], threads: int, ref: np.ndarray) -> Contender:

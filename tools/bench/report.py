@@ -17,7 +17,17 @@ from typing import Any
 from tools.bench.machine import flags_summary, isa_summary
 
 # the contenders whose medians `comparisons` records (as ``<name>_ms``, dashes as underscores)
-CONTENDERS_COMPARED = ("eager", "fxpress", "ort", "openvino", "openvino-default", "fxpress-int8", "openvino-int8")
+CONTENDERS_COMPARED = (
+    "eager",
+    "fxpress",
+    "ort",
+    "openvino",
+    "openvino-default",
+    "fxpress-int8",
+    "openvino-int8",
+    "fxpress-int8-bf16",
+    "fxpress-bf16",
+)
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -65,6 +75,9 @@ def comparisons(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "fxpress_vs_ort": _ratio(ms["fxpress"], ms["ort"]),
                 "fxpress_vs_openvino": _ratio(ms["fxpress"], ms["openvino"]),
                 "fxpress_int8_vs_openvino_int8": _ratio(ms["fxpress-int8"], ms["openvino-int8"]),
+                "fxpress_int8_bf16_vs_openvino_int8": _ratio(ms["fxpress-int8-bf16"], ms["openvino-int8"]),
+                "fxpress_bf16_vs_openvino_default": _ratio(ms["fxpress-bf16"], ms["openvino-default"]),
+                "fxpress_int8_bf16_cosine": by.get("fxpress-int8-bf16", {}).get("info", {}).get("cosine_vs_eager"),
                 "fxpress_int8_cosine": by.get("fxpress-int8", {}).get("info", {}).get("cosine_vs_eager"),
                 "openvino_int8_cosine": by.get("openvino-int8", {}).get("info", {}).get("cosine_vs_eager"),
             }
@@ -75,8 +88,9 @@ def comparisons(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _comparison_rows(comps: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| model | threads | fxpress ms | ORT ms | OpenVINO ms | fxpress / ORT | fxpress / OpenVINO | fxpress int8 ms "
-        "| OpenVINO+NNCF int8 ms | fxpress int8 / OpenVINO int8 | cosine fxpress int8 | cosine OpenVINO int8 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| OpenVINO+NNCF int8 ms | fxpress int8 / OpenVINO int8 | cosine fxpress int8 | cosine OpenVINO int8 "
+        "| fxpress int8+bf16 / OpenVINO int8 | cosine fxpress int8+bf16 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in comps:
         lines.append(
@@ -84,7 +98,8 @@ def _comparison_rows(comps: list[dict[str, Any]]) -> list[str]:
             f"| {_fmt(c['openvino_ms'], 3)} | {_fmt(c['fxpress_vs_ort'])} | {_fmt(c['fxpress_vs_openvino'])} "
             f"| {_fmt(c['fxpress_int8_ms'], 3)} | {_fmt(c['openvino_int8_ms'], 3)} "
             f"| {_fmt(c['fxpress_int8_vs_openvino_int8'])} | {_fmt(c['fxpress_int8_cosine'], 4)} "
-            f"| {_fmt(c['openvino_int8_cosine'], 4)} |"
+            f"| {_fmt(c['openvino_int8_cosine'], 4)} | {_fmt(c.get('fxpress_int8_bf16_vs_openvino_int8'))} "
+            f"| {_fmt(c.get('fxpress_int8_bf16_cosine'), 4)} |"
         )
     return lines
 

@@ -121,9 +121,10 @@ def _build(
         return ct.build_eager(model, inputs, threads, ref)
     if name in ("fxpress", "fxpress-bf16"):
         return ct.build_fxpress(model, inputs, threads, ref, bf16=name == "fxpress-bf16")
-    if name == "fxpress-int8":
+    if name in ("fxpress-int8", "fxpress-int8-bf16"):
         assert case.calibration is not None
-        return ct.build_fxpress_int8(model, inputs, threads, ref, case.calibration(), case.dynamic)
+        bf16 = name == "fxpress-int8-bf16"
+        return ct.build_fxpress_int8(model, inputs, threads, ref, case.calibration(), case.dynamic, bf16)
     if name == "torch-int8":
         return ct.build_torch_int8(model, inputs, threads, ref)
     if name == "fxpress-torch-compile":
