@@ -118,6 +118,7 @@ class AutoResult:
     threads: int
     seed: int
     rest_accuracy: float | None = None  # every layer float, the other quantizable ops int8
+    int8_chain: float = 1.0  # factor on one-layer int8 times that makes the all-int8 estimate the measured model
     search_s: float = 0.0
     cpu_per_wall: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
@@ -152,6 +153,8 @@ class AutoResult:
             "* the method of the best point; effect: the accuracy change when only this layer takes the method",
             "  (a quantized method against the int8 rest: every layer float, attention matmuls and adds int8"
             + (f", accuracy {self.rest_accuracy:.5g})" if self.rest_accuracy is not None else ")"),
+            f"  ms: the one-layer graph's measured time; inside a model the search scales quantized ones by "
+            f"{self.int8_chain:.3g} (no quantize/dequantize between int8 layers)",
             "",
         ]
         lines.append(f"Pareto set ({len(self.pareto)} of {len(self.points)} evaluated points):")
@@ -189,6 +192,7 @@ class AutoResult:
             "evaluation": self.evaluation,
             "float_accuracy": _num(self.float_accuracy),
             "rest_accuracy": _num(self.rest_accuracy),
+            "int8_chain": round(self.int8_chain, 4),
             "search_s": round(self.search_s, 1),
             "cpu_per_wall": round(self.cpu_per_wall, 3),
             "best": point(self.best) if self.best else None,

@@ -19,7 +19,10 @@ The steps, each cached (`fxpress.auto.cache`), so an interrupted search resumes:
    the measured *rest* (what is not a layer: attention, norms, activations,
    quantize/dequantize) for float and quantized candidates. A candidate's
    estimate is the sum of its layers' times plus the rest; its size is
-   exact (`fxpress.reports.size.weight_sizes` of the optimized graph).
+   exact (`fxpress.reports.size.weight_sizes` of the optimized graph). A
+   one-layer int8 graph pays a quantize and a dequantize that a chain of
+   int8 layers does not, so quantized layer times are scaled by one factor
+   that makes the all-int8 estimate equal the measured all-int8 model.
 4. **Candidates**: a sweep of per-layer choices minimizing
    ``ms + mu * bytes + lambda * accuracy effect`` (additive model) over a
    geometric range of lambda, mu in {0, 1} (latency-first and size-first),
@@ -155,16 +158,25 @@ class _Model:
     """The additive estimate: latency = sum of layer ms + rest; accuracy = float - sum of effects."""
 
     def __init__(
-        self, layers: list[Layer], trials: dict[str, dict[str, Trial]], rest: dict[str, float], rest_effect: float
+        self,
+        layers: list[Layer],
+        trials: dict[str, dict[str, Trial]],
+        rest: dict[str, float],
+        rest_effect: float,
+        chain: float = 1.0,
     ) -> None:
-        self.layers, self.trials, self.rest, self.rest_effect = layers, trials, rest, rest_effect
+        self.layers, self.trials, self.rest, self.rest_effect, self.chain = layers, trials, rest, rest_effect, chain
+
+    def cost(self, t: Trial) -> float:
+        """A trial's time inside a model: measured, a quantized one scaled by the chain factor."""
+        quantized = t.method.startswith("int8 w") or Method.parse(t.method).quantized
+        return (t.ms or 0.0) * (self.chain if quantized else 1.0)
 
     def ms(self, plan: Plan) -> float:
         quantized = any(m.quantized for m in plan.methods.values())
         total = self.rest["int8" if quantized else "float"]
         for layer in self.layers:
-            t = self.trials[layer.ident][plan.methods.get(layer.ident, Method()).label]
-            total += t.ms or 0.0
+            total += self.cost(self.trials[layer.ident][plan.methods.get(layer.ident, Method()).label])
         return total
 
     def effect(self, plan: Plan) -> float:
@@ -192,8 +204,8 @@ def _sweep(model: _Model, float_ms: float, bytes_total: float, weight_bits: Sequ
                 def cost(label: str, mu: float = mu, lam: float = lam, options: dict[str, Trial] = options) -> tuple:
                     t = options[label]
                     effect = max(t.delta or 0.0, 0.0)
-                    main = effect if math.isinf(lam) else (t.ms or 0.0) + mu * (t.bytes or 0) + lam * effect
-                    return (main, t.ms or 0.0, label)
+                    main = effect if math.isinf(lam) else model.cost(t) + mu * (t.bytes or 0) + lam * effect
+                    return (main, model.cost(t), label)
 
                 methods[layer.ident] = Method.parse(min(options, key=cost))
             for bits in weight_bits:
@@ -226,7 +238,8 @@ def _bits_ms(s: _Search, model: _Model, plan: Plan) -> float:
     total = model.ms(plan)
     for layer in s.layers:
         if plan.methods.get(layer.ident) == INT8:
-            total += s.table.layer(layer, INT8, plan.weight_bits)["ms"] - model.trials[layer.ident][INT8.label].ms
+            narrow = s.table.layer(layer, INT8, plan.weight_bits)["ms"]
+            total += model.chain * (narrow - (model.trials[layer.ident][INT8.label].ms or 0.0))
     return total
 
 
@@ -245,7 +258,7 @@ def _refine(
                 new = plan.with_method(layer.ident, Method.parse(label))
                 if s.text(new) in tried:
                     continue
-                d_ms = (t.ms or 0.0) - (here.ms or 0.0)
+                d_ms = model.cost(t) - model.cost(here)
                 d_bytes = (t.bytes or 0) - (here.bytes or 0)
                 d_eff = max(t.delta or 0.0, 0.0) - max(here.delta or 0.0, 0.0)
                 meets = budget.meets(current)
@@ -475,11 +488,15 @@ def _run(
     int8_plan = Plan({x.ident: INT8 for x in s.layers if "int8" in _options(trials[x.ident])})
     rest = {"float": max(0.0, float_ms - sum(trials[x.ident]["float"].ms or 0.0 for x in s.layers))}
     rest["int8"] = rest["float"]
+    chain = 1.0
     if int8_plan.methods:
         int8_ms, _ = s.whole_ms(int8_plan)
         layer_ms = sum(trials[x.ident][int8_plan.methods.get(x.ident, Method()).label].ms or 0.0 for x in s.layers)
-        rest["int8"] = max(0.0, int8_ms - layer_ms)
-    model = _Model(s.layers, trials, rest, rest_effect)
+        # A one-layer int8 graph pays a quantize and a dequantize that a chain of int8 layers does not: scale
+        # every quantized layer's time so that the all-int8 estimate is the measured whole model.
+        chain = min(1.0, max(0.05, (int8_ms - rest["float"]) / layer_ms)) if layer_ms > 0 else 1.0
+        rest["int8"] = max(0.0, int8_ms - chain * layer_ms)
+    model = _Model(s.layers, trials, rest, rest_effect, chain)
     plans: dict[str, Plan] = {s.text(Plan()): Plan(), s.text(int8_plan): int8_plan}
     _point(s, model, Plan(), "float")
     _point(s, model, int8_plan, "int8")
@@ -549,6 +566,7 @@ def _run(
         budget, met, message, best, everything, pareto(everything), reports, float_acc, eval_name, "", isa, 1, seed
     )
     result.rest_accuracy = rest_acc if rest_acc != float_acc else None
+    result.int8_chain = model.chain
     return result
 
 
