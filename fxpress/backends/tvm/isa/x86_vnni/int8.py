@@ -56,7 +56,9 @@ from fxpress.backends.tvm.isa.x86_vnni.te_matmul import (
 from fxpress.backends.tvm.kernels.matmul import register_tile
 
 LANES = 16  # int32 lanes of a zmm accumulator: the panel width of the VNNI linear and conv layouts
-SPARSE_MAX_DENSITY = 0.4  # padded column density up to which the int8 BSR kernel beats the dense VNNI GEMM
+# padded column density up to which the int8 BSR kernel beats the dense VNNI GEMM: Linear(768, 3072) at
+# batch 128, 1 thread, VM main: 1.61x at 0.35, 1.24x at 0.46, 1.02x at 0.56 (tools/bench/sparsity.py, this Xeon)
+SPARSE_MAX_DENSITY = 0.45
 
 
 class VnniInt8(Avx2Int8):
