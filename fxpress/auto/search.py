@@ -500,6 +500,10 @@ def _run(
     plans: dict[str, Plan] = {s.text(Plan()): Plan(), s.text(int8_plan): int8_plan}
     _point(s, model, Plan(), "float")
     _point(s, model, int8_plan, "int8")
+    for b in bits[1:] if int8_plan.methods else []:  # plain int8 at each narrower weight width: smaller, same kernels
+        narrow = Plan(int8_plan.methods, b)
+        plans[s.text(narrow)] = narrow
+        _point(s, model, narrow, "sweep")
     for text in include:  # a hand recipe, shown beside the search's points
         optimized = optimize_text(s.graph, text, s.calibration)
         acc = call_evaluation(s.evaluation, optimized, text)
