@@ -208,6 +208,31 @@ def test_cnn_static_then_dynamic_batch(cnn: nn.Module) -> None:
 
 
 @pytest.mark.tvm
+def test_a_dynamic_subgraph_gets_a_static_build_per_shape(cnn: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fxpress's tile and panel kernels need static shapes: each new shape of a dynamic subgraph is compiled
+    static from the one optimized graph, up to MAX_SPECIALIZED shapes; later shapes run the symbolic build."""
+    from fxpress.integrations import torch_compile as tc
+
+    made: list[tc.CompiledSubgraph] = []
+    real_init = tc.CompiledSubgraph.__init__
+
+    def spy(self: tc.CompiledSubgraph, *args: object, **kwargs: object) -> None:
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+        made.append(self)
+
+    monkeypatch.setattr(tc.CompiledSubgraph, "__init__", spy)
+    monkeypatch.setattr(tc, "MAX_SPECIALIZED", 2)
+    compiled = torch.compile(cnn, backend="fxpress", options=FAST)
+    for batch in (2, 3, 5, 7, 3):
+        x = torch.randn(batch, 3, 8, 8)
+        assert (compiled(x) - cnn(x)).abs().max().item() <= 1e-4
+    static, dynamic = made  # batch 2 compiled static by dynamo; the rest one symbolic subgraph
+    assert static.graph is None and not static.static
+    assert sorted(dynamic.static) == [((3, 3, 8, 8),), ((5, 3, 8, 8),)]  # 7: past the limit, the symbolic build
+    assert all(m is not dynamic.module for m in dynamic.static.values())
+
+
+@pytest.mark.tvm
 def test_inputs_map_by_name_not_placeholder_order() -> None:
     model = TwoInputs().eval()
     scale, x = torch.rand(4, 32), torch.randn(4, 16)
