@@ -30,15 +30,14 @@ def _bits(v: tirx.PrimExpr) -> tirx.PrimExpr:
 def te_bf16_bits(x: te.Tensor, k_padded: int | None = None) -> te.Tensor:
     """uint16 bf16 bits of float32 `x` [.., K], the last axis zero-padded to `k_padded`."""
     *lead, k = x.shape
-    width = k if k_padded is None else k_padded
+    if k_padded is None or k_padded == int(k):
+        return te.compute(x.shape, lambda *i: _bits(x[i]).astype("uint16"), name="bf16_bits")
 
     def body(*i: tirx.Var) -> tirx.PrimExpr:
-        if width is k or int(width) == int(k):
-            return _bits(x[i]).astype("uint16")
         inside = _bits(x[(*i[:-1], tirx.min(i[-1], k - 1))]).astype("uint16")
         return tirx.Select(i[-1] < k, inside, tirx.const(0, "uint16"))
 
-    return te.compute((*lead, width), body, name="bf16_bits")
+    return te.compute((*lead, k_padded), body, name="bf16_bits")
 
 
 def te_bf16_round(x: te.Tensor) -> te.Tensor:
