@@ -20,6 +20,7 @@ one is reported by name, with the library to import, before torch tries.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
 import os
@@ -100,6 +101,40 @@ def _check_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...]:
     return tuple(example_inputs)
 
 
+def _check_signature(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Refuse, before torch.export runs, a forward() the positional example inputs cannot call.
+
+    fxpress graphs (and compiled modules) take positional tensors: a keyword-only parameter with a default
+    is captured at that default; one without a default, or a count of inputs forward() cannot bind, gets an
+    error that says what to change instead of torch.export's trace through inspect.
+    """
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return  # a builtin or C forward: let torch.export judge
+    params = list(sig.parameters.values())
+    required_kw = [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+    name = type(model).__name__
+    if required_kw:
+        raise CaptureError(
+            f"{name}.forward() takes keyword-only argument(s) {required_kw} without a default; fxpress captures "
+            "positional tensor inputs: give them defaults, or wrap the model in a module whose forward takes "
+            f"them positionally and passes {', '.join(f'{k}={k}' for k in required_kw)}"
+        )
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return
+    needed = [p.name for p in positional if p.default is p.empty]
+    if len(inputs) < len(needed) or len(inputs) > len(positional):
+        raise CaptureError(
+            f"{name}.forward{sig} takes {len(needed)} to {len(positional)} positional input(s) "
+            f"({[p.name for p in positional]}), but {len(inputs)} example input(s) were given"
+            if len(needed) != len(positional)
+            else f"{name}.forward{sig} takes {len(positional)} positional input(s) ({[p.name for p in positional]}), "
+            f"but {len(inputs)} example input(s) were given"
+        )
+
+
 def _strip_guards(gm: torch.fx.GraphModule) -> None:
     """Remove export's ``_guards_fn`` input check: the IR holds operator calls only."""
     for node in list(gm.graph.nodes):
@@ -133,6 +168,7 @@ def capture(
     if example_inputs is None:
         raise CaptureError(f"capturing a {type(model).__name__} needs example_inputs (a tensor or a tuple of them)")
     inputs = _check_inputs(example_inputs)
+    _check_signature(model, inputs)
     frozen = copy.deepcopy(model).eval()
     for p in frozen.parameters():
         p.requires_grad_(False)

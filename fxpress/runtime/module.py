@@ -13,6 +13,7 @@ runtime and safetensors are installed.
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 from collections.abc import Sequence
@@ -157,6 +158,8 @@ class CompiledModule:
         if inputs and _is_torch_tensor(inputs[0]):
             torch = sys.modules["torch"]
             outs = [torch.from_numpy(o) for o in outs]
+        if "output_tree" in self.manifest:
+            return _rebuild(self.manifest["output_tree"], iter(outs))
         return outs[0] if self.manifest.get("single_output") else tuple(outs)
 
     def save(self, directory: str) -> str:
@@ -168,3 +171,16 @@ class CompiledModule:
     def __repr__(self) -> str:
         sig = ", ".join(f"{s['name']}: {s['dtype']}{s['shape']}" for s in self.inputs)
         return f"<fxpress.CompiledModule target={self.target} ({sig})>"
+
+
+def _rebuild(tree: dict[str, Any], leaves: Any) -> Any:
+    """The model's own output nesting (compile.py's `output_tree`) filled with the flat outputs, in order."""
+    kind = tree["kind"]
+    if kind == "leaf":
+        return next(leaves)
+    children = [_rebuild(c, leaves) for c in tree["children"]]
+    if kind == "dict":
+        return dict(zip(tree["keys"], children, strict=True))
+    if kind == "namedtuple":
+        return collections.namedtuple(tree["name"], tree["fields"])(*children)
+    return children if kind == "list" else tuple(children)

@@ -34,6 +34,7 @@ from fxpress.backends.tvm.channels_last import lower_channels_last
 from fxpress.backends.tvm.convert_map import converters
 from fxpress.backends.tvm.lower import as_pass, lowering_stages
 from fxpress.backends.tvm.pack_weights import pack_weights
+from fxpress.backends.tvm.support import check_supported, guard
 from fxpress.backends.tvm.targets import TargetSpec, resolve_target
 from fxpress.backends.tvm.tuning.records import apply_records, open_records
 from fxpress.errors import BackendError
@@ -58,7 +59,34 @@ def _signature(graph: Graph) -> dict[str, Any]:
     outputs = [_tensor_spec(o.meta["val"], f"output{i}") for i, o in enumerate(outs)]
     spec = getattr(graph.gm, "_out_spec", None)
     single = bool(spec.is_leaf()) if spec is not None else not isinstance(graph.output_node.args[0], tuple | list)
-    return {"inputs": inputs, "outputs": outputs, "single_output": single}
+    signature: dict[str, Any] = {"inputs": inputs, "outputs": outputs, "single_output": single}
+    tree = output_tree(spec) if spec is not None and not single else None
+    if tree is not None and tree != {"kind": "tuple", "children": [{"kind": "leaf"}] * len(outputs)}:
+        signature["output_tree"] = tree  # the runtime rebuilds dicts, lists and nesting from it
+    return signature
+
+
+def output_tree(spec: Any) -> dict[str, Any]:
+    """The nesting of a model's outputs (a torch pytree spec) as JSON the torch-free runtime can rebuild.
+
+    dicts, and mappings flattened by key such as transformers' ModelOutput, come back as dicts; namedtuples
+    as namedtuples of the same name and fields; tuples and lists as themselves. Other containers are refused:
+    returning them as a flat tuple would hand the caller a different structure than eager PyTorch did.
+    """
+    if spec.is_leaf():
+        return {"kind": "leaf"}
+    children = [output_tree(c) for c in spec.children()]
+    kind, context = spec.type, spec.context
+    if kind is tuple or kind is list:
+        return {"kind": kind.__name__, "children": children}
+    if isinstance(context, type) and issubclass(context, tuple) and hasattr(context, "_fields"):
+        return {"kind": "namedtuple", "name": context.__name__, "fields": list(context._fields), "children": children}
+    if isinstance(context, list | tuple) and all(isinstance(k, str) for k in context) and len(context) == len(children):
+        return {"kind": "dict", "keys": list(context), "children": children}
+    raise BackendError(
+        f"the model returns a {getattr(kind, '__name__', kind)} fxpress cannot rebuild from the compiled outputs; "
+        "return a tensor, a tuple, a list, a namedtuple or a dict with string keys from forward()"
+    )
 
 
 def _constants(ep: torch.export.ExportedProgram) -> dict[str, torch.Tensor]:
@@ -78,8 +106,17 @@ def _import(graph: Graph, spec: TargetSpec) -> tuple[tvm.IRModule, list[tvm.runt
     except Exception as exc:
         raise BackendError(f"re-exporting the graph for TVM failed: {type(exc).__name__}: {exc}") from exc
     try:
-        convert = converters(spec, _constants(ep))
-        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=convert)
+        ep = ep.run_decompositions()  # what the importer would do itself: core ATen, so checks see its ops
+    except Exception as exc:
+        raise BackendError(f"decomposing the graph to core ATen ops failed: {type(exc).__name__}: {exc}") from exc
+    convert = converters(spec, _constants(ep))
+    check_supported(ep, graph, convert)
+    try:
+        mod = from_exported_program(
+            ep, keep_params_as_input=True, custom_convert_map=guard(convert, ep, graph), run_ep_decomposition=False
+        )
+    except BackendError:
+        raise
     except Exception as exc:
         raise BackendError(
             f"TVM's PyTorch importer rejected the graph: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
