@@ -131,6 +131,8 @@ class Contender:
 
 
 def first_output(out: Any) -> np.ndarray:
+    if isinstance(out, dict):  # a model returning a dict: compiled modules return it as one too
+        out = next(iter(out.values()))
     if isinstance(out, tuple | list):
         out = out[0]
     if isinstance(out, torch.Tensor):
