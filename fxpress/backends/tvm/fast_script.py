@@ -52,4 +52,4 @@ def install() -> None:
         return
     proxy = _Inspect("inspect")
     proxy.stack = _stack  # type: ignore[attr-defined]
-    entry.inspect = proxy  # type: ignore[attr-defined]
+    entry.inspect = proxy
