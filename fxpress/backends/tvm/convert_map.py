@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from tvm import relax, te, tirx
 
+from fxpress.backends.tvm.aten_fixes import CONVERTERS as ATEN_FIXES
 from fxpress.backends.tvm.block_sparse import convert_block_sparse_linear, convert_block_sparse_quantized_linear
 from fxpress.backends.tvm.isa import Bf16Lowering, Conv, Int8Weight, Requant
 from fxpress.backends.tvm.targets import TargetSpec
@@ -187,6 +188,7 @@ def converters(spec: TargetSpec, constants: Mapping[str, torch.Tensor] | None = 
         "block_sparse_quantized_linear.default": convert_block_sparse_quantized_linear(spec, constants),
         "block_sparse_quantized_linear_float.default": convert_block_sparse_quantized_linear(spec, constants, True),
     }
+    table.update(ATEN_FIXES)
     if spec.device == "cpu":
         table["max_pool2d.default"] = max_pool2d
         table["max_pool2d_with_indices.default"] = max_pool2d_with_indices

@@ -68,7 +68,7 @@ def check_supported(ep: torch.export.ExportedProgram, graph: Graph, custom: Mapp
     )
 
 
-def _builtin(importer: Any) -> dict[str, Callable[..., Any]]:
+def builtin_converters(importer: Any) -> dict[str, Callable[..., Any]]:
     """The importer's own converters, bound to it (built once per importer: our wrappers replace them in
     its ``convert_map``)."""
     table = getattr(importer, "_fxpress_builtin", None)
@@ -95,7 +95,7 @@ def guard(
             try:
                 if _inner is not None:
                     return _inner(node, importer)
-                return _builtin(importer)[_name](node)
+                return builtin_converters(importer)[_name](node)
             except BackendError:
                 raise
             except Exception as exc:

@@ -30,6 +30,7 @@ from fxpress.backends.tvm.kernels import (
     CPURowReduction,
     CPUSeparablePool,
 )
+from fxpress.backends.tvm.kernels.base import Guarded
 from fxpress.backends.tvm.kernels.matmul import register_tile
 from fxpress.backends.tvm.te_conv import te_quantized_conv2d
 from fxpress.backends.tvm.te_dynamic import te_dynamic_linear_generic, te_row_params, te_row_quantize
@@ -42,8 +43,8 @@ def cpu_rules() -> list[Any]:
         CPUConv2d(),  # before the matmul rule: a 1x1 conv's block also looks like a batched matmul
         CPUMatmul(),
         CPURowReduction(),  # softmax, layer norm: before dlight's reduction rules, which leave them scalar
-        dl.cpu.GEMV(),
-        dl.cpu.Reduction(),
+        Guarded(dl.cpu.GEMV()),
+        Guarded(dl.cpu.Reduction()),
         CPUSeparablePool(),  # before the injective rule, which would inline its row pass
         CPUConvStemPrologue(),  # before the injective rule, whose vectors gather here
         CPUInjective(),

@@ -49,6 +49,27 @@ class FxpressCPURule(CPUScheduleRule):
         raise NotImplementedError
 
 
+class Guarded(CPUScheduleRule):
+    """One of dlight's own CPU rules, made to fall back like ours: its exception becomes None.
+
+    (dlight's ``cpu.GEMV`` asserts on a batched matmul with a reduction of length 1, ``[8, 1, 1] @
+    [8, 1, 16]``, attention over a single token in Levit and MobileViT, and failed the whole build.)
+    """
+
+    def __init__(self, rule: CPUScheduleRule) -> None:
+        self.rule = rule
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        try:
+            return self.rule.apply(func, target, tunable)
+        except Exception as exc:
+            log.debug("%s skipped a function: %s", type(self.rule).__name__, exc)
+            return None
+
+    def is_target_available(self, target: Target) -> bool:
+        return bool(self.rule.is_target_available(target))
+
+
 @dataclass(frozen=True)
 class Kernel:
     """A PrimFunc's one reduction block (the kernel) and the blocks around it."""
@@ -156,16 +177,36 @@ def attach_epilogue(
     BatchNorm, must not be moved under `loop`: its region would be inferred
     from the kernel's tile and only part of it computed. It is inlined into its
     consumers instead; if that is impossible the rule gives up (raises), and
-    the function falls back to the next rule. Returns the moved blocks.
+    the function falls back to the next rule. A block that writes more
+    elements than it reads of the kernel's result (a pad, a concat with another
+    input) stays after the kernel, whole, and so does everything reading it:
+    moved under `loop`, only the elements some tile's region maps to would be
+    written (a conv followed by ``ZeroPad2d((0, 1, 0, 1))`` returned NaN in the
+    border). Returns the moved blocks.
     """
-    produced = {w.source.name for p in producers for w in sch.get(p).writes}
+    produced = {w.source.name: _numel(w.source) for p in producers for w in sch.get(p).writes}
+    kept: set[str] = set()
     moved = []
     for block in later:
         stmt = sch.get(block)
-        if produced & {r.source.name for r in stmt.reads}:
+        reads = {r.source.name for r in stmt.reads}
+        writes = {w.source.name: _numel(w.source) for w in stmt.writes}
+        if reads & kept or (
+            reads & set(produced) and max(writes.values()) > min(produced[r] for r in reads & set(produced))
+        ):
+            kept |= set(writes)  # a pad or concat writes elements no tile produces: it runs after the kernel, whole
+        elif reads & set(produced):
             sch.reverse_compute_at(block, loop, preserve_unit_loops=True)
-            produced |= {w.source.name for w in stmt.writes}
+            produced |= writes
             moved.append(block)
         else:
             sch.compute_inline(block)
     return moved
+
+
+def _numel(buffer: tirx.Buffer) -> int:
+    """Elements of `buffer` (a symbolic dimension counts as 1: the comparison above is of static shapes)."""
+    total = 1
+    for d in buffer.shape:
+        total *= int(d) if isinstance(d, tirx.IntImm) else 1
+    return total
