@@ -97,3 +97,12 @@ class ViewAfterSdpa(nn.Module):
 def test_view_that_fails_on_the_decomposed_graph_is_compiled_as_reshape():
     g = torch.Generator().manual_seed(0)
     _check(ViewAfterSdpa(), *(torch.randn(2, 4, 8, 8, generator=g) for _ in range(3)), rtol=1e-4)
+
+
+class Extremum(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(-1) + x.amin(dim=(0, 2), keepdim=True).squeeze(-1) + torch.amax(x, 1).sum(-1, keepdim=True)
+
+
+def test_amax_and_amin():
+    _check(Extremum(), torch.randn(3, 4, 5))

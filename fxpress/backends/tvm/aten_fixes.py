@@ -13,6 +13,7 @@ Found by the coverage zoo (tools/zoo), each with a test in tests/test_aten_fixes
   ("CodeGenVM cannot emit this Relax operator directly"); every causal LM of transformers 5 has one
   (its packed-sequence check). Emitted as TOPI's cumsum instead, in the result dtype torch gives (a
   bool or integer cumsum is int64).
+- ``amax`` / ``amin`` (a text CNN's max-over-time pooling): no converter at all; Relax's max / min.
 """
 
 from __future__ import annotations
@@ -92,7 +93,23 @@ def cumsum(node: Any, importer: Any) -> relax.Expr:
     return bb.emit(bb.call_te(topi.cumsum, x, axis, dtype, primfunc_name_hint="cumsum"))
 
 
+def _extremum(kind: str) -> Any:
+    def convert(node: Any, importer: Any) -> relax.Expr:
+        """``amax`` / ``amin``: Relax's max / min over the dims (all when none), keeping them if asked."""
+        args = importer.retrieve_args(node)
+        x = args[0]
+        dims = args[1] if len(args) > 1 else node.kwargs.get("dim", [])
+        keep = bool(args[2] if len(args) > 2 else node.kwargs.get("keepdim", False))
+        axis = None if not dims else [int(d) % x.ty.ndim for d in ([dims] if isinstance(dims, int) else dims)]
+        op = relax.op.max if kind == "max" else relax.op.min
+        return importer.block_builder.emit(op(x, axis=axis, keepdims=keep))
+
+    return convert
+
+
 CONVERTERS = {
+    "amax.default": _extremum("max"),
+    "amin.default": _extremum("min"),
     "div.Tensor": divide,
     "div.Scalar": divide,
     "div.Tensor_mode": divide,
