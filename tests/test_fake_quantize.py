@@ -192,8 +192,12 @@ def test_observed_but_not_calibrated_names_calibrate():
 def test_fold_qdq_and_compile_refuse_a_graph_still_fake_quantized():
     calibrated, _ = _calibrated()
     fq = fxpress.optimize(calibrated, [FakeQuantize()])
-    with pytest.raises(PassError, match="run freeze-fake-quant before fold-qdq"):
+    with pytest.raises(PipelineError, match="run freeze-fake-quant before it"):  # the contract, before anything runs
         fxpress.optimize(fq, [FoldQDQ()])
+    stripped = fq.copy()  # the property lost (a hand-edited graph): the pass itself still refuses
+    stripped.properties = stripped.properties - {"fake-quantized"}
+    with pytest.raises(PassError, match="run freeze-fake-quant before fold-qdq"):
+        fxpress.optimize(stripped, [FoldQDQ()])
     with pytest.raises(BackendError, match="freeze-fake-quant"):
         fxpress.compile(fq, target="x86-64")
     assert sum(is_fake_quant(n) for n in fq.nodes()) == 4

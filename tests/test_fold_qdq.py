@@ -12,8 +12,9 @@ from torch import nn
 import fxpress
 from fxpress.errors import PipelineError
 from fxpress.ir.annotations import get
-from fxpress.passes import Calibrate, Observe
+from fxpress.passes import Calibrate, FakeQuantize, FreezeFakeQuant, Observe
 from fxpress.passes.fold_qdq import FoldQDQ
+from fxpress.passes.manager import Instrument
 
 
 class MLP(nn.Module):
@@ -250,3 +251,27 @@ def test_order_error_before_anything_runs() -> None:
         fxpress.optimize(graph, "observe,fold-qdq")
     with pytest.raises(PipelineError, match="run calibrate before it"):
         fxpress.optimize(graph, "fold-qdq")
+
+
+class _Started(Instrument):
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    def before_pass(self, p: object, graph: fxpress.Graph) -> None:
+        self.started.append(str(getattr(p, "name", p)))
+
+
+def test_fake_quantized_graph_is_refused_before_anything_runs() -> None:
+    """fold-qdq forbids 'fake-quantized': the trained parameters live in the fake-quantize ops until frozen."""
+    data = _data(2)
+    graph = fxpress.capture(MLP().eval(), data[0])
+    started = _Started()
+    with pytest.raises(PipelineError) as info:
+        fxpress.optimize(graph, [Observe(), Calibrate(data=data), FakeQuantize(), FoldQDQ()], instruments=[started])
+    assert started.started == []  # observe, calibrate and fake-quantize did not run either
+    msg = str(info.value)
+    assert "fold-qdq cannot run on a graph that is ['fake-quantized'] (made by fake-quantize)" in msg
+    assert "run freeze-fake-quant before it" in msg
+    # with freeze-fake-quant between them the same order runs and folds both linears
+    out = fxpress.optimize(graph, [Observe(), Calibrate(data=data), FakeQuantize(), FreezeFakeQuant(), FoldQDQ()])
+    assert _ops(out).count("fxpress.quantized_linear") + _ops(out).count("fxpress.quantized_linear_float") == 2

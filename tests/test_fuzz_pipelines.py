@@ -197,16 +197,6 @@ def simulate(passes: Sequence[Pass], have: frozenset[str] = frozenset()) -> froz
 # --- known bugs: the generator steers around them; each has its own strict xfail below ---------------------
 
 
-def _fold_qdq_on_fake_quant(passes: Sequence[Pass]) -> bool:
-    """fold-qdq after fake-quantize with no freeze-fake-quant between: allowed by the contracts, refused at run."""
-    held = False
-    for p in passes:
-        held = isinstance(p, FakeQuantize) or (held and not isinstance(p, FreezeFakeQuant))
-        if held and isinstance(p, FoldQDQ):
-            return True
-    return False
-
-
 def _after(first: Callable[[Pass], bool], then: type[Pass]) -> Callable[[Sequence[Pass]], bool]:
     """Whether a `then` pass runs somewhere after a pass `first` accepts."""
 
@@ -222,7 +212,6 @@ def _after(first: Callable[[Pass], bool], then: type[Pass]) -> Callable[[Sequenc
 
 
 KNOWN_BUGS: dict[str, Callable[[Sequence[Pass]], bool]] = {
-    "fold-qdq-allowed-on-fake-quant": _fold_qdq_on_fake_quant,
     "prune-channels-keeps-stale-sparsity": _after(lambda p: isinstance(p, Sparsify | AnnotateSparsity), PruneChannels),
     "prune-channels-keeps-stale-qparams": _after(lambda p: isinstance(p, Observe) and p.per_channel, PruneChannels),
     "prune-channels-crashes-after-cast-bf16": _after(lambda p: isinstance(p, CastBf16), PruneChannels),
@@ -705,20 +694,6 @@ def _mlp() -> Graph:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16)).eval()
     return fxpress.capture(model, (torch.randn(2, 16),))
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=PassError,
-    reason="fold-qdq does not forbid fake-quantized: the order is refused only at run time",
-)
-def test_known_bug_fold_qdq_after_fake_quantize_is_refused_before_anything_runs() -> None:
-    s = subjects()[0]
-    pipeline = [Observe(), Calibrate(data=[s.inputs]), FakeQuantize(), FoldQDQ()]
-    rec = Recorder()
-    with pytest.raises(PipelineError):
-        fxpress.optimize(s.graph, pipeline, instruments=[rec])
-    assert rec.events == []
 
 
 @pytest.mark.xfail(

@@ -42,7 +42,9 @@ Option ``cleanup``: the clean-up rules to run, all four by default;
 ``fold-qdq{cleanup=[cancel,dedupe,float-out]}`` leaves quantizes below the
 max-pools and views (tests compare the two).
 
-Requires: ``calibrated``. Establishes: ``quantized``. Numerics: the int8
+Requires: ``calibrated``. Establishes: ``quantized``. Forbids ``fake-quantized``
+(run ``freeze-fake-quant`` first: the trained parameters live in the
+fake-quantize ops until then). Numerics: the int8
 result equals the integer reference bit for bit (eager and TVM); against fake
 quantization in float it differs by at most one output step (rounding of the
 int32 bias and of the fixed-point multiplier). Leaves alone: (reported in
@@ -177,6 +179,9 @@ class FoldQDQ(Pass):
     name = "fold-qdq"
     requires = frozenset({Property.CALIBRATED})
     establishes = frozenset({Property.QUANTIZED})
+    # fake-quantize ops hold trained parameters that are not annotations until freeze-fake-quant:
+    # refused before anything runs, not after observe, calibrate and a trainer have run
+    forbids = frozenset({Property.FAKE_QUANTIZED})
     # it rewrites weights into int8 from the very parameters `calibrated` names, and invalidates
     # nothing: what it left float keeps its parameters, and a second run must find nothing to do
 

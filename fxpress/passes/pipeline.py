@@ -210,7 +210,10 @@ def check_order(
     pass too: ``calibrate requires ['observed']; ran so far: ['observe', 'fold-bn'];
     run observe before it ('observed' was invalidated by fold-bn)``. A forbidden
     property names the pass that made it: ``low-rank cannot run on a graph that
-    is ['quantized'] (made by fold-qdq); run low-rank before fold-qdq``.
+    is ['quantized'] (made by fold-qdq); run low-rank before fold-qdq``, and a pass
+    that clears it is named too: ``fold-qdq cannot run on a graph that is
+    ['fake-quantized'] (made by fake-quantize); run fold-qdq before fake-quantize,
+    or run freeze-fake-quant before it``.
     """
     have = set(properties)
     ran: list[str] = list(history)
@@ -222,6 +225,9 @@ def check_order(
             makers = sorted({made[f] for f in present if f in made})
             by = f" (made by {', '.join(makers)})" if makers else " (it came that way)"
             where = f"run {p.name} before {' and '.join(makers)}" if makers else f"run {p.name} on the float graph"
+            clearers = _clearers(registry, set(present))
+            if clearers:
+                where += f", or run {' or '.join(clearers)} before it"
             raise PipelineError(f"{p.name} cannot run on a graph that is {present}{by}; {where}")
         missing = sorted(str(f) for f in p.requires - have)
         if missing:
@@ -237,6 +243,15 @@ def check_order(
             lost.pop(str(f), None)
             made[str(f)] = p.name
         ran.append(p.name)
+
+
+def _clearers(registry: PassRegistry, present: set[str]) -> list[str]:
+    """The passes that invalidate every property in `present` without needing it gone (freeze-fake-quant)."""
+    return sorted(
+        c.name
+        for c in registry.passes.values()
+        if present <= {str(f) for f in c.invalidates} and not {str(f) for f in c.forbids} & present
+    )
 
 
 def _nearest_makers(registry: PassRegistry, have: set[str], missing: set[str]) -> list[str]:
