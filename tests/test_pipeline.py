@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 import fxpress
 from fxpress.errors import PipelineError
@@ -15,15 +16,20 @@ from fxpress.passes import (
     PASSES,
     PIPELINES,
     DeadCodeElimination,
+    Distil,
+    FineTune,
     FoldBatchNorm,
     FoldConstants,
+    Observe,
     Pass,
+    PassManager,
     PassRegistry,
     PassResult,
     parse_pipeline,
     print_pipeline,
 )
 from fxpress.passes import pipeline as text
+from fxpress.passes.calibrate import Calibrate as CalibrateData
 
 CALLS: list[str] = []
 
@@ -132,6 +138,31 @@ def test_pass_objects_print_and_parse_back():
     assert text == "fold-bn,fold-constants{max-growth=4.0},options{flag=true,sizes=[8,16],mode=slow},dce"
     assert parse_pipeline(text) == passes
     assert [p.text() for p in passes] == ["fold-bn", "fold-constants{max-growth=4.0}", passes[2].text(), "dce"]
+
+
+def test_python_only_options_are_dropped_from_printed_text(mlp, mlp_input, monkeypatch):
+    """Calibration data, training data and teachers cannot be text: printing drops them, so the text parses back."""
+    monkeypatch.setitem(PASSES, "calibrate", CalibrateData)  # the real one, not this file's stand-in
+    batches = [(mlp_input,)]
+    labelled = [(mlp_input, torch.zeros(mlp_input.shape[0], dtype=torch.long))]
+    passes = [
+        Observe(per_channel=True),
+        CalibrateData(data=batches, limit=1),
+        FineTune(data=labelled, lr=0.01),
+        Distil(teacher=mlp, data=labelled),
+    ]
+    want = "observe{per-channel=true},calibrate{limit=1},fine-tune{lr=0.01},distil"
+    assert print_pipeline(passes) == want == PassManager(passes).pipeline
+    parsed = parse_pipeline(want)
+    assert parsed == passes  # data and teachers take no part in equality
+    assert all(getattr(p, "data", None) is None for p in parsed)  # and the text gave none back: no marker
+    assert print_pipeline(parsed) == want
+    # what the manager records for the artifact is the same data-free text, the data's use in the stats
+    out = fxpress.optimize(fxpress.capture(mlp, (mlp_input,)), passes[:2])
+    assert out.pipeline == "observe{per-channel=true},calibrate{limit=1}"
+    assert out.trace[-1].stats["batches"] == 1
+    # text without Python-only options prints as before (nothing to drop: unchanged)
+    assert print_pipeline(parse_pipeline("fold-bn,dce")) == "fold-bn,dce"
 
 
 def test_options_are_typed():

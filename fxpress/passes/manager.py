@@ -149,6 +149,7 @@ class PassManager:
 
     @property
     def pipeline(self) -> str:
+        """The pipeline as text, Python-only options (data, teachers) dropped: it parses back (`print_pipeline`)."""
         return print_pipeline(self.passes)
 
     def run(self, graph: Graph) -> Graph:

@@ -18,7 +18,8 @@ types get the text as it is and the pass's ``__post_init__`` judges it. An
 unknown pass or option, or a value of the wrong type, is a `PipelineError` that
 lists what is valid. `print_pipeline(parse_pipeline(t, r))` equals the canonical
 form of `t` (options in declaration order, defaults omitted), and parsing that
-again gives equal pass objects.
+again gives equal pass objects. Printing drops Python-only options (data,
+teachers, losses) without a marker (`print_pipeline` says why).
 """
 
 from __future__ import annotations
@@ -173,8 +174,20 @@ def parse_pipeline(text: str, registry: PassRegistry) -> list[Pass]:
 
 
 def print_pipeline(passes: Sequence[Pass]) -> str:
-    """The text form of a pipeline; `parse_pipeline` reads it back to equal passes."""
-    return ",".join(print_pass(p) for p in passes)
+    """The text form of a pipeline (each pass's `Pass.text`); `parse_pipeline` reads it back to equal passes.
+
+    Python-only options (calibration data, training data, teachers, losses:
+    fields declared ``compare=False``) are dropped, with no marker: pipeline
+    text cannot carry them and the parser refuses any value for them, so
+    ``[Observe(), Calibrate(data=batches)]`` prints ``observe,calibrate``, which
+    parses back to passes equal to these (``data`` takes no part in equality)
+    that need the data given again in Python before they can run (``calibrate``
+    without data says so). What such an option fed into a run is recorded
+    where it happened: the pass's trace record (``stats``: calibrate's
+    ``batches``) in the artifact. One order prints text that does not parse:
+    ``prune-channels{importance=taylor}`` needs data, and the parser says so.
+    """
+    return ",".join(p.text() for p in passes)
 
 
 def as_passes(passes: str | Pass | Sequence[Pass | str], registry: PassRegistry) -> list[Pass]:
