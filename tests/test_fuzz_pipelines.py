@@ -212,13 +212,8 @@ def _after(first: Callable[[Pass], bool], then: type[Pass]) -> Callable[[Sequenc
 
 
 KNOWN_BUGS: dict[str, Callable[[Sequence[Pass]], bool]] = {
-    "prune-channels-keeps-stale-sparsity": _after(lambda p: isinstance(p, Sparsify | AnnotateSparsity), PruneChannels),
-    "prune-channels-keeps-stale-qparams": _after(lambda p: isinstance(p, Observe) and p.per_channel, PruneChannels),
     "prune-channels-crashes-after-cast-bf16": _after(lambda p: isinstance(p, CastBf16), PruneChannels),
     "sparsify-breaks-hash-sharing": _after(lambda p: isinstance(p, ShareWeights) and p.method == "hash", Sparsify),
-    "prune-channels-breaks-hash-sharing": _after(
-        lambda p: isinstance(p, ShareWeights) and p.method == "hash", PruneChannels
-    ),
     "low-rank-keeps-stale-observer-slots": _after(lambda p: isinstance(p, Observe), LowRank),
 }
 
@@ -697,20 +692,6 @@ def _mlp() -> Graph:
 
 
 @pytest.mark.xfail(
-    strict=True, raises=VerifyError, reason="prune-channels keeps a stale sparsity annotation: VerifyError after it"
-)
-def test_known_bug_prune_channels_after_sparsify_verifies() -> None:
-    fxpress.optimize(_mlp(), "sparsify{density=0.5,pattern=16x1},prune-channels{ratio=0.75}")
-
-
-@pytest.mark.xfail(
-    strict=True, raises=VerifyError, reason="prune-channels keeps stale per-channel qparams: VerifyError after it"
-)
-def test_known_bug_prune_channels_after_per_channel_observe_verifies() -> None:
-    fxpress.optimize(_mlp(), "observe{per-channel=true},prune-channels{ratio=0.75}")
-
-
-@pytest.mark.xfail(
     strict=True, raises=PassError, reason="prune-channels after cast-bf16: IndexError inside prune-channels"
 )
 def test_known_bug_prune_channels_after_cast_bf16_runs() -> None:
@@ -722,11 +703,6 @@ def test_known_bug_prune_channels_after_cast_bf16_runs() -> None:
 )
 def test_known_bug_sparsify_after_hash_sharing_verifies() -> None:
     fxpress.optimize(_mlp(), "share-weights{method=hash,ratio=0.25},sparsify{density=0.1}")
-
-
-@pytest.mark.xfail(strict=True, raises=VerifyError, reason="prune-channels after hash sharing: stale 'shared'")
-def test_known_bug_prune_channels_after_hash_sharing_verifies() -> None:
-    fxpress.optimize(_mlp(), "share-weights{method=hash,ratio=0.25},prune-channels{ratio=0.25}")
 
 
 class _LinearThenReshape(nn.Module):

@@ -463,3 +463,80 @@ def test_taylor_without_data_says_how_to_give_it():
         plan_pruning(graph, groups, 0.5, importance_kind="taylor", data=[(data[0][0],)])
     with pytest.raises(PruneError, match=r"the data is empty"):
         plan_pruning(graph, groups, 0.5, importance_kind="taylor", data=[])
+
+
+# -- the annotations of sliced weights stay true (found by tests/test_fuzz_pipelines.py) --------------------------
+
+
+def _mlp_graph() -> tuple[nn.Module, torch.Tensor, fxpress.Graph]:
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16)).eval(), torch.randn(2, 16)
+    return model, x, fxpress.capture(model, (x,))
+
+
+def _notes(graph: fxpress.Graph) -> dict[str, str]:
+    """Each parameter line's annotations, as printed (`# pruned from [..]; sparsity ...`)."""
+    return dict(re.findall(r"%(\S+) = param \S+(?:  # (.*))?", str(graph)))
+
+
+def _pruned_equals_zeroed(before: fxpress.Graph, after: fxpress.Graph, x: torch.Tensor, ratio: float) -> None:
+    """The pruning oracle on a graph: `after` computes what `before` computes with the pruned channels zeroed."""
+    groups = AnalysisManager(before).get(ChannelGroupsAnalysis)
+    oracle = zeroed(before.gm, groups, plan_pruning(before, groups, ratio))
+    torch.testing.assert_close(after(x), oracle(x), rtol=0, atol=1e-6)
+
+
+def test_sliced_weights_are_measured_again_for_sparsity():
+    """16x1 blocks over 32 rows, 24 rows pruned: 8 rows no block divides -> unstructured; the columns keep 16x1."""
+    _, x, graph = _mlp_graph()
+    sparse = fxpress.optimize(graph, "sparsify{density=0.5,pattern=16x1}")
+    out = fxpress.optimize(sparse, "prune-channels{ratio=0.75}")  # the manager verifies: no stale annotation
+    w0, w2 = out.param("0.weight"), out.param("2.weight")
+    assert (tuple(w0.shape), tuple(w2.shape)) == ((8, 16), (16, 8))
+    notes = _notes(out)
+    d0 = float((w0 != 0).float().mean())  # by hand: the zeros kept, counted per element
+    assert notes["0.weight"] == f"pruned from [32,16]; sparsity unstructured density={d0:.4g}"
+    d2 = float((w2 != 0).any(0).float().mean())  # 16x1 blocks of [16, 8] are its columns
+    assert notes["2.weight"] == f"pruned from [16,32]; sparsity 16x1 density={d2:.4g}"
+    _pruned_equals_zeroed(sparse, out, x, 0.75)
+    # leave alone: ratio 0 changes nothing, the annotations as sparsify left them
+    same = fxpress.optimize(sparse, "prune-channels{ratio=0.0}")
+    assert not same.trace[-1].modified and str(same) == str(sparse)
+
+
+def test_pruning_drops_quantization_annotations_with_observed():
+    """Per-channel weight parameters of 32 rows on an 8-row weight would be stale: observe's notes all go."""
+    _, x, graph = _mlp_graph()
+    observed = fxpress.optimize(graph, "observe{per-channel=true}")
+    out = fxpress.optimize(observed, "prune-channels{ratio=0.75}")
+    assert _notes(out) == {
+        "0.bias": "pruned from [32]",
+        "0.weight": "pruned from [32,16]",
+        "2.bias": "",
+        "2.weight": "pruned from [16,32]",
+    }
+    assert "observe" not in str(out) and "qparams" not in str(out)
+    assert out.trace[-1].stats["unobserved"] == 2 + 4  # by hand: two weights; the input, two linears, the relu
+    assert "observed" not in out.properties
+    _pruned_equals_zeroed(observed, out, x, 0.75)
+    # observe again gives per-channel parameters of the new shapes
+    again = fxpress.optimize(out, "observe{per-channel=true}")
+    assert "qparams i8 sym ch0" in _notes(again)["0.weight"]
+    # leave alone: nothing to prune leaves the observer annotations where they were
+    same = fxpress.optimize(observed, "prune-channels{ratio=0.0}")
+    assert str(same) == str(observed)
+
+
+def test_hash_sharing_broken_by_slicing_is_dropped_kmeans_kept():
+    """Hash sharing is over positions: sliced weights no longer follow it and are stored dense; k-means survives."""
+    _, x, graph = _mlp_graph()
+    hashed = fxpress.optimize(graph, "share-weights{method=hash,ratio=0.25}")
+    out = fxpress.optimize(hashed, "prune-channels{ratio=0.25}")
+    assert "shared" not in str(out)
+    assert out.trace[-1].stats["unshared"] == 2
+    assert "weights-shared" in out.properties  # the contract's property; the weights hold bucket values still
+    _pruned_equals_zeroed(hashed, out, x, 0.25)
+    kmeans = fxpress.optimize(graph, "share-weights{bits=2}")
+    kept = fxpress.optimize(kmeans, "prune-channels{ratio=0.25}")
+    assert "shared kmeans clusters=4 bits=2" in _notes(kept)["0.weight"]
+    assert "unshared" not in kept.trace[-1].stats

@@ -18,13 +18,14 @@ power-of-two scales exact powers of two.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx
 
-from fxpress.ir.annotations import Annotation, get
+from fxpress.ir.annotations import META_KEY, Annotation, get
 from fxpress.quant import scheme as _scheme
 from fxpress.quant.scheme import QScheme
 
@@ -164,3 +165,25 @@ class DynamicQuant(Annotation):
 
     def text(self) -> str:
         return "quantize act dynamic per-row u8"
+
+
+QUANT_KEYS: tuple[str, ...] = (ObserverSlot.key, QuantParams.key, DynamicQuant.key)
+"""The annotations ``observe`` and ``calibrate`` write: what the ``observed`` and ``calibrated`` properties stand for."""
+
+
+def drop_quant_annotations(nodes: Iterable[torch.fx.Node]) -> int:
+    """Remove observer slots, quantization parameters and dynamic marks from `nodes`; the count of nodes changed.
+
+    A float-weight pass that invalidates ``observed`` and ``calibrated``
+    (prune-channels, low-rank) calls it on the whole graph when it changes
+    something: parameters measured on the old weights and channels, and slots
+    shared with values that are gone, must not outlive the properties (the
+    verifier would find them inconsistent, and a later ``observe`` writes them
+    all again anyway).
+    """
+    changed = 0
+    for node in nodes:
+        held = node.meta.get(META_KEY) or {}
+        dropped = [held.pop(key) for key in QUANT_KEYS if key in held]
+        changed += bool(dropped)
+    return changed

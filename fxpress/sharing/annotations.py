@@ -25,6 +25,7 @@ happens, naming the weight.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -32,10 +33,13 @@ import torch
 import torch.fx
 
 from fxpress.errors import PassError
+from fxpress.ir import annotations as notes
 from fxpress.ir.annotations import Annotation
 from fxpress.runtime.hashing import hash_buckets
 
 METHODS = ("kmeans", "hash")
+
+log = logging.getLogger(__name__)
 
 
 class SharingError(PassError, ValueError):
@@ -113,3 +117,23 @@ class SharedWeights(Annotation):
     def bits_for(clusters: int) -> int:
         """The index bits `clusters` centroids need (at least 1)."""
         return max(1, math.ceil(math.log2(clusters)))
+
+
+def drop_broken_sharing(node: torch.fx.Node, weight: torch.Tensor) -> bool:
+    """Remove `node`'s `SharedWeights` annotation if `weight` no longer follows it; whether it was removed.
+
+    A pass that rewrites a shared weight by its own rule (sparsify zeroing part
+    of a hash bucket, prune-channels moving a hashed weight's positions) calls
+    it on every weight it changed: the weight stays what that pass made it (a
+    dense float parameter, stored dense by the artifact), and the annotation,
+    which would have the artifact store buckets that no longer give these
+    weights back, goes. k-means sharing survives both (zeros and slices keep
+    the values among the centroids), so only the sharing actually broken is
+    dropped, with a warning naming the weight.
+    """
+    note = notes.get(node, SharedWeights.key)
+    if not isinstance(note, SharedWeights) or note.problem(weight.detach()) is None:
+        return False
+    del notes.annotations(node)[SharedWeights.key]
+    log.warning("%s: the weight no longer follows its %s sharing; stored dense from here on", node.name, note.method)
+    return True

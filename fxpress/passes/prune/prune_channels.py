@@ -19,8 +19,14 @@ data it is an error that says so.
 
 Requires: nothing (run ``fold-bn`` first to prune folded convs). Establishes:
 ``channels-pruned``; invalidates ``observed`` and ``calibrated`` (weights are
-sliced: observe and calibrate afterwards); forbids ``quantized`` and
-``fake-quantized`` (run it before quantization). Numerics: exact for every group
+sliced: observe and calibrate afterwards) and, when it prunes, removes the
+observer slots and quantization parameters those properties stand for
+(per-channel parameters of the old channel count would be wrong); forbids
+``quantized`` and ``fake-quantized`` (run it before quantization). The
+annotations of a sliced weight stay true: its sparsity is measured again (its
+pattern where that still holds, else unstructured), and hash sharing, which
+slicing breaks (the hash is over positions), is dropped with a warning
+(``stats["unshared"]``): that weight is stored dense; k-means sharing survives. Numerics: exact for every group
 the analysis marks exact: the pruned graph computes what the original computes
 with the pruned channels' parameters set to zero; a group normalized over its
 channels (layer_norm, softmax, mean) is approximate and says so in the report.

@@ -11,7 +11,12 @@ analysis (`pruned_shape`), so each rewrite is local:
     aten.layer_norm(%x, [384], ...)          -> aten.layer_norm(%x, [192], ...)
 
 Parameters keep their names (the graph is the pass manager's private copy) and
-get a `ChannelsPruned` annotation with their original shape. After the rewrite
+get a `ChannelsPruned` annotation with their original shape. The annotations
+of a sliced weight are kept true: its `Sparsity` is measured again (the pattern
+where it still holds, else unstructured), and a `SharedWeights` it no longer
+follows (hash sharing: the hash is over positions) is dropped; observer slots
+and quantization parameters go from the whole graph with the ``observed`` and
+``calibrated`` the pass invalidates (counted in ``stats["unobserved"]``). After the rewrite
 the shapes are propagated again and every pruned dim is checked against the
 size the analysis predicted: a mismatch is a `PassError`, never a silently
 wrong model.
@@ -26,6 +31,7 @@ import torch
 import torch.fx
 
 from fxpress.errors import PassError
+from fxpress.ir import annotations as notes
 from fxpress.ir.annotations import annotate, get
 from fxpress.ir.opsets import CONV, bind
 from fxpress.ir.printer import locate, op_name
@@ -33,6 +39,10 @@ from fxpress.passes.prune.errors import PruneError
 from fxpress.passes.prune.groups import ChannelGroups
 from fxpress.passes.prune.ops import arg_index, aten
 from fxpress.passes.prune.plan import ChannelsPruned, PrunePlan, site_kept
+from fxpress.quant.annotations import drop_quant_annotations
+from fxpress.sharing.annotations import drop_broken_sharing
+from fxpress.sparse.annotations import Sparsity
+from fxpress.sparse.pattern import block_density, element_density, nm_holds, parse_pattern
 
 if TYPE_CHECKING:
     from fxpress.ir.graph import Graph
@@ -59,8 +69,9 @@ def _set(node: torch.fx.Node, name: str, value: Any) -> None:
         node.kwargs = {**node.kwargs, name: value}
 
 
-def _slice_params(graph: Graph, groups: ChannelGroups, plan: PrunePlan) -> int:
-    sliced = 0
+def _slice_params(graph: Graph, groups: ChannelGroups, plan: PrunePlan) -> tuple[int, int]:
+    """Slice every parameter with pruned channels; (parameters sliced, hash-shared weights whose sharing broke)."""
+    sliced = unshared = 0
     for node in graph.nodes("get_attr"):
         kept = _kept(groups, node.name, 0, plan)
         if not kept:
@@ -72,8 +83,30 @@ def _slice_params(graph: Graph, groups: ChannelGroups, plan: PrunePlan) -> int:
             tensor = tensor.index_select(d, torch.as_tensor(idx, dtype=torch.long))
         graph.replace_param(node, tensor)
         annotate(node, ChannelsPruned(original))
+        _resparsify(node, tensor)
+        unshared += drop_broken_sharing(node, tensor)
         sliced += 1
-    return sliced
+    return sliced, unshared
+
+
+def _resparsify(node: torch.fx.Node, weight: torch.Tensor) -> None:
+    """Measure a sliced weight's `Sparsity` again: its pattern where it still holds, else unstructured, else none.
+
+    Slicing keeps every zero but may cut through blocks (16 rows of a 16x1
+    block, 4 of them removed) or N:M groups (input columns removed): the
+    annotation keeps its pattern only while the block divides the new shape
+    (or N:M still holds), and otherwise records the zeros as unstructured; a
+    weight left with no zero loses the annotation.
+    """
+    note = get(node, Sparsity.key)
+    if not isinstance(note, Sparsity):
+        return
+    del notes.annotations(node)[Sparsity.key]
+    pattern = parse_pattern(note.pattern)
+    if nm_holds(weight, pattern) if pattern.is_nm else block_density(weight, pattern.block) is not None:
+        annotate(node, Sparsity.of(weight, pattern))
+    elif element_density(weight) < 1.0:
+        annotate(node, Sparsity.of(weight, parse_pattern("unstructured")))
 
 
 def _size(graph: Graph, node: torch.fx.Node, old: Any, new: int) -> Any:
@@ -174,7 +207,8 @@ def _check_shapes(graph: Graph, groups: ChannelGroups, plan: PrunePlan) -> None:
 
 def apply_plan(graph: Graph, groups: ChannelGroups, plan: PrunePlan) -> dict[str, int]:
     """Prune `graph` in place following `plan`; returns counts for the pass's stats."""
-    sliced = _slice_params(graph, groups, plan)
+    sliced, unshared = _slice_params(graph, groups, plan)
+    unobserved = drop_quant_annotations(graph.nodes())  # 'observed' and 'calibrated' go: what they stand for too
     ops = [n for n in graph.nodes("call_function") if isinstance(n.target, torch._ops.OpOverload) and n.args]
     rewritten = sum(_rewrite(graph, groups, plan, n) for n in ops)
     try:
@@ -182,9 +216,11 @@ def apply_plan(graph: Graph, groups: ChannelGroups, plan: PrunePlan) -> dict[str
     except Exception as exc:
         raise PassError(f"prune-channels left a graph whose shapes do not propagate: {exc}") from exc
     _check_shapes(graph, groups, plan)
-    return {
+    stats = {
         "groups": sum(1 for r in plan.removed.values() if len(r)),
         "units": int(sum(len(r) for r in plan.removed.values())),
         "params": sliced,
         "ops": rewritten,
     }
+    extra = {"unshared": unshared, "unobserved": unobserved}
+    return stats | {k: v for k, v in extra.items() if v}
