@@ -213,7 +213,6 @@ def _after(first: Callable[[Pass], bool], then: type[Pass]) -> Callable[[Sequenc
 
 KNOWN_BUGS: dict[str, Callable[[Sequence[Pass]], bool]] = {
     "prune-channels-crashes-after-cast-bf16": _after(lambda p: isinstance(p, CastBf16), PruneChannels),
-    "sparsify-breaks-hash-sharing": _after(lambda p: isinstance(p, ShareWeights) and p.method == "hash", Sparsify),
     "low-rank-keeps-stale-observer-slots": _after(lambda p: isinstance(p, Observe), LowRank),
 }
 
@@ -696,13 +695,6 @@ def _mlp() -> Graph:
 )
 def test_known_bug_prune_channels_after_cast_bf16_runs() -> None:
     fxpress.optimize(_mlp(), "cast-bf16,prune-channels{ratio=0.25}")
-
-
-@pytest.mark.xfail(
-    strict=True, raises=VerifyError, reason="sparsify after hash sharing leaves an inconsistent 'shared' annotation"
-)
-def test_known_bug_sparsify_after_hash_sharing_verifies() -> None:
-    fxpress.optimize(_mlp(), "share-weights{method=hash,ratio=0.25},sparsify{density=0.1}")
 
 
 class _LinearThenReshape(nn.Module):

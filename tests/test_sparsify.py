@@ -226,3 +226,25 @@ def test_bad_requests_are_fxpress_errors(net, x):
         SparsityError, match=r"layers 'fc9' matches no linear or conv weight; the layers are: conv, fc1"
     ):
         fxpress.optimize(fxpress.capture(net, (x,)), "sparsify{layers=fc9}")
+
+
+def test_hash_sharing_the_zeros_break_is_dropped_the_weights_kept():
+    """Zeroing part of a hash bucket breaks sign * buckets[hash]: the weight stays as sparsified, stored dense."""
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 3)).eval(), torch.randn(2, 20)
+    hashed = fxpress.optimize(fxpress.capture(model, (x,)), "share-weights{method=hash,ratio=0.25}")
+    out = fxpress.optimize(hashed, "sparsify{density=0.1}")  # the manager verifies: no stale 'shared'
+    for name in ("0.weight", "2.weight"):
+        node = next(n for n in out.nodes("get_attr") if n.target == name)
+        assert notes.get(node, "shared") is None
+        assert isinstance(notes.get(node, Sparsity.key), Sparsity)
+        before, after = hashed.param(name), out.param(name)
+        # bit-exact: the hashed values where kept, zeros elsewhere; 10 % kept (by hand: round(0.1 * numel))
+        assert torch.equal(after, torch.where(after != 0, before, torch.zeros(())))
+        assert int((after != 0).sum()) == round(0.1 * before.numel())
+    assert out.trace[-1].stats["unshared"] == 2
+    assert "weights-shared" in out.properties and "sparsified" in out.properties
+    # leave alone: density 1 zeroes nothing, so the hash sharing holds and stays
+    dense = fxpress.optimize(hashed, "sparsify{density=1.0}")
+    assert "unshared" not in dense.trace[-1].stats
+    assert str(dense).count("shared hash") == 2

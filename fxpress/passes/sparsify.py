@@ -32,7 +32,10 @@ for an N:M pattern, a block that does not divide a weight (naming the layer,
 its shape and the block), a ``layers`` regex that matches no weight.
 Leaves alone: weights that are not ``get_attr`` parameters (computed weights),
 skipped layers, biases, and a graph already sparsified at this density and
-pattern (a second run changes nothing). Sits after ``fold-bn`` and
+pattern (a second run changes nothing). Shared weights: a sharing the new
+zeros break (hash sharing: part of a bucket zeroed) is dropped from that
+weight with a warning (``stats["unshared"]``), so the artifact stores it dense,
+never buckets that no longer give its values back; one they keep stays. Sits after ``fold-bn`` and
 ``prune-channels``; before ``annotate-sparsity``, ``fine-tune`` and quantization.
 """
 
@@ -46,6 +49,7 @@ from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
 from fxpress.ir.properties import QUANTIZED_WEIGHTS, WEIGHT_DEPENDENT, Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
+from fxpress.sharing.annotations import drop_broken_sharing
 from fxpress.sparse.annotations import Sparsity
 from fxpress.sparse.masks import MagnitudeMasks
 from fxpress.sparse.pattern import parse_pattern
@@ -73,12 +77,13 @@ class Sparsify(MagnitudeMasks, Pass):
         sites = self.sites(graph)
         masks = self.masks(graph, sites)
         nodes = {str(s.node.target): s.node for s in sites}
-        modified, kept, total = False, 0, 0
+        modified, kept, total, unshared = False, 0, 0, 0
         for target, mask in masks.items():
             node, weight = nodes[target], graph.param(target)
             new = torch.where(mask, weight.detach(), torch.zeros((), dtype=weight.dtype))
             if not torch.equal(new, weight):
                 graph.replace_param(node, new)
+                unshared += drop_broken_sharing(node, new)  # zeros in part of a hash bucket: stored dense
                 modified = True
             note = Sparsity.of(new, pattern)
             if notes.get(node, Sparsity.key) != note:
@@ -86,4 +91,6 @@ class Sparsify(MagnitudeMasks, Pass):
                 modified = True
             kept, total = kept + int((new != 0).sum()), total + new.numel()
         stats = {"weights": len(masks), "density": round(kept / total, 6) if total else 1.0}
+        if unshared:
+            stats["unshared"] = unshared
         return PassResult(graph, modified=modified, stats=stats)

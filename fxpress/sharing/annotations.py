@@ -18,7 +18,7 @@ The verifier calls ``check`` after every pass, and it reads the weight's
 values: k-means: at most ``clusters`` distinct values (nonzero ones, with
 ``zeros``); hash: the weight equals ``sign * b[index]`` with ``b`` read off the
 first member of each bucket. So a later pass that breaks the sharing
-(fold-bn rescaling rows, sparsify zeroing part of a bucket) fails where it
+(fold-bn rescaling rows, a pass that does not drop the annotation) fails where it
 happens, naming the weight.
 """
 
@@ -135,5 +135,5 @@ def drop_broken_sharing(node: torch.fx.Node, weight: torch.Tensor) -> bool:
     if not isinstance(note, SharedWeights) or note.problem(weight.detach()) is None:
         return False
     del notes.annotations(node)[SharedWeights.key]
-    log.warning("%s: the weight no longer follows its %s sharing; stored dense from here on", node.name, note.method)
+    log.warning("%s: the weight no longer follows its %s sharing; stored dense from here on", node.target, note.method)
     return True
