@@ -106,3 +106,22 @@ class Extremum(nn.Module):
 
 def test_amax_and_amin():
     _check(Extremum(), torch.randn(3, 4, 5))
+
+
+class SelectLast(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, -1] * 2 + x[:, -2, 0].unsqueeze(-1) + x[-1, :, -1]
+
+
+def test_select_with_a_negative_index_counts_from_the_end():
+    _check(SelectLast(), torch.randn(2, 4, 5))
+
+
+def test_select_with_a_negative_index_on_a_dynamic_dimension():
+    model = SelectLast().eval()
+    x = torch.randn(2, 4, 5)
+    graph = fxpress.capture(model, (x,), dynamic_shapes=({2: torch.export.Dim("t", min=2)},))
+    module = fxpress.compile(graph, target="x86", tuning=False)
+    for t in (5, 9):
+        y = torch.randn(2, 4, t)
+        torch.testing.assert_close(module(y), model(y))

@@ -13,6 +13,9 @@ Found by the coverage zoo (tools/zoo), each with a test in tests/test_aten_fixes
   ("CodeGenVM cannot emit this Relax operator directly"); every causal LM of transformers 5 has one
   (its packed-sequence check). Emitted as TOPI's cumsum instead, in the result dtype torch gives (a
   bool or integer cumsum is int64).
+- ``select`` with a negative index (``x[:, :, -1]``, the last step of a sequence): the importer took
+  index -1 in TVM's "fast" mode, which reads out of bounds: the TCN in the zoo returned garbage. The
+  index is counted from the end, as torch does.
 - ``amax`` / ``amin`` (a text CNN's max-over-time pooling): no converter at all; Relax's max / min.
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from tvm import relax, topi
+from tvm import relax, tirx, topi
 
 from fxpress.backends.tvm.support import builtin_converters
 
@@ -93,6 +96,22 @@ def cumsum(node: Any, importer: Any) -> relax.Expr:
     return bb.emit(bb.call_te(topi.cumsum, x, axis, dtype, primfunc_name_hint="cumsum"))
 
 
+def select(node: Any, importer: Any) -> relax.Expr:
+    """``select.int`` (``x[:, :, -1]``): a negative index counted from the end, as in torch."""
+    x = importer.env[node.args[0]]
+    dim, index = int(node.args[1]), int(node.args[2])
+    dim %= x.ty.ndim
+    mode = "fast"
+    if index < 0:
+        size = x.ty.shape.values[dim]
+        if isinstance(size, tirx.IntImm):
+            index += int(size)
+        else:
+            mode = "wrap"  # a symbolic dimension: wrap the index at run time
+    bb = importer.block_builder
+    return bb.emit(relax.op.take(x, relax.const(index, "int64"), dim, mode=mode))
+
+
 def _extremum(kind: str) -> Any:
     def convert(node: Any, importer: Any) -> relax.Expr:
         """``amax`` / ``amin``: Relax's max / min over the dims (all when none), keeping them if asked."""
@@ -108,6 +127,7 @@ def _extremum(kind: str) -> Any:
 
 
 CONVERTERS = {
+    "select.int": select,
     "amax.default": _extremum("max"),
     "amin.default": _extremum("min"),
     "div.Tensor": divide,
