@@ -213,7 +213,6 @@ def _after(first: Callable[[Pass], bool], then: type[Pass]) -> Callable[[Sequenc
 
 KNOWN_BUGS: dict[str, Callable[[Sequence[Pass]], bool]] = {
     "prune-channels-crashes-after-cast-bf16": _after(lambda p: isinstance(p, CastBf16), PruneChannels),
-    "low-rank-keeps-stale-observer-slots": _after(lambda p: isinstance(p, Observe), LowRank),
 }
 
 
@@ -695,26 +694,6 @@ def _mlp() -> Graph:
 )
 def test_known_bug_prune_channels_after_cast_bf16_runs() -> None:
     fxpress.optimize(_mlp(), "cast-bf16,prune-channels{ratio=0.25}")
-
-
-class _LinearThenReshape(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc, self.out = nn.Linear(64, 64), nn.Linear(16, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.fc(x).reshape(x.shape[0], 4, 16))
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=VerifyError,
-    reason="low-rank after observe leaves a shared observer slot on an unobserved input",
-)
-def test_known_bug_low_rank_after_observe_verifies() -> None:
-    torch.manual_seed(0)
-    graph = fxpress.capture(_LinearThenReshape().eval(), (torch.randn(2, 64),))
-    fxpress.optimize(graph, "observe,low-rank{ratio=0.25,rank-multiple=1}")
 
 
 # --- through TVM: two seeded cases ------------------------------------------------------------------------------

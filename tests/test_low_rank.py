@@ -377,3 +377,33 @@ def test_data_aware_pass_on_calibration_batches(graph):
     assert error(aware) < error(plain)
     with pytest.raises(PipelineError, match="not pipeline text"):
         fxpress.optimize(graph, "low-rank{data=batches}")
+
+
+class _LinearThenReshape(nn.Module):
+    """A linear whose output a reshape reads: the reshape's observer slot is shared with the linear's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(64, 64), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.fc(x).reshape(x.shape[0], 4, 16))
+
+
+def test_observer_annotations_go_with_observed():
+    """observe, low-rank: low-rank invalidates 'observed'; no slot may outlive it (a shared one would be stale)."""
+    torch.manual_seed(0)
+    model, x = _LinearThenReshape().eval(), torch.randn(2, 64)
+    graph = fxpress.capture(model, (x,))
+    request = LowRank(ratio=0.25, rank_multiple=1)
+    observed = fxpress.optimize(graph, "observe")
+    out = fxpress.optimize(observed, [request])  # the manager verifies: no slot shared with an unobserved input
+    plain = fxpress.optimize(graph, [request])
+    assert str(out) == str(plain)  # the same IR as low-rank alone: no observe or qparams note anywhere
+    assert "observe" not in str(out) and "qparams" not in str(out)
+    # by hand: the annotated nodes low-rank kept: the input, the reshape (shared), out's output and weight
+    # (fc's output and weight were replaced by the factors)
+    assert out.trace[-1].stats["unobserved"] == 4
+    torch.testing.assert_close(out(x), _oracle(model, graph, request)(x), rtol=1e-5, atol=1e-5)
+    again = fxpress.optimize(out, "observe,low-rank{ratio=0.25,rank-multiple=1}")  # nothing left to factorize
+    assert again.trace[-1].modified is False and "observe act" in str(again)  # leaves the new slots alone

@@ -23,7 +23,10 @@ low-rank-report`` prints the plan and the error of each choice first.
 
 Requires: nothing (run ``fold-bn`` first, so that convs carry their batch norm
 into the factors). Establishes: ``low-rank``; invalidates ``observed`` and
-``calibrated`` (new weights: observe and calibrate afterwards); forbids
+``calibrated`` (new weights: observe and calibrate afterwards) and, when it
+factorizes a layer, removes every observer slot and quantization parameter
+they stand for (a slot shared with a replaced layer's output would point at
+an unobserved factor; ``stats["unobserved"]``); forbids
 ``quantized`` and ``fake-quantized`` (it factorizes float weights: run it before
 quantization).
 Numerics: each factorized layer computes the original layer with its weight
@@ -53,6 +56,7 @@ from fxpress.ir.properties import QUANTIZED_WEIGHTS, WEIGHT_DEPENDENT, Property
 from fxpress.lowrank.plan import LowRankRequest, plan_low_rank
 from fxpress.lowrank.rewrite import apply_plan
 from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
+from fxpress.quant.annotations import drop_quant_annotations
 
 
 @dataclass(frozen=True)
@@ -81,4 +85,8 @@ class LowRank(LowRankRequest, Pass):
             "weights_after": sum(row.weights[1] for row in done),
             "left_alone": sum(1 for row in plan if not row.factorized),
         }
+        if replaced:  # 'observed' and 'calibrated' go, and the slots and parameters they stand for with them
+            unobserved = drop_quant_annotations(graph.nodes())
+            if unobserved:
+                stats["unobserved"] = unobserved
         return PassResult(graph, modified=replaced > 0, stats=stats)
