@@ -540,3 +540,42 @@ def test_hash_sharing_broken_by_slicing_is_dropped_kmeans_kept():
     kept = fxpress.optimize(kmeans, "prune-channels{ratio=0.25}")
     assert "shared kmeans clusters=4 bits=2" in _notes(kept)["0.weight"]
     assert "unshared" not in kept.trace[-1].stats
+
+
+class _GroupedCNN(nn.Module):
+    """A conv, a grouped conv (4 groups), a 1x1 conv and a linear over the flattened map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.dw = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=4)
+        self.b, self.fc = nn.Conv2d(8, 6, 1), nn.Linear(6 * 16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.relu(self.b(F.relu(self.dw(F.relu(self.a(x)))))), 1))
+
+
+def test_prunes_through_bf16_layers_exactly():
+    """cast-bf16's ops move channels as aten.linear / conv2d do: the same plan, and the zeroed oracle in bf16."""
+    torch.manual_seed(0)
+    model, x = _GroupedCNN().eval(), torch.randn(2, 3, 4, 4)
+    graph = fxpress.capture(model, (x,))
+    bf16 = fxpress.optimize(graph, "cast-bf16")
+    out = fxpress.optimize(bf16, "prune-channels{ratio=0.5}")
+    shapes = {k: tuple(v.shape) for k, v in out.params().items() if k.endswith("weight")}
+    # by hand: a's 8 channels -> 4 (dw's 4 groups of 2 kept 2 whole groups: groups=2), b's 6 -> 3, fc reads 3 * 16
+    assert shapes == {
+        "a.weight": (4, 3, 3, 3),
+        "dw.weight": (4, 2, 3, 3),
+        "b.weight": (3, 4, 1, 1),
+        "fc.weight": (5, 48),
+    }
+    assert re.findall(r"= (\S+)\(", str(out)).count("fxpress.bf16_conv2d") == 3
+    assert ", 2) : f32[2,4,4,4]" in str(out)  # the grouped conv's groups argument, 4 -> 2
+    # the same plan as on the float graph: the analysis sees through the cast
+    float_out = fxpress.optimize(graph, "prune-channels{ratio=0.5}")
+    assert {k: tuple(v.shape) for k, v in float_out.params().items() if k.endswith("weight")} == shapes
+    _pruned_equals_zeroed(bf16, out, x, 0.5)
+    # leave alone: a single bf16 linear has no prunable channel (input and output are the graph's)
+    single = fxpress.optimize(fxpress.capture(nn.Linear(4, 3).eval(), (torch.randn(2, 4),)), "cast-bf16")
+    same = fxpress.optimize(single, "prune-channels{ratio=0.5}")
+    assert not same.trace[-1].modified and str(same) == str(single)

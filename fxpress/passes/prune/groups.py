@@ -293,6 +293,8 @@ def _unit_lookup(buckets: list[list[int]]) -> Callable[[np.ndarray], tuple[np.nd
     key_u = np.array([unit_index[r][1] for r in keys.tolist()] + [-1], dtype=np.int64)
 
     def lookup(roots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(keys):  # no group at all (every channel frozen): every root is in none
+            return np.full(roots.shape, -1, dtype=np.int64), np.full(roots.shape, -1, dtype=np.int64)
         pos = np.searchsorted(keys, roots)
         pos = np.where((pos < len(keys)) & (keys[np.minimum(pos, len(keys) - 1)] == roots), pos, len(keys))
         return key_g[pos], key_u[pos]

@@ -32,9 +32,11 @@ from typing import Any
 import torch
 import torch.fx
 
+import fxpress.ir.ops  # noqa: F401  (registers the fxpress ops named in BF16)
 from fxpress.ir.opsets import BATCH_NORM, CONV, CONV_TRANSPOSE, bind, packet
 
 aten = torch.ops.aten
+fx_ops = torch.ops.fxpress
 Shape = tuple[int, ...]
 ShapeOf = Callable[[Any], Shape | None]
 
@@ -416,6 +418,10 @@ def _functional(packet: Any) -> Any:
     return packet
 
 
+BF16: dict[Any, Any] = {fx_ops.bf16_linear: aten.linear, fx_ops.bf16_conv2d: aten.conv2d}
+"""cast-bf16's ops and the ATen op each computes (in bfloat16, fp32 sums): their channels move the same way."""
+
+
 def spec_for(node: torch.fx.Node, shape: ShapeOf, out: Any) -> Spec | None:
     """The `Spec` of a compute op, or None when the analysis does not understand it."""
     target = node.target
@@ -427,6 +433,9 @@ def spec_for(node: torch.fx.Node, shape: ShapeOf, out: Any) -> Spec | None:
             return None
         return _elementwise(node, shape, out)
     b = bind(target, node.args, node.kwargs)
+    if packet in BF16:  # fxpress.bf16_linear / bf16_conv2d: aten.linear / conv2d's channels, computed in bf16
+        b = {("input" if k == "x" else k): v for k, v in b.items()}
+        packet = BF16[packet]
     if packet in _REDUCE:
         return _reduce(node, b, shape, out)
     if packet in (aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax):

@@ -17,6 +17,9 @@ options ``data`` (``(inputs..., target)`` tuples) and ``loss`` (default
 cross-entropy): ``PruneChannels(importance="taylor", data=batches)``; without
 data it is an error that says so.
 
+cast-bf16's ``fxpress.bf16_linear`` / ``bf16_conv2d`` prune as the ATen
+linear and conv they compute (in bfloat16): prune before or after the cast.
+
 Requires: nothing (run ``fold-bn`` first to prune folded convs). Establishes:
 ``channels-pruned``; invalidates ``observed`` and ``calibrated`` (weights are
 sliced: observe and calibrate afterwards) and, when it prunes, removes the

@@ -37,7 +37,7 @@ from fxpress.ir.opsets import CONV, bind
 from fxpress.ir.printer import locate, op_name
 from fxpress.passes.prune.errors import PruneError
 from fxpress.passes.prune.groups import ChannelGroups
-from fxpress.passes.prune.ops import arg_index, aten
+from fxpress.passes.prune.ops import BF16, arg_index, aten
 from fxpress.passes.prune.plan import ChannelsPruned, PrunePlan, site_kept
 from fxpress.quant.annotations import drop_quant_annotations
 from fxpress.sharing.annotations import drop_broken_sharing
@@ -172,7 +172,7 @@ def _rewrite(graph: Graph, groups: ChannelGroups, plan: PrunePlan, node: torch.f
         sizes = [len(_kept(groups, node.name, j, plan).get(dim, range(p[dim]))) for j, p in enumerate(pieces)]
         node.target = aten.split_with_sizes.default
         node.args, node.kwargs = (x, sizes, dim), {}
-    elif packet in CONV and b.get("groups", 1) != 1 and out:
+    elif (packet in CONV or packet in BF16) and b.get("groups", 1) != 1 and out:
         c = 1 if len(groups.shapes[node.name]) == len(groups.shapes[b["weight"].name]) else 0
         if c in out:
             old = groups.shapes[node.name][c]
