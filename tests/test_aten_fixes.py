@@ -125,3 +125,13 @@ def test_select_with_a_negative_index_on_a_dynamic_dimension():
     for t in (5, 9):
         y = torch.randn(2, 4, t)
         torch.testing.assert_close(module(y), model(y))
+
+
+class Diff(nn.Module):
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        d = torch.diff(pos, dim=-1, prepend=pos[:, :1] - 1) != 1  # transformers' packed-sequence check
+        return torch.diff(x, n=2, dim=1, append=x[:, :2]) + d.to(x.dtype).sum(-1, keepdim=True)
+
+
+def test_diff_with_prepend_append_and_n():
+    _check(Diff(), torch.randn(2, 8), torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 7]]))

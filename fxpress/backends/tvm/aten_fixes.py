@@ -16,6 +16,8 @@ Found by the coverage zoo (tools/zoo), each with a test in tests/test_aten_fixes
 - ``select`` with a negative index (``x[:, :, -1]``, the last step of a sequence): the importer took
   index -1 in TVM's "fast" mode, which reads out of bounds: the TCN in the zoo returned garbage. The
   index is counted from the end, as torch does.
+- ``diff`` (transformers' packed-sequence check in GPT-2, Llama and their kin): no converter; slices and a
+  subtraction (static sizes).
 - ``amax`` / ``amin`` (a text CNN's max-over-time pooling): no converter at all; Relax's max / min.
 """
 
@@ -112,6 +114,31 @@ def select(node: Any, importer: Any) -> relax.Expr:
     return bb.emit(relax.op.take(x, relax.const(index, "int64"), dim, mode=mode))
 
 
+def diff(node: Any, importer: Any) -> relax.Expr:
+    """``diff.default``: `n` times ``x[1:] - x[:-1]`` along `dim`, after concatenating `prepend` / `append`."""
+    args = importer.retrieve_args(node)
+    get = lambda i, key, default: args[i] if len(args) > i else node.kwargs.get(key, default)  # noqa: E731
+    x, n, dim = args[0], int(get(1, "n", 1)), int(get(2, "dim", -1))
+    prepend, append = get(3, "prepend", None), get(4, "append", None)
+    bb = importer.block_builder
+    dim %= x.ty.ndim
+    parts = [p for p in (prepend, x, append) if p is not None]
+    if len(parts) > 1:
+        x = bb.emit(relax.op.concat(parts, axis=dim))
+    for _ in range(n):
+        size = x.ty.shape.values[dim]
+        if not isinstance(size, tirx.IntImm):
+            return builtin_converters(importer)["diff.default"](node)  # none: the pre-check named it
+        size = int(size)
+        later = bb.emit(relax.op.strided_slice(x, axes=[dim], begin=[1], end=[size]))
+        earlier = bb.emit(relax.op.strided_slice(x, axes=[dim], begin=[0], end=[size - 1]))
+        if str(x.ty.dtype) == "bool":  # torch: logical xor for bool
+            x = bb.emit(relax.op.not_equal(later, earlier))
+        else:
+            x = bb.emit(relax.op.subtract(later, earlier))
+    return x
+
+
 def _extremum(kind: str) -> Any:
     def convert(node: Any, importer: Any) -> relax.Expr:
         """``amax`` / ``amin``: Relax's max / min over the dims (all when none), keeping them if asked."""
@@ -128,6 +155,7 @@ def _extremum(kind: str) -> Any:
 
 CONVERTERS = {
     "select.int": select,
+    "diff.default": diff,
     "amax.default": _extremum("max"),
     "amin.default": _extremum("min"),
     "div.Tensor": divide,
