@@ -328,12 +328,9 @@ class Fuzzer:
             log = self.coin(0.15)
             bits = r.choice([2, 3, 4]) if log else r.choice([8, 8, 8, 7, 4, 2])
             weight_observer = r.choice(["auto", "auto", *sorted(OBSERVERS)])
-            # searching weight observers (mse, the log levels' default) take ~0.3 s a channel per channel
-            # (/tmp/fuzz_repro/observe_log_weights_slow.py): per-tensor only, to keep the file's time bounded
-            slow = log or weight_observer in ("mse", "entropy", "histogram")
-            try:
+            try:  # entropy and histogram weight observers are per-tensor only: per-channel draws again
                 return Observe(
-                    per_channel=not slow and self.coin(),
+                    per_channel=self.coin(),
                     symmetric=self.coin(0.3),
                     dtype=r.choice(["int8", "uint8"]),
                     observer=r.choice(sorted(OBSERVERS)),

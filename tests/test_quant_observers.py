@@ -363,3 +363,47 @@ def test_spec_validation():
     with pytest.raises(ValueError, match="percentile"):
         ObserverSpec("percentile", QScheme(), percentile=40.0)
     assert ObserverSpec("percentile", QScheme("uint8", True), percentile=99.9).text() == "percentile(99.9) u8 sym"
+
+
+def _mse_range_over_all_bins(obs: MSEObserver) -> tuple[torch.Tensor, torch.Tensor]:
+    """The oracle: `MSEObserver._range` as it was before it read only occupied bins (every bin, empty ones too)."""
+    counts, centers = obs.hist.counts, obs.hist.centers()
+    assert counts is not None
+    lo, hi = obs.hist.lo.clamp(max=0), obs.hist.hi.clamp(min=0)
+    best = torch.full_like(lo, float("inf"))
+    best_lo, best_hi = lo.clone(), hi.clone()
+    rows = dataclasses.replace(obs.scheme, axis=0)
+    for k in range(obs.grid, 0, -1):
+        cand_lo, cand_hi = (lo * (k / obs.grid)).float(), (hi * (k / obs.grid)).float()
+        scale, zp = compute_qparams(cand_lo, cand_hi, rows)
+        rounded = fake_quantize(centers, scale, zp, rows)
+        err = (counts * (centers - rounded) ** 2).sum(1)
+        better = err < best
+        best = torch.where(better, err, best)
+        best_lo = torch.where(better, cand_lo.double(), best_lo)
+        best_hi = torch.where(better, cand_hi.double(), best_hi)
+    return obs._shape(best_lo), obs._shape(best_hi)
+
+
+@pytest.mark.parametrize(
+    ("shape", "scheme"),
+    [
+        ((64, 64, 1, 1), QScheme("int8", True, 0)),  # the slow case: 64 values a channel, 2048 bins
+        ((64, 64, 1, 1), QScheme.log(3, 0)),
+        ((16, 6, 5, 5), QScheme.log(4, 0)),
+        ((6, 1, 5, 5), QScheme("int8", True, 0, False, False, -7, 7)),  # 4-bit narrow range
+        ((32, 3000), QScheme("int8", True, 0)),  # more values than bins: every bin can be occupied
+        ((10, 20), QScheme.log(2, None)),  # per tensor
+        ((12, 8), QScheme("uint8", False, 0)),  # affine
+    ],
+)
+def test_mse_search_over_occupied_bins_equals_the_search_over_all(shape, scheme):
+    """Empty bins add exactly 0 to each candidate's error: reading only occupied ones gives the same range."""
+    torch.manual_seed(sum(shape))
+    weight = torch.distributions.Laplace(0.0, 0.05).sample(shape)
+    weight[0].view(-1)[0] = 0.9  # an outlier a search clips
+    obs = MSEObserver(scheme)
+    obs.observe(weight)
+    want, got = _mse_range_over_all_bins(obs), obs._range()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert obs._occupied()[0].shape[1] <= min(weight[0].numel() if scheme.axis == 0 else weight.numel(), 2048)
