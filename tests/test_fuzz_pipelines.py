@@ -649,7 +649,16 @@ def test_pipeline_text_round_trips(seed: int) -> None:
 
 OUT_OF_RANGE: dict[str, tuple[str, ...]] = {  # option values outside each pass's documented range
     "fold-constants": ("max-growth=0", "max-growth=-1"),
-    "observe": ("weight-bits=1", "weight-bits=9", "dtype=int4", "observer=foo", "weight-observer=foo", "skip=[(]"),
+    "observe": (
+        "weight-bits=1",
+        "weight-bits=9",
+        "dtype=int4",
+        "observer=foo",
+        "weight-observer=foo",
+        "skip=[(]",
+        "weight-observer=percentile,percentile=101",
+        "percentile=50",
+    ),
     "calibrate": ("limit=-1",),
     "fold-qdq": ("cleanup=[foo]",),
     "prune-channels": ("ratio=1.5", "ratio=-0.1", "round-to=0", "importance=foo"),

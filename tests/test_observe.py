@@ -230,6 +230,8 @@ def test_reobserving_replaces_the_configuration():
         ("observe{skip=[(]}", "bad regex"),
         ("observe{observer=moving-average,averaging-constant=2.0}", "averaging constant"),
         ("observe{observer=percentile,percentile=10.0}", "percentile must be in"),
+        ("observe{weight-observer=percentile,percentile=101}", r"percentile must be in \(50, 100\], got 101.0"),
+        ("observe{percentile=50}", "percentile must be in"),  # out of range whichever observers use it
         ("observe{dtype=uint8,symmetric=true,reduce-range=true}", "outside"),
     ],
 )
@@ -316,3 +318,23 @@ def test_params_text_rounds():
     assert qp.text() == "qparams i8 sym ch0 scale=[0.01235..0.5] zp=0"
     assert qp == QuantParams(S8_CH0, torch.tensor([0.0123456, 0.5]), torch.zeros(2, dtype=torch.int64))
     assert qp != QuantParams(S8_CH0, torch.tensor([0.0123457, 0.5]), torch.zeros(2, dtype=torch.int64))
+
+
+def test_weight_percentile_observer_takes_the_percentile_option():
+    """weight-observer=percentile ranges each weight at the given percentile (it used 99.99 whatever was given)."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(256, 8)).eval()
+    graph = fxpress.capture(model, (torch.randn(2, 256),))
+    w = graph.param("0.weight")
+    for p in (99.0, 99.99):
+        out = fxpress.optimize(graph, f"observe{{per-channel=true,weight-observer=percentile,percentile={p}}}")
+        node = next(n for n in out.nodes("get_attr") if n.target == "0.weight")
+        spec = ObserverSpec("percentile", QScheme("int8", True, 0), percentile=p)
+        observer = spec.make()
+        observer.observe(w)
+        assert notes.get(node, "qparams") == observer.qparams()  # the pass's parameters are the observer's, exactly
+        assert notes.get(node, "observe") == ObserverSlot("weight", spec)
+    # leave alone: the default percentile prints no option and gives the same parameters as before
+    assert fxpress.optimize(graph, "observe{weight-observer=percentile,percentile=99.99}").pipeline == (
+        "observe{weight-observer=percentile}"
+    )

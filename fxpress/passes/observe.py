@@ -33,6 +33,8 @@ levels are for weights only; activations stay uniform. A log-scheme weight
 that is zero throughout is refused, naming the layer (skip it). Activations get one scheme (``dtype``,
 ``symmetric``, ``reduce-range``) and one observer kind (``observer``: minmax,
 moving-average, histogram, percentile, mse, entropy), per tensor.
+``percentile`` (in (50, 100], checked whichever observers are chosen) is the
+percentile of both ``observer=percentile`` and ``weight-observer=percentile``.
 ``power-of-two=true`` restricts every scale to a power of two.
 
 Quantization-preserving ops after an observed value are observed too, so a
@@ -126,6 +128,11 @@ class Observe(Pass):
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"bad regex {pattern!r}: {exc}") from None
+        if not 50 < self.percentile <= 100:  # whether or not an observer uses it: out of range is out of range
+            raise ValueError(
+                f"percentile must be in (50, 100], got {self.percentile} "
+                "(the percentile of observer=percentile and weight-observer=percentile)"
+            )
         self.activation_spec()  # validates dtype, observer and its options
         if self.weight_scheme not in LEVELS:
             raise ValueError(f"weight-scheme must be one of {', '.join(LEVELS)}, got {self.weight_scheme!r}")
@@ -165,7 +172,7 @@ class Observe(Pass):
             scheme = QScheme("int8", True, axis, self.power_of_two, False, -top, top)
         else:
             scheme = QScheme("int8", True, axis, self.power_of_two, self.weight_reduce_range)
-        return ObserverSpec(kind, scheme)
+        return ObserverSpec(kind, scheme, percentile=self.percentile)
 
     @staticmethod
     def _matches(node: torch.fx.Node, patterns: tuple[str, ...]) -> bool:
