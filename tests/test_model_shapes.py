@@ -163,3 +163,25 @@ def test_a_failing_converter_names_the_node_it_was_converting(monkeypatch):
         BackendError, match=r"converting node %_softmax \(_softmax.default\) for TVM failed: IndexError"
     ):
         fxpress.compile(graph)
+
+
+class ScalarScale(nn.Module):
+    """DeBERTa-v2's attention scale: a 0-d tensor made in forward(), a constant once fold-constants runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(32, 32)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        q = self.q(x).view(2, 8, 4, 8).transpose(1, 2).reshape(-1, 8, 8)
+        return q / torch.sqrt(torch.tensor(q.size(-1), dtype=torch.float) * 3) * t
+
+
+def test_zero_dim_constants_and_inputs_keep_their_rank(tmp_path):
+    model = ScalarScale().eval()
+    x, t = torch.randn(2, 8, 32), torch.tensor(0.5)  # a 0-d input too
+    module = fxpress.compile(fxpress.optimize(fxpress.capture(model, (x, t)), "default"))
+    torch.testing.assert_close(module(x, t), model(x, t))
+    module.save(str(tmp_path / "art"))
+    np.testing.assert_allclose(fxpress.load(str(tmp_path / "art"))(x.numpy(), t.numpy()), model(x, t).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip

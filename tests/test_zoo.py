@@ -25,10 +25,7 @@ KNOWN: dict[tuple[str, str], str] = {}
 
 # entry -> a defect of fxpress the table shows (a raw exception or a wrong number): expected to fail until
 # fixed (not strict: the test passes once fxpress is fixed; then remove the line).
-DEFECTS: dict[str, str] = {
-    "deberta-v2": "fp32 / int8 / sparsify: the compiled call raises a raw ValueError "
-    "'Mismatched lv65.ndim on argument #1' (a rank mismatch in a fused reshape/transpose/divide)",
-}
+DEFECTS: dict[str, str] = {}
 
 
 def _params(entries: list[ZooEntry]) -> list[Any]:

@@ -77,5 +77,5 @@ def transform_params(
 ) -> list[tvm.runtime.Tensor]:
     """The compiled module's parameters made from the untransformed `raw` ones by its ``main_transform_params``."""
     vm = relax.VirtualMachine(executable, device)
-    out = vm["main_transform_params"]([tvm.runtime.tensor(np.ascontiguousarray(a), device) for a in raw])
-    return [tvm.runtime.tensor(np.ascontiguousarray(t.numpy()), device) for t in out]
+    out = vm["main_transform_params"]([tvm.runtime.tensor(np.require(a, requirements="C"), device) for a in raw])
+    return [tvm.runtime.tensor(np.require(t.numpy(), requirements="C"), device) for t in out]

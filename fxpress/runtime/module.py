@@ -129,7 +129,7 @@ class CompiledModule:
             if len(shape) != len(want) or any(w is not None and w != d for w, d in zip(want, shape, strict=False)):
                 shown = ["?" if w is None else w for w in want]
                 raise InputError(f"input {s['name']!r} must have shape {shown}, got {shape}")
-            arrays.append(np.ascontiguousarray(arr))
+            arrays.append(np.require(arr, requirements="C"))
         return arrays
 
     def run_numpy(self, *inputs: Any) -> list[np.ndarray]:
@@ -139,7 +139,14 @@ class CompiledModule:
         if self.num_threads:
             set_num_threads(self.num_threads)
         args = [self._to_device(a) for a in arrays]
-        out = vm["main"](*args, *self.params)
+        try:
+            out = vm["main"](*args, *self.params)
+        except Exception as exc:  # the inputs were checked above: this is the module's fault, say so plainly
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise BackendError(
+                f"the compiled module failed at run time: {type(exc).__name__}: {first}; "
+                "this is a bug in fxpress's build: fxpress.compile(graph, target='eager') runs the graph meanwhile"
+            ) from exc
         items = list(out) if not isinstance(out, tvm.runtime.Tensor) else [out]
         if self._device.dlpack_device_type() == 1:  # CPU: copy out through DLPack (fast)
             return [np.from_dlpack(o).copy() for o in items]

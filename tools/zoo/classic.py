@@ -17,7 +17,7 @@ cannot capture or run one, the coverage table shows the error. When they were wr
 0.27) every entry built, ran eagerly and captured with `fxpress.capture` (outputs equal to eager), and
 ``default``, the int8 pipeline, ``prune-channels`` and ``sparsify`` ran on every graph; of the fp32
 compiles tried (alexnet, c3d, lstm, gru, transformer-encoder, text-cnn) only text-cnn failed: TVM's
-PyTorch importer has no ``aten.amax`` (its note says so).
+PyTorch importer has no ``aten.amax`` (fxpress converts it since: backends/tvm/aten_fixes.py).
 """
 
 from __future__ import annotations
@@ -727,7 +727,7 @@ ENTRIES: list[ZooEntry] = [
         "text-cnn",
         SEQUENCE,
         _builder(TextCNN, (2, 12), tokens=100),
-        note="embedding, Conv1d widths 2-4, amax (fp32 compile: TVM lacks aten.amax)",
+        note="embedding, Conv1d widths 2-4, amax (TVM's importer lacks it; aten_fixes.py converts it)",
     ),
     ZooEntry("bn-mlp", TABULAR, _builder(BNMLP, (2, 20)), fast=True, note="Linear-BatchNorm1d-ReLU"),
 ]

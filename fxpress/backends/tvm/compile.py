@@ -211,7 +211,7 @@ def _build(
 def _transform_params(exe: tvm.runtime.Executable, params: list[tvm.runtime.Tensor]) -> list[tvm.runtime.Tensor]:
     vm = relax.VirtualMachine(exe, tvm.cpu())
     out = vm["main_transform_params"](params)
-    return [tvm.runtime.tensor(np.ascontiguousarray(t.numpy())) for t in out]
+    return [tvm.runtime.tensor(np.require(t.numpy(), requirements="C")) for t in out]
 
 
 def compile_graph(
@@ -279,5 +279,5 @@ def compile_graph(
     }
     module = CompiledModule(exe, final, manifest, device=spec.device, runnable=spec.host_runnable)
     if hashed:
-        module.raw_params = [np.ascontiguousarray(p.numpy()) for p in params]
+        module.raw_params = [np.require(p.numpy(), requirements="C") for p in params]
     return module

@@ -124,7 +124,7 @@ def _random_args(func: tvm.tirx.PrimFunc, rng: np.random.Generator) -> list[tvm.
     for info in ms.arg_info.ArgInfo.from_prim_func(func):
         shape, dtype = [int(d) for d in info.shape], str(info.dtype)
         data = rng.standard_normal(shape) if dtype.startswith("float") else rng.integers(-8, 8, shape)
-        args.append(tvm.runtime.tensor(np.ascontiguousarray(data.astype(dtype))))
+        args.append(tvm.runtime.tensor(np.require(data.astype(dtype), requirements="C")))
     return args
 
 
