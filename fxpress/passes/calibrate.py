@@ -17,6 +17,13 @@ text form ``calibrate{limit=8}`` prints and parses the other options, and a
 ``calibrate`` run without data fails with a message that says so. ``limit``
 caps the number of batches (0: all). A progress bar shows on a terminal or with FXPRESS_PROGRESS=1.
 
+``bias-correction=true`` also records, on every static linear and 2-D conv
+whose weight observe quantized, the mean of its input over the same data
+(an `InputMean`: per feature for a linear, per channel and position for a
+conv); ``fold-qdq`` subtracts from each such layer's bias the mean output
+shift its int8 weights cause (fxpress.quant.bias_correction). Without the
+option, a run takes off the means an earlier run left.
+
 Parameters depend only on the data given to this run (observers are not kept
 between runs), so the same data gives the same parameters and a second run
 reports ``modified=False``.
@@ -45,27 +52,38 @@ import torch.fx
 from fxpress.errors import PassError
 from fxpress.ir import annotations as notes
 from fxpress.ir.graph import Graph
+from fxpress.ir.opsets import CONV, is_transposed_conv, packet
 from fxpress.ir.printer import locate
 from fxpress.ir.properties import Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult, print_pass
 from fxpress.progress import bar
 from fxpress.quant.annotations import ObserverSlot, QuantParams
+from fxpress.quant.bias_correction import InputMean, MeanCollector
 from fxpress.quant.calib_data import check_batch
 from fxpress.quant.observers import Observer
 
+aten = torch.ops.aten
 _HOW = "give it in Python: fxpress.passes.Calibrate(data=[(x,), ...]), one tuple of input tensors per batch"
 
 
 class _Feeder(torch.fx.Interpreter):
-    """Runs the graph, handing each observed node's output to its observer."""
+    """Runs the graph, handing each observed node's output to its observer (and layer inputs to `means`)."""
 
-    def __init__(self, graph: Graph, observers: dict[torch.fx.Node, Observer]) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        observers: dict[torch.fx.Node, Observer],
+        means: dict[torch.fx.Node, MeanCollector] | None = None,
+    ) -> None:
         super().__init__(graph.gm)
-        self.owner, self.observers = graph, observers
+        self.owner, self.observers, self.means = graph, observers, means or {}
         self.extra_traceback = False  # our errors locate the node themselves
 
     def run_node(self, n: torch.fx.Node) -> Any:
         out = super().run_node(n)
+        collector = self.means.get(n)
+        if collector is not None:  # the input is still in env: the interpreter frees it after this returns
+            collector.add(self.env[n.args[0]])  # type: ignore[index]
         observer = self.observers.get(n)
         if observer is not None:
             if not bool(torch.isfinite(out).all()):
@@ -89,6 +107,7 @@ class Calibrate(Pass):
     establishes = frozenset({Property.CALIBRATED})
     data: Iterable[Any] | None = field(default=None, compare=False, repr=False)
     limit: int = 0
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str | bytes):
@@ -108,7 +127,12 @@ class Calibrate(Pass):
         observers = {n: s.spec.make() for n, s in slots.items() if s.role == "activation" and s.spec is not None}
         if not observers:
             return PassResult(graph, modified=False, stats={"batches": 0, "observed": 0})
-        batches = self._feed(graph, observers)
+        means = (
+            {n: MeanCollector(packet(n) is not aten.linear) for n in _correctable(graph)}
+            if self.bias_correction
+            else {}
+        )
+        batches = self._feed(graph, observers, means)
         params: dict[torch.fx.Node, QuantParams] = {}
         for node, slot in slots.items():
             if slot.role != "activation":
@@ -123,7 +147,9 @@ class Calibrate(Pass):
             if notes.get(node, QuantParams.key) != qp:
                 notes.annotate(node, qp)
                 modified = True
-        return PassResult(graph, modified=modified, stats={"batches": batches, "observed": len(observers)})
+        modified |= _record_means(graph, means)
+        stats = {"batches": batches, "observed": len(observers)} | ({"input_means": len(means)} if means else {})
+        return PassResult(graph, modified=modified, stats=stats)
 
     def _params(self, graph: Graph, node: torch.fx.Node, observer: Observer) -> QuantParams:
         if observer.empty:
@@ -134,11 +160,13 @@ class Calibrate(Pass):
             )
         return observer.qparams()
 
-    def _feed(self, graph: Graph, observers: dict[torch.fx.Node, Observer]) -> int:
+    def _feed(
+        self, graph: Graph, observers: dict[torch.fx.Node, Observer], means: dict[torch.fx.Node, MeanCollector]
+    ) -> int:
         total = len(self.data) if isinstance(self.data, Sized) else None
         if total is not None and self.limit:
             total = min(total, self.limit)
-        feeder, batches = _Feeder(graph, observers), 0
+        feeder, batches = _Feeder(graph, observers, means), 0
         assert self.data is not None
         items = itertools.islice(self.data, self.limit) if self.limit else self.data
         with torch.no_grad(), bar(items, total=total, desc="calibrate", unit="batch") as batches_bar:
@@ -150,3 +178,36 @@ class Calibrate(Pass):
                 "the calibration data is empty (an exhausted generator? give a list or a DataLoader); " + _HOW
             )
         return batches
+
+
+def _correctable(graph: Graph) -> list[torch.fx.Node]:
+    """The static linears and 2-D convs whose weight observe quantized: the layers bias correction serves."""
+    out = []
+    for node in graph.nodes("call_function"):
+        kind = packet(node)
+        if kind is not aten.linear and (kind not in CONV or is_transposed_conv(node)):
+            continue
+        w = node.args[1] if len(node.args) > 1 else None
+        if not isinstance(w, torch.fx.Node) or not isinstance(notes.get(w, QuantParams.key), QuantParams):
+            continue
+        x = node.args[0]
+        if not isinstance(x, torch.fx.Node) or notes.get(node, "dynamic") is not None:
+            continue
+        if kind is aten.linear or x.meta["val"].dim() == 4:
+            out.append(node)
+    return out
+
+
+def _record_means(graph: Graph, means: dict[torch.fx.Node, MeanCollector]) -> bool:
+    """Put each layer's `InputMean` on it, and take stale ones off every other node; whether anything changed."""
+    changed = False
+    for node in graph.nodes():
+        new = means[node].result() if node in means else None
+        old = notes.get(node, InputMean.key)
+        if new is None and old is not None:
+            notes.annotations(node).pop(InputMean.key)
+            changed = True
+        elif new is not None and old != new:
+            notes.annotate(node, new)
+            changed = True
+    return changed

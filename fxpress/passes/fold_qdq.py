@@ -21,6 +21,10 @@ then the clean-up rules (`fxpress.passes.qdq_rules`, run by the greedy driver
                dq(quantized_linear(x, ..)) -> quantized_linear_float(x, ..) # likewise (FFN up, attention output)
                dq(quantized_conv2d(x, ..)) -> quantized_conv2d_float(x, ..) # likewise (a ReLU, a residual add)
 
+A layer that ``calibrate{bias-correction=true}`` gave an `InputMean` has the
+mean output shift of its rounded weights, ``(W_q - W) . E[x]``, subtracted
+from its bias before the bias is rounded to int32 (fxpress.quant.bias_correction).
+
 A weight's `Sparsity` annotation (``sparsify``, ``annotate-sparsity``) is measured again
 on its int8 form and put on the int8 parameter, so the TVM backend keeps the
 block-sparse kernel (an int8 one) for such linears.
@@ -73,6 +77,7 @@ from fxpress.ir.properties import Property
 from fxpress.passes.base import AnalysisManager, Pass, PassResult
 from fxpress.passes.qdq_rules import RULES, clean_up, takes_place_of
 from fxpress.quant.annotations import QuantParams
+from fxpress.quant.bias_correction import InputMean, mean_shift
 from fxpress.quant.qat_graph import is_fake_quant
 from fxpress.quant.scheme import round_to_levels
 from fxpress.sparse.annotations import Sparsity
@@ -281,6 +286,10 @@ class FoldQDQ(Pass):
             if isinstance(b, torch.fx.Node)
             else torch.zeros(weight.shape[0], dtype=torch.float64)
         )
+        mean = get(node, InputMean.key)
+        if isinstance(mean, InputMean):  # calibrate{bias-correction=true}: take out the mean shift dW . E[x]
+            scales = sw_rows.reshape(-1, *[1] * (weight.dim() - 1))
+            bias = bias - mean_shift(mean, wq.double() * scales - weight, conv)
         bq = torch.round(bias / (sx * sw_rows)).clamp(-(2**31), 2**31 - 1).to(torch.int32)
         hint = str(w.target).removesuffix(".weight")
         params = [
