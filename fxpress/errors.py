@@ -95,3 +95,7 @@ class InputError(FxpressError):
 
 class ExportError(FxpressError):
     """A graph cannot be written in another format (ONNX, a torch.export .pt2), or a saved one cannot be read."""
+
+
+class PerformanceWarning(UserWarning):
+    """The result is right but will run far slower than it could; the message says why and what to change."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import warnings
 
 import numpy as np
 import pytest
@@ -185,3 +186,23 @@ def test_zero_dim_constants_and_inputs_keep_their_rank(tmp_path):
     module.save(str(tmp_path / "art"))
     np.testing.assert_allclose(fxpress.load(str(tmp_path / "art"))(x.numpy(), t.numpy()), model(x, t).detach().numpy(),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_int8_layers_with_a_dynamic_batch_warn_that_they_run_slow():
+    from fxpress.errors import PerformanceWarning
+    from fxpress.passes import Calibrate, FoldQDQ, Observe
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(4, 16)
+    batch = ({0: torch.export.Dim("batch")},)
+    for dynamic, expected in ((batch, 1), (None, 0)):
+        graph = fxpress.capture(model, (x,), dynamic_shapes=dynamic)
+        int8 = fxpress.optimize(graph, [Observe(per_channel=True), Calibrate(data=[(x,)]), FoldQDQ()])
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            fxpress.compile(int8)
+        slow = [w for w in seen if issubclass(w.category, PerformanceWarning)]
+        assert len(slow) == expected, [str(w.message) for w in seen]
+        if slow:
+            assert "2 integer layers" in str(slow[0].message) and "static shapes" in str(slow[0].message)
+            assert slow[0].filename == __file__  # points at the caller of fxpress.compile

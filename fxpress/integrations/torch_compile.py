@@ -60,7 +60,7 @@ import torch
 import torch.fx
 import torch.utils._pytree as pytree
 
-from fxpress.errors import FxpressError, InputError, PipelineError, TargetError
+from fxpress.errors import FxpressError, InputError, PerformanceWarning, PipelineError, TargetError
 from fxpress.integrations.dynamo_graph import (
     Layout,
     Unsupported,
@@ -355,7 +355,9 @@ def compile_subgraph(gm: torch.fx.GraphModule, example_inputs: Sequence[Any], op
         tidy_module_paths(graph)
         check_inference(graph)
         graph = fxpress.optimize(graph, passes)
-        module = fxpress.compile(graph, opts.target, num_threads=opts.num_threads, tuning=opts.tuning)
+        with warnings.catch_warnings():  # a dynamic subgraph's calls take static builds (`_specialized`)
+            warnings.simplefilter("ignore", PerformanceWarning)
+            module = fxpress.compile(graph, opts.target, num_threads=opts.num_threads, tuning=opts.tuning)
     log.info("compiled a subgraph (%d ops) for %s with %s", graph.num_ops, opts.target, graph.pipeline)
     if any(lay.dynamic):
         return CompiledSubgraph(gm, module, lay, spec, graph, opts)
