@@ -102,14 +102,10 @@ def nncf_int8(model: torch.nn.Module, calib: list[torch.Tensor], workdir: Path) 
     return ov.Core().compile_model(quantized, "CPU", {"INFERENCE_NUM_THREADS": 1})
 
 
-RECIPES: dict[str, tuple[str, bool]] = {}
-
-
 def recipe_text(observer: str, correct: bool) -> str:
     text = (
         f"fold-bn,observe{{per-channel=true,observer={observer}}},calibrate{{bias-correction={str(correct).lower()}}}"
     )
-    RECIPES[text + ",fold-qdq"] = (observer, correct)
     return text + ",fold-qdq"
 
 
@@ -158,15 +154,18 @@ def main() -> None:
     val = list(images(raw[args.train + args.calib : args.train + args.calib + args.held_out]).split(BATCH))
     with torch.no_grad():
         val_fp32 = torch.cat([model(b) for b in val])
+    choices = {
+        recipe_text(o, c): (o, c) for o, c in itertools.product(("minmax", "histogram", "percentile"), (False, True))
+    }
     recipes = {}  # each recipe: agreement on the validation images (never trained or calibrated on)
-    for observer, correct in itertools.product(("minmax", "histogram", "percentile"), (False, True)):
+    for text, (observer, correct) in choices.items():
         q = fxpress.compile(quantize(graph, calib, observer, correct), target="x86", num_threads=1)  # fast to run
-        recipes[recipe_text(observer, correct)] = {
+        recipes[text] = {
             "validation": metrics(torch.cat([q(b) for b in val]), val_fp32, val_fp32.argmax(1)),
             "test": metrics(torch.cat([q(b) for b in batches]), fp32, labels),
         }
     best = max(recipes, key=lambda r: recipes[r]["validation"]["agreement"])
-    observer, correct = RECIPES[best]
+    observer, correct = choices[best]
     int8 = quantize(graph, calib, observer, correct)
     ours = torch.cat([int8(b) for b in batches])
     compiled = fxpress.compile(int8, target="x86", num_threads=1)
